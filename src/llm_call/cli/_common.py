@@ -1,0 +1,76 @@
+"""Shared CLI helpers: settings loading, error reporting with the documented exit codes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+from ..errors import ConfigError, LLMCallError, ProviderError, UsageError
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "load", "reporting_errors", "state"]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+@dataclass
+class _State:
+    config_path: str | None = None
+
+
+state = _State()
+
+
+def load() -> Settings:
+    """Load settings from the --config file (or the default places) and install them."""
+    from ..config import load_settings, set_settings
+
+    settings = load_settings(state.config_path)
+    set_settings(settings, path=state.config_path)
+    return settings
+
+
+def describe(exc: BaseException) -> str:
+    """One line naming the error type, the model and a hint."""
+    name = type(exc).__name__
+    text = f"{name}: {exc}" if not isinstance(exc, LLMCallError) else f"{name}: {exc.message}"
+    if isinstance(exc, ProviderError) and exc.model and exc.model not in text:
+        text += f" [model {exc.model}]"
+    hint = getattr(exc, "hint", None)
+    if hint:
+        text += f"\nhint: {hint}"
+    return text
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def reporting_errors(extra: Callable[[LLMCallError], None] | None = None) -> Iterator[None]:
+    """Print llm_call errors on stderr and exit 2 (usage/config) or 1 (the call failed)."""
+    try:
+        yield
+    except (ConfigError, UsageError) as exc:
+        sys.stderr.write(f"error: {describe(exc)}\n")
+        raise typer.Exit(EXIT_USAGE) from None
+    except LLMCallError as exc:
+        sys.stderr.write(f"error: {describe(exc)}\n")
+        if extra is not None:
+            extra(exc)
+        raise typer.Exit(EXIT_FAILED) from None
+
+
+def dumps(data: Any) -> str:
+    import json
+
+    return json.dumps(data, indent=2, ensure_ascii=False, default=str)

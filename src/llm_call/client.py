@@ -1,0 +1,347 @@
+"""The public call: ``acall`` / ``astream`` and their sync twins ``call`` / ``stream``.
+
+Layers, outermost first (each lives in its own module; this one only wires them):
+
+1. mode (direct / background / auto) -> ``tasks`` (task manager)
+2. validation loop: validators, feedback retries, escalation -> ``validation``
+3. transient-failure retries, fallbacks, circuit breakers -> ``retry``
+4. one provider call -> ``providers``
+
+Example::
+
+    import llm_call
+
+    resp = await llm_call.acall("openai/gpt-4o-mini", "Name a colour.")
+    print(resp.text, resp.usage.total_tokens)
+
+    for chunk in llm_call.stream("local/smollm2", "Count to five."):
+        print(chunk.text, end="")
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._portal import portal
+from ._progress import emit, listening
+from .errors import UsageError
+from .types import Chunk, Message, Request, Response
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .providers.router import Route
+
+__all__ = ["CallOptions", "acall", "astream", "build_request", "call", "complete_once", "stream", "stream_once"]
+
+_log = logging.getLogger("llm_call")
+_default_announced = False
+
+#: keyword options consumed by llm_call's own layers; everything else goes to the provider
+CALL_OPTION_NAMES = frozenset(
+    {
+        "validate",
+        "response_model",
+        "max_attempts",
+        "escalate",
+        "fallbacks",
+        "tools_after",
+        "tools_mcp_config",
+        "human_after",
+        "budget_usd",
+        "budget_tokens",
+        "deadline_s",
+        "mode",
+        "progress",
+        "long_running",
+        "retry",
+        "idempotency_key",
+        "priority",
+    }
+)
+
+
+@dataclass(slots=True)
+class CallOptions:
+    """What the layers above the providers need, split from provider options."""
+
+    validate: Any = None
+    response_model: Any = None
+    max_attempts: int | None = None
+    escalate: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    tools_after: int | None = None
+    tools_mcp_config: dict[str, Any] | None = None
+    human_after: int | None = None
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    deadline_s: float | None = None
+    mode: str = "direct"
+    progress: Any = None
+    long_running: bool = False
+    retry: Any = None
+    idempotency_key: str | None = None
+    priority: int = 0
+
+    @property
+    def validating(self) -> bool:
+        return bool(self.validate) or self.response_model is not None
+
+    @classmethod
+    def pop_from(cls, options: dict[str, Any]) -> CallOptions:
+        """Take llm_call's own options out of ``options`` (the rest stays for the provider)."""
+        mine = {k: options.pop(k) for k in list(options) if k in CALL_OPTION_NAMES}
+        for key in ("escalate", "fallbacks"):
+            value = mine.get(key)
+            if value is None:
+                mine.pop(key, None)
+            elif isinstance(value, str):
+                mine[key] = [value]
+            else:
+                mine[key] = list(value)
+        if mine.get("mode") is None:
+            mine.pop("mode", None)
+        if mine.get("mode", "direct") not in ("direct", "background", "auto"):
+            raise UsageError(f"mode must be 'direct', 'background' or 'auto', not {mine['mode']!r}")
+        return cls(**mine)
+
+
+def _settings() -> Settings:
+    from .config import get_settings
+
+    return get_settings()
+
+
+def default_model(settings: Settings) -> str:
+    """The configured default model, or the embedded local model (announced once)."""
+    global _default_announced
+    if settings.default_model:
+        return settings.default_model
+    from .config import DEFAULT_MODEL
+
+    if not _default_announced:
+        _default_announced = True
+        _log.info("no model given and no default_model configured: using %s", DEFAULT_MODEL)
+    return DEFAULT_MODEL
+
+
+def build_messages(
+    prompt: str | None, messages: Sequence[Message] | None, system: str | None
+) -> list[Message]:
+    """The conversation to send. Exactly one of ``prompt`` and ``messages``."""
+    if prompt is not None and messages is not None:
+        raise UsageError("give either prompt or messages, not both")
+    if prompt is None and messages is None:
+        raise UsageError("no prompt and no messages: give prompt='...' or messages=[...]")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise UsageError(f"prompt must be a string, not {type(prompt).__name__}")
+        if not prompt.strip():
+            raise UsageError("the prompt is empty")
+        out: list[Message] = [{"role": "user", "content": prompt}]
+    else:
+        assert messages is not None
+        if isinstance(messages, str | bytes) or not messages:
+            raise UsageError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        out = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m:
+                raise UsageError(f"messages[{i}] must be a dict with 'role' and 'content'")
+            if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
+                raise UsageError(
+                    f"messages[{i}].role {m['role']!r} is not one of system, user, assistant, tool, developer"
+                )
+            out.append(m)
+    if system is not None:
+        out = [{"role": "system", "content": system}, *(m for m in out if m["role"] != "system")]
+    return out
+
+
+def build_request(
+    model: str | None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> tuple[Request, CallOptions]:
+    """Check the arguments of a call and split them into a Request and the layer options."""
+    msgs = build_messages(prompt, messages, system)
+    opts = CallOptions.pop_from(options)
+    settings = _settings()
+    name = model or default_model(settings)
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"max_tokens must be >= 1, not {max_tokens}")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"timeout must be > 0 seconds, not {timeout}")
+    if opts.max_attempts is not None and opts.max_attempts < 1:
+        raise UsageError(f"max_attempts must be >= 1, not {opts.max_attempts}")
+    request = Request(
+        model=name, messages=msgs, temperature=temperature, max_tokens=max_tokens, timeout=timeout, options=options
+    )
+    return request, opts
+
+
+def _provider_request(request: Request, settings: Settings) -> tuple[Route, Request]:
+    """Resolve the route and apply the alias's system prompt and options."""
+    from .providers.router import resolve
+
+    route = resolve(request.model, settings)
+    messages = request.messages
+    if route.system and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": route.system}, *messages]
+    options = request.options
+    alias_opts = route.alias_options()
+    if alias_opts:
+        options = {**alias_opts, **options}
+    return route, Request(
+        model=route.provider_model,
+        messages=messages,
+        temperature=request.temperature,
+        max_tokens=request.max_tokens,
+        timeout=request.timeout,
+        options=options,
+    )
+
+
+async def complete_once(request: Request) -> Response:
+    """One provider call for ``request.model`` (aliases applied), no retries, no validation."""
+    from .providers.router import get_provider
+
+    settings = _settings()
+    route, preq = _provider_request(request, settings)
+    provider = get_provider(route, settings)
+    emit("attempt", model=route.model)
+    started = time.perf_counter()
+    response = await provider.complete(preq)
+    response.latency_s = time.perf_counter() - started
+    return response
+
+
+async def stream_once(request: Request) -> AsyncIterator[Chunk]:
+    """One provider stream for ``request.model`` (aliases applied), no retries, no validation."""
+    from .providers.router import get_provider
+
+    settings = _settings()
+    route, preq = _provider_request(request, settings)
+    provider = get_provider(route, settings)
+    emit("attempt", model=route.model)
+    async for chunk in provider.stream(preq):
+        yield chunk
+
+
+async def _execute(request: Request, opts: CallOptions) -> Response:
+    """Run the layers below the task manager: validation loop, then transient retries."""
+    if opts.validating:
+        from .validation.loop import run_validated
+
+        return await run_validated(request, opts)
+    from .retry import complete_with_retries
+
+    return await complete_with_retries(request, opts)
+
+
+async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[Chunk]:
+    if opts.validating:
+        from .validation.loop import stream_validated
+
+        async for chunk in stream_validated(request, opts):
+            yield chunk
+        return
+    from .retry import stream_with_retries
+
+    async for chunk in stream_with_retries(request, opts):
+        yield chunk
+
+
+async def acall(
+    model: str | None = None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> Response:
+    """Ask ``model`` and return its :class:`Response`; failures raise typed errors.
+
+    ``options`` are llm_call's own (``validate``, ``max_attempts``, ``escalate``, ``fallbacks``,
+    ``mode``, ``progress`` ...; see the docs) or go to the provider (``stop``, ``seed``,
+    ``mcp_config``, ``allowed_tools`` ...).
+
+    Example::
+
+        resp = await llm_call.acall("openai/gpt-4o-mini", "2+2?", validate=["regex:4"])
+    """
+    request, opts = build_request(
+        model,
+        prompt,
+        messages=messages,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        **options,
+    )
+    if opts.mode != "direct":
+        from .tasks.auto import run_with_mode
+
+        return await run_with_mode(request, opts)
+    with listening(opts.progress):
+        return await _execute(request, opts)
+
+
+async def astream(
+    model: str | None = None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> AsyncIterator[Chunk]:
+    """Stream the answer as :class:`Chunk` deltas; the last chunk has ``finish_reason``.
+
+    A stream cut short raises :class:`~llm_call.errors.StreamInterrupted`; it never just stops.
+
+    Example::
+
+        async for chunk in llm_call.astream("openai/gpt-4o-mini", "Tell a joke."):
+            print(chunk.text, end="", flush=True)
+    """
+    request, opts = build_request(
+        model,
+        prompt,
+        messages=messages,
+        system=system,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        **options,
+    )
+    if opts.mode != "direct":
+        raise UsageError("astream() runs directly; use mode='direct' or submit a task and follow its events")
+    with listening(opts.progress):
+        async for chunk in _execute_stream(request, opts):
+            yield chunk
+
+
+def call(model: str | None = None, prompt: str | None = None, **kwargs: Any) -> Response:
+    """Synchronous :func:`acall` for scripts and threads (not for async code: use ``acall``)."""
+    return portal.run(acall(model, prompt, **kwargs), "call")
+
+
+def stream(model: str | None = None, prompt: str | None = None, **kwargs: Any) -> Iterator[Chunk]:
+    """Synchronous :func:`astream`: an iterator of chunks."""
+    portal.check_not_in_loop("stream")
+    return portal.iterate(astream(model, prompt, **kwargs), "stream")

@@ -1,0 +1,347 @@
+"""Settings: one pydantic model loaded from a TOML file plus the environment, validated strictly.
+
+Where the file comes from, first match wins: ``llm-call --config FILE``/``load_settings(path)``,
+the ``LLM_CALL_CONFIG`` environment variable, ``./llm_call.toml``. No file is fine (defaults).
+An unknown key or a bad value raises :class:`~llm_call.errors.ConfigError` naming the file and the
+key path (``aliases.fast.modle: unknown key``); nothing falls back to defaults silently.
+
+Environment overrides (applied after the file): ``LLM_CALL_DEFAULT_MODEL``, ``LLM_CALL_TASKS``
+(task store path or ``redis://`` URL), ``LLM_CALL_API_KEYS`` (server keys, comma list),
+``LLM_CALL_CLAUDE_CLI``, ``LLM_CALL_CLAUDE_USE_API_KEY``. Provider keys stay in their own
+variables (``OPENAI_API_KEY`` ...) and are read when a call needs them.
+
+Example ``llm_call.toml``::
+
+    default_model = "fast"
+
+    [aliases.fast]
+    model = "openai/gpt-4o-mini"
+    system = "Answer briefly."
+
+    [aliases]
+    smart = "openai/gpt-4o"          # string shorthand
+
+    [endpoints.vllm]
+    base_url = "http://127.0.0.1:8001/v1"
+    api_key_env = "VLLM_KEY"         # optional
+
+This module imports pydantic, so it is imported lazily (first call), never by ``import llm_call``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+__all__ = [
+    "AliasConfig",
+    "ClaudeConfig",
+    "EndpointConfig",
+    "LocalConfig",
+    "OpenAIConfig",
+    "RetryConfig",
+    "ServerConfig",
+    "Settings",
+    "TasksConfig",
+    "get_settings",
+    "load_settings",
+    "set_settings",
+]
+
+DEFAULT_MODEL = "local/smollm2"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class EndpointConfig(_Strict):
+    """An OpenAI-compatible endpoint, used as ``NAME/<model>``."""
+
+    base_url: str
+    api_key_env: str | None = None
+    api_key: str | None = Field(default=None, description="Prefer api_key_env; masked in output")
+    headers: dict[str, str] = Field(default_factory=dict)
+    max_connections: int | None = Field(default=None, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
+class AliasConfig(_Strict):
+    """A model alias: a model plus default system prompt and options."""
+
+    model: str
+    system: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    mcp_config: dict[str, Any] | None = None
+    allowed_tools: list[str] | None = None
+    description: str | None = None
+
+
+class OpenAIConfig(_Strict):
+    """The native OpenAI-compatible provider (``openai/*`` and bare OpenAI model names)."""
+
+    base_url: str | None = Field(default=None, description="Default: $OPENAI_BASE_URL or api.openai.com")
+    api_key_env: str = "OPENAI_API_KEY"
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=600.0, gt=0, description="Max silence between bytes")
+    total_timeout: float | None = Field(default=None, gt=0)
+    max_connections: int = Field(default=1000, ge=1, description="Per event loop, all hosts")
+    max_connections_per_host: int = Field(default=0, ge=0, description="0 = no per-host limit")
+
+
+class ClaudeConfig(_Strict):
+    """The Claude Code CLI route (``max/*``)."""
+
+    cli_path: str | None = Field(default=None, description="Default: $LLM_CALL_CLAUDE_CLI or the SDK's bundled CLI")
+    use_api_key: bool = Field(default=False, description="Keep ANTHROPIC_API_KEY in the CLI's environment")
+    default_model: str = "sonnet"
+    max_concurrency: int = Field(default=4, ge=1)
+    idle_timeout: float = Field(default=120.0, gt=0)
+    total_timeout: float | None = Field(default=None, gt=0)
+    exit_timeout: float = Field(default=10.0, gt=0)
+    max_turns: int | None = Field(default=None, ge=1)
+
+
+class LocalConfig(_Strict):
+    """The embedded llama-cpp route (``local/*``)."""
+
+    max_concurrency: int = Field(default=1, ge=1)
+    n_ctx: int = Field(default=2048, ge=128)
+    n_threads: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.2, ge=0)
+    top_p: float = Field(default=0.9, gt=0, le=1)
+    repeat_penalty: float = Field(default=1.0, gt=0)
+    seed: int | None = 42
+    max_tokens: int = Field(default=256, ge=1)
+    system: str | None = None
+
+
+class RetryConfig(_Strict):
+    """Transient-failure retries (429, 5xx, timeouts, connection errors)."""
+
+    max_retries: int = Field(default=3, ge=0)
+    base_delay: float = Field(default=0.5, ge=0)
+    max_delay: float = Field(default=30.0, ge=0)
+    max_retry_after: float = Field(default=60.0, ge=0)
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_window: float = Field(default=60.0, gt=0)
+    breaker_cooldown: float = Field(default=30.0, gt=0)
+    routes: dict[str, RetryRouteConfig] = Field(default_factory=dict)
+
+
+class RetryRouteConfig(_Strict):
+    max_retries: int | None = Field(default=None, ge=0)
+    base_delay: float | None = Field(default=None, ge=0)
+    max_delay: float | None = Field(default=None, ge=0)
+
+
+class TasksConfig(_Strict):
+    """The task manager and its store."""
+
+    store: str | None = Field(default=None, description="SQLite path or redis:// URL; default XDG data dir")
+    global_limit: int = Field(default=10_000, ge=1)
+    route_limits: dict[str, int] = Field(default_factory=lambda: {"max/*": 4, "local/*": 1})
+    retention_s: float = Field(default=7 * 86400, gt=0)
+    max_executions: int = Field(default=3, ge=1, description="Runs of one task before it is interrupted")
+    heartbeat_s: float = Field(default=5.0, gt=0)
+
+
+class ServerConfig(_Strict):
+    """``llm-call serve``."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_keys: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_concurrent_per_key: int = Field(default=256, ge=1)
+    request_timeout: float = Field(default=600.0, gt=0)
+    grace_period: float = Field(default=30.0, ge=0)
+    debug: bool = False
+
+
+class Settings(_Strict):
+    default_model: str | None = None
+    aliases: dict[str, AliasConfig] = Field(default_factory=dict)
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
+    claude: ClaudeConfig = Field(default_factory=ClaudeConfig)
+    local: LocalConfig = Field(default_factory=LocalConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    source: str | None = Field(default=None, exclude=True, description="File the settings came from")
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _alias_shorthand(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: ({"model": a} if isinstance(a, str) else a) for k, a in v.items()}
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoint_names(cls, v: dict[str, EndpointConfig]) -> dict[str, EndpointConfig]:
+        reserved = {"max", "local", "openai"}
+        bad = reserved & set(v)
+        if bad:
+            raise ValueError(f"endpoint name(s) {sorted(bad)} are reserved routes; pick another name")
+        return v
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings as a dict with secrets replaced by ``***``."""
+        data = self.model_dump(mode="json")
+        for ep in data.get("endpoints", {}).values():
+            if ep.get("api_key"):
+                ep["api_key"] = "***"
+        server = data.get("server", {})
+        server["api_keys"] = ["***" for _ in server.get("api_keys", [])]
+        data["source"] = self.source
+        return data
+
+
+RetryConfig.model_rebuild()
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{path}: {msg}")
+    return f"invalid configuration in {source}: " + "; ".join(parts)
+
+
+def _env_bool(name: str, value: str) -> bool:
+    low = value.strip().lower()
+    if low in {"1", "true", "yes", "on"}:
+        return True
+    if low in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"environment variable {name}={value!r} is not a boolean (use 1 or 0)")
+
+
+def _apply_env(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> None:
+    if v := env.get("LLM_CALL_DEFAULT_MODEL"):
+        data["default_model"] = v
+    if v := env.get("LLM_CALL_TASKS"):
+        data.setdefault("tasks", {})["store"] = v
+    if v := env.get("LLM_CALL_API_KEYS"):
+        data.setdefault("server", {})["api_keys"] = [k.strip() for k in v.split(",") if k.strip()]
+    if v := env.get("LLM_CALL_CLAUDE_CLI"):
+        data.setdefault("claude", {})["cli_path"] = v
+    if (v := env.get("LLM_CALL_CLAUDE_USE_API_KEY")) is not None:
+        data.setdefault("claude", {})["use_api_key"] = _env_bool("LLM_CALL_CLAUDE_USE_API_KEY", v)
+
+
+def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file to read, or None. An explicitly named file must exist."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist", hint="check the --config path")
+        return p
+    env = os.environ.get("LLM_CALL_CONFIG")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConfigError(
+                f"config file {p} (from LLM_CALL_CONFIG) does not exist",
+                hint="fix or unset LLM_CALL_CONFIG",
+            )
+        return p
+    p = Path("llm_call.toml")
+    return p if p.is_file() else None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None
+) -> Settings:
+    """Read and validate settings. Raises ConfigError naming the file and key path."""
+    file = find_config_file(path)
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if file is not None:
+        source = str(file)
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    _apply_env(data, os.environ if env is None else env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    settings.source = str(file) if file else None
+    return settings
+
+
+_lock = threading.Lock()
+_current: Settings | None = None
+_config_path: str | None = None
+
+
+def set_settings(settings: Settings | None = None, *, path: str | None = None) -> None:
+    """Replace the process-wide settings (or forget them, so the next call reloads from ``path``)."""
+    global _current, _config_path
+    with _lock:
+        _current = settings
+        _config_path = path
+
+
+def get_settings() -> Settings:
+    """The process-wide settings, loaded on first use."""
+    global _current
+    cur = _current
+    if cur is not None:
+        return cur
+    with _lock:
+        if _current is None:
+            _current = load_settings(_config_path)
+        return _current
+
+
+def settings_reference() -> str:
+    """Markdown reference of every setting, generated from the models (docs/configuration.md)."""
+    lines = ["# Configuration reference", "", "Generated from `llm_call.config.Settings`.", ""]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows = []
+        for name, f in model.model_fields.items():
+            if name == "source":
+                continue
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.get_default(call_default_factory=True)
+            rows.append(
+                f"| `{prefix}{name}` | `{getattr(ann, '__name__', str(ann)).replace('|', 'or')}` | "
+                f"`{default!r}` | {f.description or ''} |"
+            )
+        if rows:
+            lines.append(f"## `{prefix.rstrip('.') or '(top level)'}`\n")
+            lines.append("| key | type | default | notes |")
+            lines.append("| --- | --- | --- | --- |")
+            lines.extend(rows)
+            lines.append("")
+
+    walk(Settings, "")
+    return "\n".join(lines)
+
+
+Kind = Literal["openai", "max", "local", "litellm", "endpoint"]

@@ -1,0 +1,185 @@
+"""Map a model string to a route and a provider.
+
+=====================================  ==========================================
+model string                           route
+=====================================  ==========================================
+an alias from config                   whatever its ``model`` resolves to
+``max``, ``max/<name>``                Claude Code CLI (``claude_cli.py``)
+``local/<name or path.gguf>``          embedded llama-cpp (``local.py``)
+``openai/<m>``, ``gpt-*``, ``o1*`` ... native OpenAI-compatible (``openai_compat.py``)
+``<endpoint>/<m>`` for a configured    native OpenAI-compatible, that endpoint
+endpoint
+anything else with a ``/``             LiteLLM (``litellm.py``, imported lazily)
+=====================================  ==========================================
+
+Providers are created once per process and shared; each keeps its own per-event-loop state.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import AliasConfig, Settings
+    from .base import Provider
+
+__all__ = ["Route", "close_providers", "get_provider", "resolve"]
+
+_BARE_OPENAI = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$)|o[1-9][a-z]*-|ft:gpt|text-embedding-|davinci|babbage)")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a model string goes.
+
+    ``kind`` is ``openai`` | ``endpoint`` | ``max`` | ``local`` | ``litellm``; ``model`` the full
+    model string after aliases (``openai/gpt-4o``, what limits and breakers match on);
+    ``provider_model`` what the provider is asked for (``gpt-4o``); ``key`` identifies the provider
+    instance (``openai``, ``endpoint:vllm``, ``max``, ``local``, ``litellm``).
+    """
+
+    kind: str
+    model: str
+    provider_model: str
+    key: str
+    endpoint: str | None = None
+    aliases: tuple[AliasConfig, ...] = field(default=(), compare=False)
+
+    @property
+    def system(self) -> str | None:
+        """The alias's default system prompt (the outermost alias that sets one)."""
+        for alias in self.aliases:
+            if alias.system:
+                return alias.system
+        return None
+
+    def alias_options(self) -> dict[str, Any]:
+        """Options bundled by the aliases (outer aliases override inner ones)."""
+        merged: dict[str, Any] = {}
+        for alias in reversed(self.aliases):
+            merged.update(alias.options)
+            if alias.mcp_config is not None:
+                merged["mcp_config"] = alias.mcp_config
+            if alias.allowed_tools is not None:
+                merged["allowed_tools"] = list(alias.allowed_tools)
+        return merged
+
+
+def known_routes(settings: Settings) -> list[str]:
+    return ["max/*", "local/*", "openai/*", *(f"{n}/*" for n in settings.endpoints), "<litellm-provider>/*"]
+
+
+def resolve(model: str, settings: Settings) -> Route:
+    """Resolve ``model`` (alias or model string) to a :class:`Route`. Raises ConfigError."""
+    if not model or not model.strip():
+        raise ConfigError("no model given", hint="pass model=... or set default_model in config")
+    aliases: list[AliasConfig] = []
+    seen: set[str] = set()
+    name = model.strip()
+    while name in settings.aliases:
+        if name in seen:
+            raise ConfigError(f"alias loop in config: {' -> '.join([*seen, name])}")
+        seen.add(name)
+        alias = settings.aliases[name]
+        aliases.append(alias)
+        name = alias.model
+    chain = tuple(aliases)
+    if name == "max" or name.startswith("max/"):
+        sub = name[4:] if name.startswith("max/") else ""
+        return Route("max", name, sub or settings.claude.default_model, "max", None, chain)
+    if name.startswith("local/"):
+        sub = name[6:]
+        if not sub:
+            raise ConfigError("model 'local/' names no model", hint="use local/smollm2 or local/<path.gguf>")
+        return Route("local", name, sub, "local", None, chain)
+    if name.startswith("openai/"):
+        return Route("openai", name, name[7:], "openai", None, chain)
+    prefix, sep, rest = name.partition("/")
+    if sep and prefix in settings.endpoints:
+        if not rest:
+            raise ConfigError(f"model {name!r} names no model for endpoint {prefix!r}")
+        return Route("endpoint", name, rest, f"endpoint:{prefix}", prefix, chain)
+    if _BARE_OPENAI.match(name):
+        return Route("openai", f"openai/{name}", name, "openai", None, chain)
+    if not sep:
+        raise ConfigError(
+            f"unknown model {name!r}: not an alias, not a known model name, and no route prefix",
+            hint="use ROUTE/MODEL, e.g. openai/gpt-4o-mini, max/sonnet, local/smollm2, "
+            "anthropic/claude-... (LiteLLM), or define an alias in llm_call.toml; "
+            "`llm-call models` lists routes and aliases",
+        )
+    return Route("litellm", name, name, "litellm", None, chain)
+
+
+_providers: dict[str, Provider] = {}
+_lock = threading.Lock()
+
+
+def get_provider(route: Route, settings: Settings) -> Provider:
+    """The shared provider instance for ``route`` (created on first use)."""
+    provider = _providers.get(route.key)
+    if provider is not None:
+        return provider
+    with _lock:
+        provider = _providers.get(route.key)
+        if provider is None:
+            provider = _create(route, settings)
+            _providers[route.key] = provider
+        return provider
+
+
+def _create(route: Route, settings: Settings) -> Provider:
+    if route.kind == "openai":
+        from .openai_compat import OpenAICompatProvider
+
+        return OpenAICompatProvider.from_openai_settings(settings.openai)
+    if route.kind == "endpoint":
+        from .openai_compat import OpenAICompatProvider
+
+        assert route.endpoint is not None
+        return OpenAICompatProvider.from_endpoint(
+            route.endpoint, settings.endpoints[route.endpoint], settings.openai
+        )
+    if route.kind == "litellm":
+        from .litellm import LiteLLMProvider
+
+        return LiteLLMProvider()
+    if route.kind == "max":
+        try:
+            from .claude_cli import ClaudeCLIProvider
+        except ImportError as exc:
+            raise ConfigError(
+                f"the max/* route is not available: {exc}",
+                hint="pip install 'llm-call[claude]'",
+            ) from None
+        return ClaudeCLIProvider(settings.claude)
+    if route.kind == "local":
+        try:
+            from .local import LocalProvider
+        except ImportError as exc:
+            raise ConfigError(
+                f"the local/* route is not available: {exc}",
+                hint="pip install 'llm-call[local]'",
+            ) from None
+        return LocalProvider(settings.local)
+    raise ConfigError(f"unknown route kind {route.kind!r}")
+
+
+async def close_providers() -> None:
+    """Close every provider (sessions, processes). Safe to call more than once."""
+    with _lock:
+        providers = list(_providers.values())
+        _providers.clear()
+    for p in providers:
+        await p.aclose()
+
+
+def reset_providers() -> None:
+    """Forget provider instances without closing them (tests that change settings)."""
+    with _lock:
+        _providers.clear()

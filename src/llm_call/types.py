@@ -1,0 +1,290 @@
+"""Plain data types shared by every layer. No I/O, no heavy imports.
+
+Dataclasses rather than pydantic models: they are created on every call and every stream chunk,
+and ``import llm_call`` must stay fast.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "Attempt",
+    "Chunk",
+    "Message",
+    "Request",
+    "Response",
+    "TaskEvent",
+    "TaskRecord",
+    "TaskStatus",
+    "Usage",
+]
+
+#: An OpenAI-shaped chat message: ``{"role": "user", "content": "hi"}``; content may be a list of
+#: parts (``{"type": "text", ...}``, ``{"type": "image_url", ...}``).
+Message = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Usage:
+        data = data or {}
+        return cls(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+        )
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One model call made on the way to an answer (answer attempts and judge calls)."""
+
+    number: int
+    model: str
+    kind: str = "answer"  # "answer" | "judge"
+    ok: bool = False
+    text: str | None = None
+    feedback: str | None = None
+    error: dict[str, Any] | None = None  # errors.error_to_dict of a provider failure
+    latency_s: float = 0.0
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["usage"] = self.usage.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Attempt:
+        d = dict(data)
+        d["usage"] = Usage.from_dict(d.get("usage"))
+        return cls(**d)
+
+
+@dataclass(slots=True)
+class Response:
+    """The answer to a call.
+
+    ``model`` is the model that answered (after aliases, fallbacks and escalation), ``raw`` the
+    provider's payload, ``attempts`` the record of every model call made for this answer.
+    """
+
+    text: str
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: float | None = None
+    latency_s: float = 0.0
+    raw: Any = None
+    attempts: list[Attempt] = field(default_factory=list)
+    parsed: Any = None
+    finish_reason: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. session_id, num_turns
+
+    def to_dict(self) -> dict[str, Any]:
+        parsed = self.parsed
+        dump = getattr(parsed, "model_dump", None)
+        if callable(dump):
+            parsed = dump(mode="json")
+        return {
+            "text": self.text,
+            "model": self.model,
+            "usage": self.usage.to_dict(),
+            "cost_usd": self.cost_usd,
+            "latency_s": self.latency_s,
+            "raw": self.raw,
+            "attempts": [a.to_dict() for a in self.attempts],
+            "parsed": parsed,
+            "finish_reason": self.finish_reason,
+            "tool_calls": self.tool_calls,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Response:
+        return cls(
+            text=data["text"],
+            model=data["model"],
+            usage=Usage.from_dict(data.get("usage")),
+            cost_usd=data.get("cost_usd"),
+            latency_s=float(data.get("latency_s") or 0.0),
+            raw=data.get("raw"),
+            attempts=[Attempt.from_dict(a) for a in data.get("attempts") or []],
+            parsed=data.get("parsed"),
+            finish_reason=data.get("finish_reason"),
+            tool_calls=data.get("tool_calls"),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A piece of a streamed answer.
+
+    ``text`` is the delta. ``attempt`` numbers the attempt the chunk belongs to (a validation
+    retry starts a new attempt, announced by a chunk with ``event="retry"``). The last chunk of a
+    stream has ``finish_reason`` and, when known, ``usage``. ``event`` marks non-text progress
+    (``"retry"``, ``"tool_started"``, ``"tool_finished"``) with details in ``data``.
+    """
+
+    text: str = ""
+    model: str = ""
+    attempt: int = 1
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    event: str | None = None
+    data: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class Request:
+    """A fully resolved request as it reaches a provider.
+
+    ``model`` is the route string (``openai/gpt-4o``, ``max/sonnet``); providers read the part
+    they need. ``options`` holds provider options (``stop``, ``seed``, ``mcp_config``, ...).
+    """
+
+    model: str
+    messages: list[Message]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    timeout: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "messages": self.messages,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout": self.timeout,
+            "options": self.options,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Request:
+        return cls(
+            model=data["model"],
+            messages=list(data["messages"]),
+            temperature=data.get("temperature"),
+            max_tokens=data.get("max_tokens"),
+            timeout=data.get("timeout"),
+            options=dict(data.get("options") or {}),
+        )
+
+    def replace(self, **changes: Any) -> Request:
+        d = {
+            "model": self.model,
+            "messages": list(self.messages),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "timeout": self.timeout,
+            "options": dict(self.options),
+        }
+        d.update(changes)
+        return Request(**d)
+
+
+class TaskStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    NEEDS_REVIEW = "needs_review"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self in _FINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_FINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.INTERRUPTED}
+)
+
+
+@dataclass(slots=True)
+class TaskEvent:
+    """One progress event of a task. ``seq`` increases per task from 1."""
+
+    task_id: str
+    seq: int
+    kind: str  # queued, started, attempt, chunk, tool_started, tool_finished, validation_failed,
+    #            escalated, retry_wait, needs_review, finished, cancelled, failed
+    data: dict[str, Any] = field(default_factory=dict)
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "seq": self.seq,
+            "kind": self.kind,
+            "data": self.data,
+            "at": self.at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskEvent:
+        return cls(
+            task_id=data["task_id"],
+            seq=int(data["seq"]),
+            kind=data["kind"],
+            data=dict(data.get("data") or {}),
+            at=float(data.get("at") or 0.0),
+        )
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """What a task store knows about one task."""
+
+    id: str
+    status: TaskStatus
+    request: dict[str, Any]  # call arguments (see tasks docs), enough to re-run the task
+    route: str = ""
+    priority: int = 0
+    idempotency_key: str | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    attempts: int = 0  # executions started (recovery counts these)
+    progress: dict[str, Any] = field(default_factory=dict)  # last event summary
+    result: dict[str, Any] | None = None  # Response.to_dict()
+    error: dict[str, Any] | None = None  # errors.error_to_dict()
+    worker: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskRecord:
+        d = dict(data)
+        d["status"] = TaskStatus(d["status"])
+        return cls(**d)
