@@ -40,6 +40,16 @@ async def _close_providers() -> AsyncIterator[None]:
     await close_providers()
 
 
+@pytest.fixture(autouse=True)
+def _reset_breakers() -> Iterator[None]:
+    """Circuit breakers are process-wide: start and end every test with none."""
+    from llm_call.retry import reset_breakers
+
+    reset_breakers()
+    yield
+    reset_breakers()
+
+
 @pytest.fixture
 def use_settings() -> Callable[..., Settings]:
     """Install settings built from keyword sections, e.g. ``use_settings(endpoints={...})``."""

@@ -41,10 +41,22 @@ from .errors import (
     ValidationExhausted,
     ValidationFailed,
 )
-from .types import Attempt, Chunk, Message, Request, Response, TaskEvent, TaskRecord, TaskStatus, Usage
+from .types import (
+    Attempt,
+    Chunk,
+    Message,
+    Request,
+    Response,
+    TaskEvent,
+    TaskRecord,
+    TaskStatus,
+    Usage,
+)
 
 if TYPE_CHECKING:
     from .client import acall, astream, call, stream
+    from .legacy import acall_config, call_config
+    from .retry import health
 
 __version__ = "0.1.0"
 
@@ -83,8 +95,11 @@ __all__ = [
     "ValidationFailed",
     "__version__",
     "acall",
+    "acall_config",
     "astream",
     "call",
+    "call_config",
+    "health",
     "stream",
 ]
 
@@ -93,6 +108,9 @@ _LAZY = {
     "astream": ("client", "astream"),
     "call": ("client", "call"),
     "stream": ("client", "stream"),
+    "health": ("retry", "health"),
+    "acall_config": ("legacy", "acall_config"),
+    "call_config": ("legacy", "call_config"),
 }
 
 

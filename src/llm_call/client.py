@@ -24,16 +24,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ._portal import portal
-from ._progress import emit, listening
+from ._progress import listening
 from .errors import UsageError
 from .types import Chunk, Message, Request, Response
 
 if TYPE_CHECKING:
     from .config import Settings
     from .providers.router import Route
+    from .tasks import TaskHandle
 
 __all__ = ["CallOptions", "acall", "astream", "build_request", "call", "complete_once", "stream", "stream_once"]
 
@@ -106,13 +107,47 @@ class CallOptions:
             mine.pop("mode", None)
         if mine.get("mode", "direct") not in ("direct", "background", "auto"):
             raise UsageError(f"mode must be 'direct', 'background' or 'auto', not {mine['mode']!r}")
-        return cls(**mine)
+        opts = cls(**mine)
+        if mine:
+            opts.check()
+        return opts
+
+    def check(self) -> None:
+        """Reject option combinations that would be silently ignored or make no sense."""
+        if not self.validating:
+            needs = [
+                name
+                for name in ("escalate", "tools_after", "tools_mcp_config", "human_after", "budget_usd", "budget_tokens")
+                if getattr(self, name)
+            ]
+            if needs:
+                raise UsageError(
+                    f"{', '.join(needs)} only apply to validated calls: add validate=[...] or response_model=",
+                    hint="for provider failures use fallbacks=[...]; deadline_s works without validation",
+                )
+        for name, value, low in (("budget_usd", self.budget_usd, 0), ("deadline_s", self.deadline_s, 0)):
+            if value is not None and value <= low:
+                raise UsageError(f"{name} must be > 0, not {value}")
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise UsageError(f"budget_tokens must be >= 1, not {self.budget_tokens}")
+        for model in (*self.escalate, *self.fallbacks):
+            if not isinstance(model, str) or not model.strip():
+                raise UsageError(f"escalate/fallbacks entries must be model names, not {model!r}")
+
+
+_config_module: Any = None
 
 
 def _settings() -> Settings:
-    from .config import get_settings
+    """The process-wide settings (``config`` is imported on first use: it loads pydantic)."""
+    global _config_module
+    module = _config_module
+    if module is None:
+        from . import config as module
 
-    return get_settings()
+        _config_module = module
+    settings: Settings = module.get_settings()
+    return settings
 
 
 def default_model(settings: Settings) -> str:
@@ -173,9 +208,18 @@ def build_request(
 ) -> tuple[Request, CallOptions]:
     """Check the arguments of a call and split them into a Request and the layer options."""
     msgs = build_messages(prompt, messages, system)
-    opts = CallOptions.pop_from(options)
+    if "stream" in options:
+        raise UsageError("stream= is not an option of a call", hint="use llm_call.astream() or llm_call.stream() to stream")
     settings = _settings()
     name = model or default_model(settings)
+    if name in settings.aliases:
+        # an alias may bundle llm_call's own options (validate=, fallbacks= ...): the caller's win
+        from .providers.router import resolve
+
+        for key, value in resolve(name, settings).alias_options().items():
+            if key in CALL_OPTION_NAMES and key not in options:
+                options[key] = value
+    opts = CallOptions.pop_from(options)
     if max_tokens is not None and max_tokens < 1:
         raise UsageError(f"max_tokens must be >= 1, not {max_tokens}")
     if timeout is not None and timeout <= 0:
@@ -188,52 +232,81 @@ def build_request(
     return request, opts
 
 
+_REQUEST_FIELDS = frozenset({"temperature", "max_tokens", "timeout"})
+
+
 def _provider_request(request: Request, settings: Settings) -> tuple[Route, Request]:
     """Resolve the route and apply the alias's system prompt and options."""
     from .providers.router import resolve
 
     route = resolve(request.model, settings)
+    if not route.aliases:
+        if route.provider_model == request.model:
+            return route, request
+        return route, Request(
+            model=route.provider_model,
+            messages=request.messages,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            timeout=request.timeout,
+            options=request.options,
+        )
     messages = request.messages
     if route.system and not any(m.get("role") == "system" for m in messages):
         messages = [{"role": "system", "content": route.system}, *messages]
     options = request.options
-    alias_opts = route.alias_options()
+    temperature, max_tokens, timeout = request.temperature, request.max_tokens, request.timeout
+    alias_opts = {k: v for k, v in route.alias_options().items() if k not in CALL_OPTION_NAMES}
     if alias_opts:
-        options = {**alias_opts, **options}
+        # an alias's options are defaults: the caller's arguments win
+        if temperature is None:
+            temperature = alias_opts.get("temperature")
+        if max_tokens is None:
+            max_tokens = alias_opts.get("max_tokens")
+        if timeout is None:
+            timeout = alias_opts.get("timeout")
+        options = {
+            **{k: v for k, v in alias_opts.items() if k not in _REQUEST_FIELDS},
+            **options,
+        }
     return route, Request(
         model=route.provider_model,
         messages=messages,
-        temperature=request.temperature,
-        max_tokens=request.max_tokens,
-        timeout=request.timeout,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
         options=options,
     )
 
 
 async def complete_once(request: Request) -> Response:
-    """One provider call for ``request.model`` (aliases applied), no retries, no validation."""
+    """One provider call for ``request.model`` (aliases applied), no retries, no validation.
+
+    The ``attempt`` progress event is emitted by the retry layer (it knows the attempt number).
+    """
     from .providers.router import get_provider
 
     settings = _settings()
     route, preq = _provider_request(request, settings)
     provider = get_provider(route, settings)
-    emit("attempt", model=route.model)
     started = time.perf_counter()
     response = await provider.complete(preq)
     response.latency_s = time.perf_counter() - started
     return response
 
 
-async def stream_once(request: Request) -> AsyncIterator[Chunk]:
-    """One provider stream for ``request.model`` (aliases applied), no retries, no validation."""
+def stream_once(request: Request) -> AsyncIterator[Chunk]:
+    """One provider stream for ``request.model`` (aliases applied), no retries, no validation.
+
+    Returns the provider's own iterator (one generator layer less per chunk); routing and
+    configuration errors raise here, before iteration.
+    """
     from .providers.router import get_provider
 
     settings = _settings()
     route, preq = _provider_request(request, settings)
     provider = get_provider(route, settings)
-    emit("attempt", model=route.model)
-    async for chunk in provider.stream(preq):
-        yield chunk
+    return provider.stream(preq)
 
 
 async def _execute(request: Request, opts: CallOptions) -> Response:
@@ -244,7 +317,14 @@ async def _execute(request: Request, opts: CallOptions) -> Response:
         return await run_validated(request, opts)
     from .retry import complete_with_retries
 
-    return await complete_with_retries(request, opts)
+    if opts.deadline_s is None:
+        return await complete_with_retries(request, opts)
+    from .retry import clock_of
+
+    deadline_at = clock_of(opts.retry)() + opts.deadline_s
+    if request.timeout is None or request.timeout > opts.deadline_s:
+        request = request.replace(timeout=opts.deadline_s)
+    return await complete_with_retries(request, opts, deadline_at=deadline_at)
 
 
 async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[Chunk]:
@@ -256,8 +336,60 @@ async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[
         return
     from .retry import stream_with_retries
 
-    async for chunk in stream_with_retries(request, opts):
+    deadline_at = None
+    if opts.deadline_s is not None:
+        from .retry import clock_of
+
+        deadline_at = clock_of(opts.retry)() + opts.deadline_s
+        if request.timeout is None or request.timeout > opts.deadline_s:
+            request = request.replace(timeout=opts.deadline_s)
+    async for chunk in stream_with_retries(request, opts, deadline_at=deadline_at):
         yield chunk
+
+
+@overload
+async def acall(
+    model: str | None = None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    mode: Literal["direct"] | None = None,
+    **options: Any,
+) -> Response: ...
+
+
+@overload
+async def acall(
+    model: str | None = None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    mode: Literal["background"],
+    **options: Any,
+) -> TaskHandle: ...
+
+
+@overload
+async def acall(
+    model: str | None = None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    mode: Literal["auto"],
+    **options: Any,
+) -> Response | TaskHandle: ...
 
 
 async def acall(
@@ -269,17 +401,25 @@ async def acall(
     temperature: float | None = None,
     max_tokens: int | None = None,
     timeout: float | None = None,
+    mode: str | None = None,
     **options: Any,
-) -> Response:
+) -> Response | TaskHandle:
     """Ask ``model`` and return its :class:`Response`; failures raise typed errors.
 
     ``options`` are llm_call's own (``validate``, ``max_attempts``, ``escalate``, ``fallbacks``,
-    ``mode``, ``progress`` ...; see the docs) or go to the provider (``stop``, ``seed``,
+    ``progress`` ...; see the docs) or go to the provider (``stop``, ``seed``,
     ``mcp_config``, ``allowed_tools`` ...).
+
+    ``mode``: ``"direct"`` (default) runs the call here; ``"background"`` stores it as a task and
+    returns a :class:`~llm_call.tasks.TaskHandle` (``await`` it for the Response); ``"auto"``
+    goes to the background for long-running calls (``max/*``, agent validators, MCP,
+    ``long_running=True``) and otherwise runs directly, handing the running call over as a task
+    with :class:`~llm_call.errors.TaskPending` if it outlives ``timeout`` (see docs/tasks.md).
 
     Example::
 
         resp = await llm_call.acall("openai/gpt-4o-mini", "2+2?", validate=["regex:4"])
+        handle = await llm_call.acall("max/sonnet", "Write a story.", mode="background")
     """
     request, opts = build_request(
         model,
@@ -289,6 +429,7 @@ async def acall(
         temperature=temperature,
         max_tokens=max_tokens,
         timeout=timeout,
+        mode=mode,
         **options,
     )
     if opts.mode != "direct":
@@ -338,7 +479,8 @@ async def astream(
 
 def call(model: str | None = None, prompt: str | None = None, **kwargs: Any) -> Response:
     """Synchronous :func:`acall` for scripts and threads (not for async code: use ``acall``)."""
-    return portal.run(acall(model, prompt, **kwargs), "call")
+    response: Response = portal.run(acall(model, prompt, **kwargs), "call")  # a TaskHandle with mode="background"
+    return response
 
 
 def stream(model: str | None = None, prompt: str | None = None, **kwargs: Any) -> Iterator[Chunk]:

@@ -61,7 +61,7 @@ class Attempt:
 
     number: int
     model: str
-    kind: str = "answer"  # "answer" | "judge"
+    kind: str = "answer"  # "answer" | "judge" | "provider_error" (a failed call, retried)
     ok: bool = False
     text: str | None = None
     feedback: str | None = None
@@ -69,6 +69,7 @@ class Attempt:
     latency_s: float = 0.0
     usage: Usage = field(default_factory=Usage)
     cost_usd: float | None = None
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # Verdict.to_dict() per validator
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -194,7 +195,7 @@ class Request:
         )
 
     def replace(self, **changes: Any) -> Request:
-        d = {
+        d: dict[str, Any] = {
             "model": self.model,
             "messages": list(self.messages),
             "temperature": self.temperature,
@@ -276,7 +277,9 @@ class TaskRecord:
     progress: dict[str, Any] = field(default_factory=dict)  # last event summary
     result: dict[str, Any] | None = None  # Response.to_dict()
     error: dict[str, Any] | None = None  # errors.error_to_dict()
-    worker: str | None = None
+    worker: str | None = None  # the worker running it (status running)
+    owner: str | None = None  # the manager reserved to run it; None: any worker
+    cancel_requested: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
