@@ -48,7 +48,15 @@ class _Portal:
                 def run() -> None:
                     asyncio.set_event_loop(new_loop)
                     new_loop.call_soon(ready.set)
-                    new_loop.run_forever()
+                    try:
+                        new_loop.run_forever()
+                    finally:
+                        # stopped by shutdown(): finalise async generators (they close the
+                        # HTTP sessions bound to this loop), then release the loop itself
+                        try:
+                            new_loop.run_until_complete(new_loop.shutdown_asyncgens())
+                        finally:
+                            new_loop.close()
 
                 self._thread = threading.Thread(target=run, name="llm_call-loop", daemon=True)
                 self._thread.start()
@@ -86,7 +94,11 @@ class _Portal:
         finally:
             aclose = getattr(agen, "aclose", None)
             if aclose is not None and loop.is_running():
-                asyncio.run_coroutine_threadsafe(aclose(), loop).result(timeout=5)
+                try:
+                    asyncio.run_coroutine_threadsafe(aclose(), loop).result(timeout=5)
+                except RuntimeError:
+                    # interrupted mid-step (e.g. Ctrl-C): the step's cancelled task ends the stream
+                    logging.getLogger("llm_call").debug("stream still running at close", exc_info=True)
 
     def shutdown(self) -> None:
         loop, thread = self._loop, self._thread

@@ -31,6 +31,7 @@ This module imports pydantic, so it is imported lazily (first call), never by ``
 from __future__ import annotations
 
 import os
+import re
 import threading
 import tomllib
 from pathlib import Path
@@ -56,6 +57,11 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "local/smollm2"
+
+#: endpoint header names whose values are secrets (masked by ``config show``)
+_SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.IGNORECASE)
+#: the password of ``scheme://user:password@host`` URLs (e.g. a redis:// task store)
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
 class _Strict(BaseModel):
@@ -123,6 +129,8 @@ class LocalConfig(_Strict):
     n_threads: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=0.2, ge=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
+    top_k: int = Field(default=40, ge=0)
+    min_p: float = Field(default=0.05, ge=0, le=1)
     repeat_penalty: float = Field(default=1.0, gt=0)
     seed: int | None = 42
     max_tokens: int = Field(default=256, ge=1)
@@ -206,8 +214,17 @@ class Settings(_Strict):
         for ep in data.get("endpoints", {}).values():
             if ep.get("api_key"):
                 ep["api_key"] = "***"
+            headers = ep.get("headers") or {}
+            for name in headers:
+                if _SECRET_HEADER.search(name):
+                    headers[name] = "***"
+            ep["base_url"] = _URL_PASSWORD.sub(r"\1***@", ep["base_url"])
         server = data.get("server", {})
         server["api_keys"] = ["***" for _ in server.get("api_keys", [])]
+        for section, key in (("tasks", "store"), ("openai", "base_url")):
+            value = data.get(section, {}).get(key)
+            if isinstance(value, str):
+                data[section][key] = _URL_PASSWORD.sub(r"\1***@", value)
         data["source"] = self.source
         return data
 
@@ -279,8 +296,12 @@ def load_settings(
             data = tomllib.loads(file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{file} is not UTF-8 text: {exc}") from None
         except OSError as exc:
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
+    if "source" in data:  # a field of Settings (where they came from), not a setting
+        raise ConfigError(f"invalid configuration in {source}: source: unknown key")
     _apply_env(data, os.environ if env is None else env)
     try:
         settings = Settings.model_validate(data)

@@ -6,8 +6,9 @@ and ``import llm_call`` must stay fast.
 
 from __future__ import annotations
 
+import copy
 import enum
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 __all__ = [
@@ -72,7 +73,13 @@ class Attempt:
     verdicts: list[dict[str, Any]] = field(default_factory=list)  # Verdict.to_dict() per validator
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        # as asdict() (containers deep-copied) without its cost: every task result stores these
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        for key, value in d.items():
+            if isinstance(value, dict | list) and value:
+                d[key] = copy.deepcopy(value)
+            elif isinstance(value, dict | list):
+                d[key] = type(value)()
         d["usage"] = self.usage.to_dict()
         return d
 

@@ -89,9 +89,12 @@ def register(app: typer.Typer) -> None:
         allowed_tools: Annotated[str | None, typer.Option("--allowed-tools", help="Comma list of tools the model may use")] = None,
         cwd: Annotated[str | None, typer.Option("--cwd", help="Working directory for the Claude CLI")] = None,
         permission_mode: Annotated[str | None, typer.Option("--permission-mode", help="Claude CLI permission mode")] = None,
+        background: Annotated[bool, typer.Option("--background", help="Queue it as a task, print the task id (see llm-call tasks, llm-call worker)")] = False,
+        tasks: Annotated[str | None, typer.Option("--tasks", help="Task store for --background (default: settings.tasks.store, $LLM_CALL_TASKS, XDG data dir)")] = None,
     ) -> None:
         """Ask a model once and print the answer."""
-        with reporting_errors(_print_attempts):
+        with reporting_errors(_print_attempts) as report:
+            report.model = model
             settings = load()
             text = _read_prompt(prompt)
             opts = ask_options(
@@ -105,24 +108,42 @@ def register(app: typer.Typer) -> None:
                 cwd=cwd,
                 permission_mode=permission_mode,
             )
+            if model is None:
+                report.model = settings.default_model
             if model is None and not settings.default_model:
                 from ..config import DEFAULT_MODEL
 
+                report.model = DEFAULT_MODEL
                 sys.stderr.write(f"note: no model given, using {DEFAULT_MODEL} (set default_model or -m)\n")
+            if background:
+                from ._tasks import submit_background
+
+                submit_background(
+                    {"model": model, "prompt": text, "system": system, "temperature": temperature,
+                     "max_tokens": max_tokens, "timeout": timeout, **opts},
+                    tasks,
+                )
+                return
             from ..client import call
             from ..client import stream as stream_call
 
             if stream and not as_json:
-                for chunk in stream_call(
-                    model, text, system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout, **opts
-                ):
-                    if chunk.event == "retry":
+                printed = False
+                try:
+                    for chunk in stream_call(
+                        model, text, system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout, **opts
+                    ):
+                        if chunk.event == "retry":
+                            sys.stdout.write("\n")
+                            sys.stderr.write(f"[attempt {chunk.attempt}: {(chunk.data or {}).get('feedback', 'retrying')}]\n")
+                        elif chunk.text:
+                            printed = True
+                            sys.stdout.write(chunk.text)
+                            sys.stdout.flush()
+                finally:
+                    if printed:  # end the (possibly partial) answer before any error
                         sys.stdout.write("\n")
-                        sys.stderr.write(f"[attempt {chunk.attempt}: {(chunk.data or {}).get('feedback', 'retrying')}]\n")
-                    elif chunk.text:
-                        sys.stdout.write(chunk.text)
                         sys.stdout.flush()
-                sys.stdout.write("\n")
                 return
             resp = call(
                 model, text, system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout, **opts

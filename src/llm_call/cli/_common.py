@@ -15,7 +15,7 @@ from ..errors import ConfigError, LLMCallError, ProviderError, UsageError
 if TYPE_CHECKING:
     from ..config import Settings
 
-__all__ = ["EXIT_FAILED", "EXIT_USAGE", "fail", "load", "reporting_errors", "state"]
+__all__ = ["EXIT_FAILED", "EXIT_USAGE", "Report", "describe", "fail", "load", "reporting_errors", "state"]
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -38,12 +38,17 @@ def load() -> Settings:
     return settings
 
 
-def describe(exc: BaseException) -> str:
-    """One line naming the error type, the model and a hint."""
+def describe(exc: BaseException, model: str | None = None) -> str:
+    """One line naming the error type, the model and a hint.
+
+    ``model`` is the model the user asked for (``-m``); the error's own model (what the provider
+    was asked for, e.g. ``gpt-4o`` for ``openai/gpt-4o``) is shown when it says more.
+    """
     name = type(exc).__name__
     text = f"{name}: {exc}" if not isinstance(exc, LLMCallError) else f"{name}: {exc.message}"
-    if isinstance(exc, ProviderError) and exc.model and exc.model not in text:
-        text += f" [model {exc.model}]"
+    shown = model or (exc.model if isinstance(exc, ProviderError) else None)
+    if shown and f"model {shown}" not in text and f"model {shown!r}" not in text:
+        text += f" [model {shown}]"
     hint = getattr(exc, "hint", None)
     if hint:
         text += f"\nhint: {hint}"
@@ -55,16 +60,24 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     raise typer.Exit(code)
 
 
+@dataclass
+class Report:
+    """What ``reporting_errors`` knows about the command; set ``model`` once it is known."""
+
+    model: str | None = None
+
+
 @contextmanager
-def reporting_errors(extra: Callable[[LLMCallError], None] | None = None) -> Iterator[None]:
+def reporting_errors(extra: Callable[[LLMCallError], None] | None = None) -> Iterator[Report]:
     """Print llm_call errors on stderr and exit 2 (usage/config) or 1 (the call failed)."""
+    report = Report()
     try:
-        yield
+        yield report
     except (ConfigError, UsageError) as exc:
-        sys.stderr.write(f"error: {describe(exc)}\n")
+        sys.stderr.write(f"error: {describe(exc, report.model)}\n")
         raise typer.Exit(EXIT_USAGE) from None
     except LLMCallError as exc:
-        sys.stderr.write(f"error: {describe(exc)}\n")
+        sys.stderr.write(f"error: {describe(exc, report.model)}\n")
         if extra is not None:
             extra(exc)
         raise typer.Exit(EXIT_FAILED) from None

@@ -1,7 +1,23 @@
 """Every other model string, through LiteLLM (imported on first use: it costs ~3 s and ~200 MB).
 
 ``LITELLM_LOCAL_MODEL_COST_MAP=True`` is set before the import so LiteLLM never fetches its price
-list over the network. LiteLLM's exceptions are translated to llm_call's tree in one place.
+list over the network. LiteLLM's own retries are switched off (``num_retries=0``,
+``max_retries=0``): retrying is llm_call's job (``retry.py``), and one call is one request.
+
+LiteLLM's exceptions are translated to llm_call's tree in one place, :meth:`LiteLLMProvider._translate`.
+They derive from the ``openai`` SDK's classes; the mapping goes by class, then by status:
+
+=========================================  =====================================
+AuthenticationError, PermissionDeniedError  AuthError
+NotFoundError                               ModelNotFound
+RateLimitError                              RateLimited(retry_after from headers)
+Timeout                                     ProviderTimeout
+MidStreamFallbackError (a stream broke)     StreamInterrupted(partial)
+APIConnectionError "Unable to get json"     MalformedResponse (HTML, truncated JSON)
+APIConnectionError, "connection reset"      ProviderConnectionError
+BadRequestError "LLM Provider NOT provided" ConfigError (unknown route)
+any other status error                      ProviderHTTPError(status)
+=========================================  =====================================
 """
 
 from __future__ import annotations
@@ -19,6 +35,7 @@ from ..errors import (
     ModelNotFound,
     ProviderConnectionError,
     ProviderError,
+    ProviderFailed,
     ProviderHTTPError,
     ProviderTimeout,
     RateLimited,
@@ -30,6 +47,7 @@ from ..types import Chunk, Request, Response, Usage
 __all__ = ["LiteLLMProvider", "import_litellm"]
 
 _CLAUDE_ONLY = frozenset({"mcp_config", "allowed_tools", "cwd", "permission_mode", "resume", "max_turns"})
+_CONNECTION_BROKE = ("Connection reset", "Server disconnected", "Connection aborted", "ConnectionResetError")
 
 
 def import_litellm() -> Any:
@@ -51,17 +69,19 @@ class LiteLLMProvider:
 
     def __init__(self) -> None:
         self._litellm: Any = None
+        self._known: frozenset[str] = frozenset()
 
     def _lib(self) -> Any:
         if self._litellm is None:
-            self._litellm = import_litellm()
+            lib = import_litellm()
+            self._known = frozenset(str(getattr(p, "value", p)) for p in lib.provider_list)
+            self._litellm = lib
         return self._litellm
 
     def _check_route(self, model: str) -> None:
-        lib = self._lib()
+        self._lib()
         prefix = model.split("/", 1)[0]
-        providers = {str(getattr(p, "value", p)) for p in lib.provider_list}
-        if prefix not in providers:
+        if prefix not in self._known:
             raise ConfigError(
                 f"unknown route {prefix!r} in model {model!r}: not max/, local/, openai/, a configured "
                 "endpoint, or a LiteLLM provider",
@@ -86,35 +106,56 @@ class LiteLLMProvider:
                 )
             kw[key] = value
         kw.setdefault("num_retries", 0)  # retries are llm_call's job (retry.py)
+        kw.setdefault("max_retries", 0)  # nor may the provider SDK underneath retry
         return kw
 
     @contextmanager
-    def _translate(self, model: str) -> Iterator[None]:
-        lib = self._lib()
-        ex = lib.exceptions
+    def _translate(self, model: str, parts: list[str] | None = None) -> Iterator[None]:
+        """Turn LiteLLM failures into llm_call errors (the one place that does)."""
+        ex = self._lib().exceptions
+        import openai  # a LiteLLM dependency: the base classes of its exceptions
+        kw: dict[str, Any] = {"provider": "litellm", "model": model}
         try:
             yield
         except ProviderError:
             raise
-        except ex.AuthenticationError as exc:
-            raise AuthError(str(exc), hint="check the provider's API key variable", provider="litellm", model=model) from exc
+        except (ex.AuthenticationError, ex.PermissionDeniedError) as exc:
+            prefix = model.split("/", 1)[0]
+            hint = f"set the API key LiteLLM reads for {prefix}/* models (usually ${prefix.upper()}_API_KEY)"
+            raise AuthError(_text(exc), hint=hint, **kw) from exc
         except ex.NotFoundError as exc:
-            raise ModelNotFound(str(exc), provider="litellm", model=model) from exc
+            raise ModelNotFound(_text(exc), hint="check the model name and the provider's base URL", **kw) from exc
         except ex.RateLimitError as exc:
-            raise RateLimited(str(exc), provider="litellm", model=model, retry_after=_retry_after(exc)) from exc
+            raise RateLimited(_text(exc), retry_after=_retry_after(exc), **kw) from exc
         except ex.Timeout as exc:
-            raise ProviderTimeout(str(exc), provider="litellm", model=model) from exc
+            raise ProviderTimeout(_text(exc), **kw) from exc
+        except ex.MidStreamFallbackError as exc:
+            partial = "".join(parts) if parts else str(getattr(exc, "generated_content", "") or "")
+            raise StreamInterrupted(f"the stream broke: {_text(exc)}", partial=partial, **kw) from exc
         except ex.APIConnectionError as exc:
-            raise ProviderConnectionError(str(exc), provider="litellm", model=model) from exc
+            text = _text(exc)
+            if "Unable to get json response" in text:
+                raise MalformedResponse(
+                    text, hint="is the base URL the provider's API endpoint?", **kw
+                ) from exc
+            raise ProviderConnectionError(text, **kw) from exc
         except ex.BadRequestError as exc:
-            if "LLM Provider NOT provided" in str(exc):
-                raise ConfigError(f"unknown route in model {model!r}: {exc}") from exc
-            raise ProviderHTTPError(str(exc), provider="litellm", model=model, status=400, body=str(exc)[:2000]) from exc
-        except ex.APIError as exc:
-            status = int(getattr(exc, "status_code", 0) or 500)
-            raise ProviderHTTPError(str(exc), provider="litellm", model=model, status=status, body=str(exc)[:2000]) from exc
+            text = _text(exc)
+            if "LLM Provider NOT provided" in text:
+                raise ConfigError(f"unknown route in model {model!r}: {text}") from exc
+            raise ProviderHTTPError(text, status=_status(exc, 400), body=text[:2000], **kw) from exc
+        except openai.OpenAIError as exc:  # the base of every other LiteLLM (and openai SDK) error
+            text = _text(exc)
+            if any(marker in text for marker in _CONNECTION_BROKE):
+                raise ProviderConnectionError(text, **kw) from exc
+            status = _status(exc, 0)
+            if status:
+                raise ProviderHTTPError(text, status=status, body=text[:2000], **kw) from exc
+            raise ProviderFailed(text, subtype=type(exc).__name__, **kw) from exc
         except (ValueError, KeyError, TypeError) as exc:
-            raise MalformedResponse(f"litellm could not use the answer: {exc}", provider="litellm", model=model) from exc
+            raise MalformedResponse(
+                f"litellm could not use the answer: {type(exc).__name__}: {exc}", **kw
+            ) from exc
 
     async def complete(self, request: Request) -> Response:
         self._check_route(request.model)
@@ -155,22 +196,27 @@ class LiteLLMProvider:
         finish: str | None = None
         usage: Usage | None = None
         parts: list[str] = []
-        with self._translate(request.model):
+        with self._translate(request.model, parts):
             stream = await self._lib().acompletion(**kw)
-            async for chunk in stream:
-                u = getattr(chunk, "usage", None)
-                if u:
-                    usage = Usage(int(u.prompt_tokens or 0), int(u.completion_tokens or 0))
-                for choice in chunk.choices or ():
-                    piece = getattr(choice.delta, "content", None)
-                    if piece:
-                        parts.append(piece)
-                        yield Chunk(text=piece, model=request.model)
-                    if choice.finish_reason:
-                        finish = choice.finish_reason
+            try:
+                async for chunk in stream:
+                    u = getattr(chunk, "usage", None)
+                    if u:
+                        usage = Usage(int(u.prompt_tokens or 0), int(u.completion_tokens or 0))
+                    for choice in chunk.choices or ():
+                        piece = getattr(choice.delta, "content", None)
+                        if piece:
+                            parts.append(piece)
+                            yield Chunk(text=piece, model=request.model)
+                        if choice.finish_reason:
+                            finish = choice.finish_reason
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()  # a consumer that stops early must not leave the response open
         if finish is None:
             raise StreamInterrupted(
-                "litellm stream ended without finish_reason",
+                f"litellm stream of {request.model!r} ended without finish_reason",
                 provider="litellm",
                 model=request.model,
                 partial="".join(parts),
@@ -181,11 +227,23 @@ class LiteLLMProvider:
         return None
 
 
+def _text(exc: BaseException) -> str:
+    return str(getattr(exc, "message", None) or exc)
+
+
+def _status(exc: BaseException, default: int) -> int:
+    try:
+        return int(getattr(exc, "status_code", None) or default)
+    except (TypeError, ValueError):
+        return default
+
+
 def _retry_after(exc: Any) -> float | None:
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None)
-    if headers is None:
-        return None
     from .openai_compat import parse_retry_after
 
-    return parse_retry_after(headers.get("retry-after"))
+    for source in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
+        if source is not None:
+            value = source.get("retry-after") or source.get("Retry-After")
+            if value:
+                return parse_retry_after(str(value))
+    return None

@@ -1,9 +1,11 @@
 """The native OpenAI-compatible provider, on aiohttp.
 
 One ``ClientSession`` per event loop, created on first use and reused by every call on that loop
-(``call()`` runs on a private loop thread, so sync callers share one session too). Every transport
-call goes through :func:`_translate`, the one place where aiohttp and HTTP failures become
-llm_call errors:
+(``call()`` runs on a private loop thread, so sync callers share one session too). The session is
+closed when its loop shuts down (``asyncio.run`` and pytest-asyncio finalise async generators at
+the end; a suspended one closes the session), so repeated ``asyncio.run(...)`` neither leaks
+sockets nor warns about unclosed sessions. :func:`_translate` is the one place where aiohttp
+and HTTP failures become llm_call errors:
 
 =====================================  ===================================
 401 / 403                              AuthError (hint names the key env var)
@@ -13,20 +15,26 @@ other status >= 400                    ProviderHTTPError(status, body)
 connection refused / reset             ProviderConnectionError
 connect / read / total timeout         ProviderTimeout
 not JSON, HTML, truncated JSON         MalformedResponse
-stream ends without [DONE]/finish      StreamInterrupted(partial)
+stream ends without [DONE]/finish,     StreamInterrupted(partial)
+or breaks once it has started
 =====================================  ===================================
 
 Cancelling the calling task closes the HTTP connection (the request is not left running).
+
+The hot path is kept lean (it is measured by ``bench/overhead.py``): the body is encoded once
+(orjson when installed), SSE is split from raw socket blocks rather than awaited line by line,
+and default timeouts and auth headers are built once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import os
 import time
-import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -35,6 +43,7 @@ import aiohttp
 
 from ..errors import (
     AuthError,
+    ConfigError,
     MalformedResponse,
     ModelNotFound,
     ProviderConnectionError,
@@ -52,10 +61,31 @@ if TYPE_CHECKING:
 
 __all__ = ["OpenAICompatProvider", "parse_retry_after"]
 
+_log = logging.getLogger("llm_call.openai")
+
 _DEFAULT_BASE = "https://api.openai.com/v1"
 #: options only the Claude route understands; elsewhere they are an error, not silently dropped
 _CLAUDE_ONLY = frozenset({"mcp_config", "allowed_tools", "cwd", "permission_mode", "resume", "max_turns"})
 _DROP = frozenset({"progress"})
+_MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+_loads: Callable[[bytes], Any]
+try:
+    import orjson
+
+    _loads = orjson.loads
+
+    def _dumps(obj: Any) -> bytes:
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # e.g. non-str keys: the stdlib is more lenient; it raises if it cannot
+            return json.dumps(obj).encode()
+
+except ImportError:  # pragma: no cover - orjson is optional
+    _loads = json.loads
+
+    def _dumps(obj: Any) -> bytes:
+        return json.dumps(obj).encode()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -64,9 +94,11 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -74,6 +106,23 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if when is None:
         return None
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _usage(data: Any) -> Usage:
+    if not data:
+        return Usage()
+    return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
+
+
+class _StreamState:
+    __slots__ = ("done", "finish", "model", "parts", "usage")
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.parts: list[str] = []
+        self.finish: str | None = None
+        self.usage: Usage | None = None
+        self.done = False
 
 
 class OpenAICompatProvider:
@@ -93,7 +142,13 @@ class OpenAICompatProvider:
         total_timeout: float | None = None,
         max_connections: int = 1000,
         max_connections_per_host: int = 0,
+        base_url_source: str = "base_url",
     ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{base_url_source}={base_url!r} is not an http:// or https:// URL",
+                hint="use e.g. http://127.0.0.1:8000/v1",
+            )
         self.name = name
         self.base_url = base_url.rstrip("/")
         self._url = self.base_url + "/chat/completions"
@@ -101,18 +156,29 @@ class OpenAICompatProvider:
         self._api_key_env = api_key_env
         self._key_required = key_required
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._keyed: tuple[str, dict[str, str]] | None = None
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
         self._total_timeout = total_timeout
+        self._default_timeout = aiohttp.ClientTimeout(
+            total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
+        )
         self._limit = max_connections
         self._limit_per_host = max_connections_per_host
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary()
-        )
+        # loop -> (session, async generator that closes it when the loop shuts down)
+        self._sessions: dict[
+            asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
+        ] = {}
+        self._last: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
 
     @classmethod
     def from_openai_settings(cls, cfg: OpenAIConfig) -> OpenAICompatProvider:
-        base = cfg.base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE
+        if cfg.base_url:
+            base, source = cfg.base_url, "openai.base_url"
+        elif os.environ.get("OPENAI_BASE_URL"):
+            base, source = os.environ["OPENAI_BASE_URL"], "OPENAI_BASE_URL"
+        else:
+            base, source = _DEFAULT_BASE, "base_url"
         return cls(
             name="openai",
             base_url=base,
@@ -124,6 +190,7 @@ class OpenAICompatProvider:
             total_timeout=cfg.total_timeout,
             max_connections=cfg.max_connections,
             max_connections_per_host=cfg.max_connections_per_host,
+            base_url_source=source,
         )
 
     @classmethod
@@ -140,6 +207,7 @@ class OpenAICompatProvider:
             total_timeout=cfg.total_timeout,
             max_connections=ep.max_connections or cfg.max_connections,
             max_connections_per_host=cfg.max_connections_per_host,
+            base_url_source=f"endpoints.{name}.base_url",
         )
 
     # -- plumbing -------------------------------------------------------------------------
@@ -157,30 +225,61 @@ class OpenAICompatProvider:
                     model=model,
                 )
             return self._headers
-        return {**self._headers, "Authorization": f"Bearer {key}"}
+        keyed = self._keyed
+        if keyed is None or keyed[0] != key:
+            keyed = (key, {**self._headers, "Authorization": f"Bearer {key}"})
+            self._keyed = keyed
+        return keyed[1]
 
     def _session(self) -> aiohttp.ClientSession:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
+        last = self._last
+        if last is not None and last[0] is loop and not last[1].closed:
+            return last[1]
+        entry = self._sessions.get(loop)
+        if entry is None or entry[0].closed:
+            # forget sessions of loops closed without shutting down their async generators
+            for old in [lp for lp in self._sessions if lp.is_closed()]:
+                del self._sessions[old]
             connector = aiohttp.TCPConnector(
                 limit=self._limit, limit_per_host=self._limit_per_host, ttl_dns_cache=300
             )
-            session = aiohttp.ClientSession(
-                connector=connector,
-                json_serialize=json.dumps,
-                skip_auto_headers=("User-Agent",),
-            )
-            self._sessions[loop] = session
-        return session
+            session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+            closer = self._close_with_loop(loop, session)
+            # Run the generator to its ``yield`` now: the loop registered it on first iteration,
+            # and finalises it (running the ``finally``) in ``shutdown_asyncgens``.
+            try:
+                closer.__anext__().send(None)
+            except StopIteration:
+                pass
+            entry = (session, closer)
+            self._sessions[loop] = entry
+        self._last = (loop, entry[0])
+        return entry[0]
+
+    async def _close_with_loop(
+        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
+    ) -> AsyncGenerator[None, None]:
+        try:
+            yield
+        finally:
+            entry = self._sessions.get(loop)
+            if entry is not None and entry[0] is session:
+                del self._sessions[loop]
+            last = self._last
+            if last is not None and last[1] is session:
+                self._last = None
+            if not session.closed:
+                await session.close()
 
     def _timeout(self, request: Request) -> aiohttp.ClientTimeout:
-        total = request.timeout if request.timeout is not None else self._total_timeout
+        if request.timeout is None:
+            return self._default_timeout
         return aiohttp.ClientTimeout(
-            total=total, sock_connect=self._connect_timeout, sock_read=self._read_timeout
+            total=request.timeout, sock_connect=self._connect_timeout, sock_read=self._read_timeout
         )
 
-    def _body(self, request: Request, stream: bool) -> dict[str, Any]:
+    def _body(self, request: Request, stream: bool) -> bytes:
         body: dict[str, Any] = {"model": request.model, "messages": request.messages}
         if request.temperature is not None:
             body["temperature"] = request.temperature
@@ -202,7 +301,10 @@ class OpenAICompatProvider:
         if stream:
             body["stream"] = True
             body.setdefault("stream_options", {"include_usage": True})
-        return body
+        try:
+            return _dumps(body)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"the request for {self.name} cannot be sent as JSON: {exc}") from None
 
     @contextmanager
     def _translate(self, model: str) -> Iterator[None]:
@@ -211,12 +313,15 @@ class OpenAICompatProvider:
             yield
         except ProviderError:
             raise
-        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError/ConnectionTimeoutError
             raise ProviderTimeout(
-                f"{self.name}: request timed out ({type(exc).__name__})", provider=self.name, model=model
+                f"{self.name}: request timed out ({type(exc).__name__}: {exc})".replace(": )", ")"),
+                hint="raise timeout= or the configured timeouts if the model is just slow",
+                provider=self.name,
+                model=model,
             ) from exc
         except aiohttp.ClientPayloadError as exc:
-            raise StreamInterrupted(
+            raise ProviderConnectionError(
                 f"{self.name}: response body cut short: {exc}", provider=self.name, model=model
             ) from exc
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
@@ -226,9 +331,11 @@ class OpenAICompatProvider:
                 provider=self.name,
                 model=model,
             ) from exc
-        except aiohttp.ClientResponseError as exc:
-            raise ProviderHTTPError(
-                f"{self.name}: {exc.message}", provider=self.name, model=model, status=exc.status
+        except aiohttp.ClientError as exc:
+            raise ProviderConnectionError(
+                f"{self.name}: HTTP exchange with {self.base_url} failed: {type(exc).__name__}: {exc}",
+                provider=self.name,
+                model=model,
             ) from exc
 
     def _status_error(self, status: int, headers: Any, text: str, model: str) -> ProviderError:
@@ -260,6 +367,16 @@ class OpenAICompatProvider:
             )
         return ProviderHTTPError(msg, provider=self.name, model=model, status=status, body=text[:2000])
 
+    def _error_in_body(self, err: Any, raw: bytes, model: str, where: str) -> ProviderHTTPError:
+        detail = err.get("message") if isinstance(err, dict) else err
+        return ProviderHTTPError(
+            f"{self.name} sent an error {where}: {detail}",
+            provider=self.name,
+            model=model,
+            status=502,
+            body=raw.decode("utf-8", "replace")[:2000],
+        )
+
     # -- Provider protocol ----------------------------------------------------------------
 
     async def complete(self, request: Request) -> Response:
@@ -269,7 +386,7 @@ class OpenAICompatProvider:
         started = time.perf_counter()
         with self._translate(model):
             async with self._session().post(
-                self._url, json=body, headers=headers, timeout=self._timeout(request)
+                self._url, data=body, headers=headers, timeout=self._timeout(request)
             ) as resp:
                 raw_bytes = await resp.read()
                 if resp.status >= 400:
@@ -281,7 +398,7 @@ class OpenAICompatProvider:
 
     def _parse(self, raw_bytes: bytes, content_type: str, model: str, latency: float) -> Response:
         try:
-            data = json.loads(raw_bytes)
+            data = _loads(raw_bytes)
         except ValueError:
             kind = "HTML" if b"<html" in raw_bytes[:200].lower() else "invalid JSON"
             raise MalformedResponse(
@@ -292,40 +409,39 @@ class OpenAICompatProvider:
                 model=model,
             ) from None
         try:
+            if "choices" not in data and "error" in data:
+                raise self._error_in_body(data["error"], raw_bytes, model, "instead of an answer")
             choice = data["choices"][0]
             message = choice["message"]
-        except (KeyError, IndexError, TypeError):
+            text = message.get("content")
+            if text is None:
+                text = ""
+            elif not isinstance(text, str):
+                text = "".join(p["text"] for p in text if p.get("type") == "text")
+            return Response(
+                text=text,
+                model=f"{self.name}/{data.get('model') or model}",
+                usage=_usage(data.get("usage")),
+                latency_s=latency,
+                raw=data,
+                finish_reason=choice.get("finish_reason"),
+                tool_calls=message.get("tool_calls"),
+            )
+        except _MALFORMED_SHAPE:
             raise MalformedResponse(
-                f"{self.name} answered JSON without choices[0].message: {raw_bytes[:200]!r}",
+                f"{self.name} answered JSON that is not a chat completion: {raw_bytes[:200]!r}",
                 provider=self.name,
                 model=model,
             ) from None
-        usage = data.get("usage") or {}
-        text = message.get("content") or ""
-        if not isinstance(text, str):
-            text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-        return Response(
-            text=text,
-            model=f"{self.name}/{data.get('model') or model}",
-            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
-            latency_s=latency,
-            raw=data,
-            finish_reason=choice.get("finish_reason"),
-            tool_calls=message.get("tool_calls"),
-        )
 
     async def stream(self, request: Request) -> AsyncIterator[Chunk]:
         model = request.model
         headers = self._auth_headers(model)
         body = self._body(request, stream=True)
-        answered_model = f"{self.name}/{model}"
-        parts: list[str] = []
-        finish: str | None = None
-        usage: Usage | None = None
-        done = False
+        st = _StreamState(f"{self.name}/{model}")
         with self._translate(model):
             async with self._session().post(
-                self._url, json=body, headers=headers, timeout=self._timeout(request)
+                self._url, data=body, headers=headers, timeout=self._timeout(request)
             ) as resp:
                 if resp.status >= 400:
                     text = (await resp.read()).decode("utf-8", "replace")
@@ -338,66 +454,118 @@ class OpenAICompatProvider:
                     yield Chunk(model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage)
                     return
                 try:
-                    async for line in resp.content:
-                        if not line.startswith(b"data:"):
-                            continue
-                        payload = line[5:].strip()
-                        if payload == b"[DONE]":
-                            done = True
-                            break
-                        try:
-                            data = json.loads(payload)
-                        except ValueError:
-                            raise MalformedResponse(
-                                f"{self.name} sent a stream event that is not JSON: {payload[:120]!r}",
-                                provider=self.name,
-                                model=model,
-                            ) from None
-                        if "error" in data and "choices" not in data:
-                            err = data["error"]
-                            raise ProviderHTTPError(
-                                f"{self.name} sent an error in the stream: "
-                                f"{err.get('message') if isinstance(err, dict) else err}",
-                                provider=self.name,
-                                model=model,
-                                status=502,
-                                body=payload.decode("utf-8", "replace")[:2000],
-                            )
-                        if data.get("model"):
-                            answered_model = f"{self.name}/{data['model']}"
-                        u = data.get("usage")
-                        if u:
-                            usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-                        for choice in data.get("choices") or ():
-                            delta = choice.get("delta") or {}
-                            piece = delta.get("content")
+                    buf = b""
+                    async for block in resp.content.iter_any():
+                        if buf:
+                            block = buf + block
+                        lines = block.split(b"\n")
+                        buf = lines.pop()
+                        for line in lines:
+                            if not line.startswith(b"data:"):
+                                continue  # blank separators, comments, event: and id: lines
+                            piece = self._event(line, st, model)
                             if piece:
-                                parts.append(piece)
-                                yield Chunk(text=piece, model=answered_model)
-                            if choice.get("finish_reason"):
-                                finish = choice["finish_reason"]
+                                yield Chunk(text=piece, model=st.model)
+                            elif st.done:
+                                break
+                        if st.done:
+                            break
+                    else:
+                        if buf:  # a last line without its newline
+                            piece = self._event(buf, st, model)
+                            if piece:
+                                yield Chunk(text=piece, model=st.model)
                 except asyncio.CancelledError:
                     resp.close()
                     raise
-                if not done and finish is None:
+                except TimeoutError:
                     resp.close()
-                    raise StreamInterrupted(
-                        f"{self.name}: stream ended after {len(parts)} chunks without [DONE] or finish_reason",
-                        provider=self.name,
-                        model=model,
-                        partial="".join(parts),
-                    )
-        yield Chunk(model=answered_model, finish_reason=finish or "stop", usage=usage)
+                    raise
+                except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
+                    resp.close()
+                    raise self._interrupted(st, model, f"the connection broke: {exc}") from exc
+                if not st.done and st.finish is None:
+                    resp.close()
+                    raise self._interrupted(st, model, "the stream ended without [DONE] or finish_reason")
+                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage)
+                if not resp.content.at_eof():
+                    await self._drain(resp)
+
+    async def _drain(self, resp: aiohttp.ClientResponse) -> None:
+        """Read what follows ``[DONE]`` so the connection can be reused (as the openai SDK does)."""
+        try:
+            async for _ in resp.content.iter_any():
+                pass
+        except (TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
+            # the answer is complete; only the connection is lost
+            _log.debug("%s: error after [DONE], closing the connection: %r", self.name, exc)
+            resp.close()
+
+    def _interrupted(self, st: _StreamState, model: str, why: str) -> StreamInterrupted:
+        return StreamInterrupted(
+            f"{self.name}: stream of {model!r} interrupted after {len(st.parts)} chunks: {why}",
+            provider=self.name,
+            model=model,
+            partial="".join(st.parts),
+        )
+
+    def _event(self, line: bytes, st: _StreamState, model: str) -> str | None:
+        """Apply one SSE line to ``st``; return its text delta, if any."""
+        if not line.startswith(b"data:"):
+            return None
+        payload = line[5:].strip()
+        if not payload:
+            return None
+        if payload == b"[DONE]":
+            st.done = True
+            return None
+        try:
+            data = _loads(payload)
+        except ValueError:
+            raise MalformedResponse(
+                f"{self.name} sent a stream event that is not JSON: {payload[:120]!r}",
+                provider=self.name,
+                model=model,
+            ) from None
+        text: str | None = None
+        try:
+            choices = data.get("choices")
+            if choices is None and "error" in data:
+                raise self._error_in_body(data["error"], payload, model, "in the stream")
+            answered = data.get("model")
+            if answered:
+                st.model = f"{self.name}/{answered}"
+            u = data.get("usage")
+            if u:
+                st.usage = _usage(u)
+            for choice in choices or ():
+                piece = choice.get("delta", {}).get("content")
+                if piece:
+                    if not isinstance(piece, str):
+                        raise TypeError("content is not a string")
+                    st.parts.append(piece)
+                    text = piece if text is None else text + piece
+                reason = choice.get("finish_reason")
+                if reason:
+                    st.finish = reason
+        except _MALFORMED_SHAPE:
+            raise MalformedResponse(
+                f"{self.name} sent a stream event that is not a chat completion chunk: {payload[:200]!r}",
+                provider=self.name,
+                model=model,
+            ) from None
+        return text
 
     async def aclose(self) -> None:
-        sessions = list(self._sessions.items())
+        entries = list(self._sessions.items())
         self._sessions.clear()
+        self._last = None
         current: asyncio.AbstractEventLoop | None
         try:
             current = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for loop, session in sessions:
+        for loop, (session, _closer) in entries:
             if session.closed:
                 continue
             if loop is current:

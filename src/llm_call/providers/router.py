@@ -17,6 +17,7 @@ Providers are created once per process and shared; each keeps its own per-event-
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from dataclasses import dataclass, field
@@ -79,15 +80,18 @@ def resolve(model: str, settings: Settings) -> Route:
     if not model or not model.strip():
         raise ConfigError("no model given", hint="pass model=... or set default_model in config")
     aliases: list[AliasConfig] = []
-    seen: set[str] = set()
+    seen: list[str] = []
     name = model.strip()
     while name in settings.aliases:
         if name in seen:
-            raise ConfigError(f"alias loop in config: {' -> '.join([*seen, name])}")
-        seen.add(name)
+            raise ConfigError(
+                f"alias loop in config: {' -> '.join([*seen, name])}",
+                hint="make one of these aliases name a model (ROUTE/MODEL)",
+            )
+        seen.append(name)
         alias = settings.aliases[name]
         aliases.append(alias)
-        name = alias.model
+        name = alias.model.strip()
     chain = tuple(aliases)
     if name == "max" or name.startswith("max/"):
         sub = name[4:] if name.startswith("max/") else ""
@@ -98,6 +102,8 @@ def resolve(model: str, settings: Settings) -> Route:
             raise ConfigError("model 'local/' names no model", hint="use local/smollm2 or local/<path.gguf>")
         return Route("local", name, sub, "local", None, chain)
     if name.startswith("openai/"):
+        if not name[7:]:
+            raise ConfigError("model 'openai/' names no model", hint="use e.g. openai/gpt-4o-mini")
         return Route("openai", name, name[7:], "openai", None, chain)
     prefix, sep, rest = name.partition("/")
     if sep and prefix in settings.endpoints:
@@ -116,21 +122,40 @@ def resolve(model: str, settings: Settings) -> Route:
     return Route("litellm", name, name, "litellm", None, chain)
 
 
-_providers: dict[str, Provider] = {}
+#: route key -> (the configuration the provider was built from, the provider)
+_providers: dict[str, tuple[Any, Provider]] = {}
 _lock = threading.Lock()
 
 
+def _built_from(route: Route, settings: Settings) -> Any:
+    """What a route's provider is built from; a change (new settings, other base URL) rebuilds it."""
+    kind = route.kind
+    if kind == "openai":
+        return (settings.openai, os.environ.get("OPENAI_BASE_URL"))
+    if kind == "endpoint":
+        return settings.endpoints.get(route.endpoint or "")
+    if kind == "max":
+        return settings.claude
+    if kind == "local":
+        return settings.local
+    return None
+
+
 def get_provider(route: Route, settings: Settings) -> Provider:
-    """The shared provider instance for ``route`` (created on first use)."""
-    provider = _providers.get(route.key)
-    if provider is not None:
-        return provider
+    """The shared provider instance for ``route``, created on first use and again when the
+    configuration it was built from changes. A replaced provider is not closed here (calls may
+    still be using it): its sessions close when it is garbage-collected or its loop shuts down."""
+    config = _built_from(route, settings)
+    entry = _providers.get(route.key)
+    if entry is not None and entry[0] == config:
+        return entry[1]
     with _lock:
-        provider = _providers.get(route.key)
-        if provider is None:
-            provider = _create(route, settings)
-            _providers[route.key] = provider
-        return provider
+        old = _providers.get(route.key)
+        if old is not None and old[0] == config:
+            return old[1]
+        provider = _create(route, settings)
+        _providers[route.key] = (config, provider)
+    return provider
 
 
 def _create(route: Route, settings: Settings) -> Provider:
@@ -173,7 +198,7 @@ def _create(route: Route, settings: Settings) -> Provider:
 async def close_providers() -> None:
     """Close every provider (sessions, processes). Safe to call more than once."""
     with _lock:
-        providers = list(_providers.values())
+        providers = [p for _, p in _providers.values()]
         _providers.clear()
     for p in providers:
         await p.aclose()

@@ -1,0 +1,36 @@
+"""``import llm_call`` stays light: heavy dependencies load on first use, never at import.
+
+This checks which modules are imported (in a fresh interpreter), not how long it takes: timing
+goals live in ``bench/overhead.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("aiohttp", "pydantic", "litellm", "claude_agent_sdk", "llama_cpp", "openai", "anthropic", "typer", "rich")
+SDKS = ("litellm", "claude_agent_sdk", "llama_cpp", "openai", "anthropic")
+
+
+def imported_after(code: str) -> set[str]:
+    probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_import_llm_call_imports_no_heavy_module() -> None:
+    loaded = imported_after("import llm_call")
+    assert loaded.isdisjoint(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_public_names_resolve_lazily() -> None:
+    loaded = imported_after("import llm_call\nllm_call.acall, llm_call.call, llm_call.Response, llm_call.AuthError")
+    assert loaded.isdisjoint(SDKS), sorted(loaded & set(SDKS))
+
+
+def test_cli_imports_no_provider_sdk() -> None:
+    loaded = imported_after("import llm_call.cli")
+    assert loaded.isdisjoint(SDKS), sorted(loaded & set(SDKS))

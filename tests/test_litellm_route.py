@@ -1,0 +1,195 @@
+"""The LiteLLM route (every model string that is not max/, local/, openai/ or a configured
+endpoint) against the scripted server's Anthropic ``/v1/messages``: answers, streams, and
+LiteLLM's errors translated to llm_call's typed errors.
+
+All litellm-importing tests live in this module: the import costs ~3 s.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import llm_call
+from llm_call import (
+    AuthError,
+    Chunk,
+    ConfigError,
+    MalformedResponse,
+    ModelNotFound,
+    ProviderConnectionError,
+    ProviderHTTPError,
+    RateLimited,
+    StreamInterrupted,
+    UsageError,
+)
+from llm_call.retry import reset_breakers
+from llm_call.testing import Fault, Reply, ScriptedLLMServer
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+pytest.importorskip("litellm")
+
+MODEL = "anthropic/claude-x"
+# LiteLLM's own pydantic models warn about TypedDict ReadOnly items on first use
+pytestmark = pytest.mark.filterwarnings("ignore:.*ReadOnly. qualifier:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    reset_breakers()
+    yield
+    reset_breakers()
+
+
+@pytest.fixture
+async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServer]:
+    async with ScriptedLLMServer(default=Reply(text="default answer", times=None)) as server:
+        monkeypatch.setenv("ANTHROPIC_API_BASE", server.anthropic_base_url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+        yield server
+
+
+async def collect(model: str = MODEL, prompt: str = "hi", **kw: Any) -> list[Chunk]:
+    return [c async for c in llm_call.astream(model, prompt, **kw)]
+
+
+async def test_anthropic_model_answers_through_litellm(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(text="Bonjour", prompt_tokens=9, completion_tokens=2))
+    resp = await llm_call.acall(MODEL, "Say hello in French", system="Be polite.", max_tokens=50)
+    assert resp.text == "Bonjour"
+    assert resp.model == MODEL
+    assert (resp.usage.prompt_tokens, resp.usage.completion_tokens) == (9, 2)
+    assert resp.finish_reason == "stop"
+    assert isinstance(resp.raw, dict)
+    rec = srv.requests[0]
+    assert rec.path == "/v1/messages"
+    assert rec.model == "claude-x"
+    assert rec.headers["x-api-key"] == "sk-ant-test"
+    assert rec.system == "Be polite."
+    assert rec.last_user_text == "Say hello in French"
+    assert rec.body["max_tokens"] == 50
+
+
+async def test_litellm_stream(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(chunks=["Un ", "deux ", "trois"], completion_tokens=3))
+    chunks = await collect(prompt="count")
+    assert "".join(c.text for c in chunks) == "Un deux trois"
+    assert [c.text for c in chunks if c.text]  # text arrived as deltas
+    last = chunks[-1]
+    assert last.finish_reason == "stop"
+    assert last.usage is not None and last.usage.completion_tokens == 3
+    assert srv.requests[0].stream
+
+
+async def test_openai_compatible_provider_through_litellm_with_api_base(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(text="via hosted vllm"))
+    resp = await llm_call.acall("hosted_vllm/tiny", "hi", api_base=srv.openai_base_url)
+    assert resp.text == "via hosted vllm"
+    assert srv.requests[0].path == "/v1/chat/completions"
+    assert srv.requests[0].model == "tiny"
+
+
+async def test_unknown_provider_prefix_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="unknown route 'nosuchprovider'") as info:
+        await llm_call.acall("nosuchprovider/x", "hi", retry=False)
+    assert info.value.hint is not None and "llm-call models" in info.value.hint
+
+
+async def test_claude_only_option_is_usage_error(srv: ScriptedLLMServer) -> None:
+    with pytest.raises(UsageError, match="allowed_tools"):
+        await llm_call.acall(MODEL, "hi", allowed_tools=["Read"], retry=False)
+    assert srv.requests == []
+
+
+async def test_missing_key_is_auth_error_naming_the_variable(srv: ScriptedLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    with pytest.raises(AuthError, match="ANTHROPIC_API_KEY") as info:
+        await llm_call.acall(MODEL, "hi", retry=False)
+    assert info.value.hint is not None and "ANTHROPIC_API_KEY" in info.value.hint
+
+
+async def test_401_is_auth_error_after_one_request(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(fault=Fault.http(401)))
+    with pytest.raises(AuthError) as info:
+        await llm_call.acall(MODEL, "hi")
+    assert info.value.model == MODEL
+    assert info.value.hint is not None
+    assert len(srv.requests) == 1
+
+
+async def test_429_is_rate_limited_with_retry_after_after_one_request(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(fault=Fault.http(429, headers={"Retry-After": "3"})))
+    with pytest.raises(RateLimited) as info:
+        await llm_call.acall(MODEL, "hi", retry=False)
+    assert info.value.retry_after == 3.0
+    assert len(srv.requests) == 1  # LiteLLM and the SDK under it did not retry
+
+
+async def test_429_on_stream_is_rate_limited(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(fault=Fault.http(429)))
+    with pytest.raises(RateLimited):
+        await collect(retry=False)
+    assert len(srv.requests) == 1
+
+
+async def test_404_is_model_not_found(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(fault=Fault.http(404)))
+    with pytest.raises(ModelNotFound):
+        await llm_call.acall(MODEL, "hi", retry=False)
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_server_error_is_provider_http_error(srv: ScriptedLLMServer, status: int) -> None:
+    srv.add(Reply(fault=Fault.http(status)))
+    with pytest.raises(ProviderHTTPError) as info:
+        await llm_call.acall(MODEL, "hi", retry=False)
+    assert info.value.status is not None and info.value.status >= 500
+
+
+@pytest.mark.parametrize("fault", [Fault.html(), Fault.truncated_json(), Fault.malformed_json()], ids=["html", "truncated", "malformed"])
+async def test_unusable_body_is_malformed_response(srv: ScriptedLLMServer, fault: Fault) -> None:
+    srv.add(Reply(text="an answer long enough to be cut in half", fault=fault))
+    with pytest.raises(MalformedResponse):
+        await llm_call.acall(MODEL, "hi", retry=False)
+
+
+async def test_connection_reset_is_connection_error(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(fault=Fault.reset()))
+    with pytest.raises(ProviderConnectionError):
+        await llm_call.acall(MODEL, "hi", retry=False)
+
+
+async def test_cut_stream_is_stream_interrupted_with_partial(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(chunks=["one ", "two ", "three"], fault=Fault.cut_stream(after_chunks=2)))
+    seen: list[str] = []
+    with pytest.raises(StreamInterrupted) as info:
+        async for chunk in llm_call.astream(MODEL, "count", retry=False):
+            seen.append(chunk.text)
+    assert "".join(seen) == info.value.partial
+    assert "three" not in (info.value.partial or "")
+
+
+def test_cli_ask_through_litellm(tmp_path: Path) -> None:
+    """Done-when: ``llm-call ask -m anthropic/claude-x`` with LiteLLM's Anthropic base URL
+    pointed at the scripted server prints its answer."""
+    llm_call_bin = str(Path(sys.executable).parent / "llm-call")
+    with ScriptedLLMServer([Reply(text="answer via litellm")]).running() as server:
+        env = {**os.environ, "ANTHROPIC_BASE_URL": server.anthropic_base_url, "ANTHROPIC_API_KEY": "sk-ant-cli"}
+        proc = subprocess.run(
+            [llm_call_bin, "ask", "-m", MODEL, "hi"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "answer via litellm\n"
+        assert server.requests[0].path == "/v1/messages"
+        server.add(Reply(fault=Fault.http(401)))
+        proc = subprocess.run(
+            [llm_call_bin, "ask", "-m", MODEL, "hi"], env=env, capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 1
+        assert "AuthError" in proc.stderr and MODEL in proc.stderr
