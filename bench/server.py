@@ -1,0 +1,333 @@
+"""Server overhead: ``llm-call serve`` against the upstream directly and the LiteLLM proxy.
+
+Three targets answer the same non-streamed chat completion, each in its own process on
+127.0.0.1, all in front of one upstream (the scripted LLM server, ``python -m llm_call.testing``,
+immediate replies):
+
+(a) the upstream directly, (b) ``llm-call serve`` (endpoint ``up``), (c) the LiteLLM proxy
+(``litellm --config cfg.yaml`` from ``litellm[proxy]``, one worker, a master key, no database).
+
+The load generator is this process (aiohttp, uvloop when installed). Per round and target:
+latency with one request at a time (``--latency-calls`` after a warm-up: p50/p99), then
+throughput with ``--concurrency`` requests in flight for ``--seconds``. Targets are interleaved
+over ``--rounds`` rounds and the table gives the median over rounds. "Added" latency is the
+target's percentile minus the upstream's in the same round. Both servers keep their default
+per-request logging (to a file).
+
+Run::
+
+    .venv/bin/python bench/server.py                       # 3 rounds, about 2 minutes
+    .venv/bin/python bench/server.py --rounds 1 --no-litellm
+
+Goals (issue 6): added latency p50 <= 1 ms over the upstream; throughput >= 5x the LiteLLM
+proxy's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+PY = sys.executable
+BIN = Path(PY).parent
+MESSAGES = [{"role": "user", "content": "Say something short."}]
+ANSWER = "Something short."
+MASTER_KEY = "sk-bench-" + "0123456789abcdef" * 2
+SERVER_KEY = "bench-server-key"
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    model: str
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    pid: int | None = None  # the serving process (its children count too)
+
+
+@dataclass
+class Sample:
+    p50: float
+    p99: float
+    rps: float
+    errors: int
+    cpu_us: float  # the target's CPU time per request in the latency phase (robust to a busy machine)
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                stat = Path(f"/proc/{name}/stat").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+            tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` and its descendants (Linux /proc)."""
+    if pid is None or not Path("/proc").is_dir():
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    tree = _children()
+    total = 0.0
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+        stack.extend(tree.get(p, []))
+    return total
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> str | None:
+    """None when ``url`` answers 2xx before ``timeout``; else why not."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-15:] if log.exists() else []
+            return f"exited with status {proc.returncode}: " + " | ".join(tail)
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if 200 <= r.status < 300:
+                    return None
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    return f"not ready after {timeout:.0f} s"
+
+
+def start_upstream(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[str, int]:
+    script = work / "script.json"
+    script.write_text(json.dumps({"script": [], "default": {"text": ANSWER, "times": None}}))
+    proc = subprocess.Popen(
+        [PY, "-m", "llm_call.testing", "--port", "0", "--script", str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    procs.append(proc)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if not line.startswith("listening on "):
+        raise SystemExit(f"scripted server did not start: {line!r}")
+    return line.split()[-1].rstrip("/"), proc.pid
+
+
+def start_llm_call(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]]) -> Target:
+    port = free_port()
+    cfg = work / "llm_call.toml"
+    cfg.write_text(f'[endpoints.up]\nbase_url = "{upstream}/v1"\n\n[server]\napi_keys = ["{SERVER_KEY}"]\n')
+    log = work / "llm_call.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "llm-call"), "serve", "--port", str(port), "--config", str(cfg), "--tasks", str(work / "tasks.db")],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    target = Target("llm-call serve", url + "/v1/chat/completions", "up/x", {"Authorization": f"Bearer {SERVER_KEY}"}, pid=proc.pid)
+    target.error = wait_http(url + "/health", proc, 60, log)
+    return target
+
+
+def start_litellm(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]]) -> Target:
+    port = free_port()
+    cfg = work / "litellm.yaml"
+    cfg.write_text(
+        "model_list:\n"
+        "  - model_name: x\n"
+        "    litellm_params:\n"
+        "      model: openai/x\n"
+        f"      api_base: {upstream}/v1\n"
+        "      api_key: test\n"
+    )
+    log = work / "litellm.log"
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_MASTER_KEY=MASTER_KEY)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "litellm"), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+            stdout=out,
+            stderr=out,
+            env=env,
+            cwd=work,
+        )
+    procs.append(proc)
+    url = f"http://127.0.0.1:{port}"
+    target = Target("LiteLLM proxy", url + "/v1/chat/completions", "x", {"Authorization": f"Bearer {MASTER_KEY}"}, pid=proc.pid)
+    target.error = wait_http(url + "/health/liveliness", proc, 180, log)
+    return target
+
+
+async def one(session: aiohttp.ClientSession, target: Target, body: bytes) -> bool:
+    async with session.post(target.url, data=body, headers=target.headers) as r:
+        data = await r.read()
+        return r.status == 200 and ANSWER.encode() in data
+
+
+async def measure(target: Target, latency_calls: int, concurrency: int, seconds: float) -> Sample:
+    body = json.dumps({"model": target.model, "messages": MESSAGES}).encode()
+    headers = {"Content-Type": "application/json", **target.headers}
+    pid = target.pid
+    target = Target(target.name, target.url, target.model, headers)
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(max(50, latency_calls // 10)):  # warm-up: connections, caches, JIT-free paths
+            await one(session, target, body)
+        lat: list[float] = []
+        cpu0 = cpu_seconds(pid)
+        for _ in range(latency_calls):
+            t = time.perf_counter()
+            ok = await one(session, target, body)
+            lat.append(time.perf_counter() - t)
+            errors += not ok
+        cpu_us = (cpu_seconds(pid) - cpu0) / latency_calls * 1e6
+        lat.sort()
+        done = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            nonlocal done, errors
+            while time.perf_counter() < stop_at:
+                if await one(session, target, body):
+                    done += 1
+                else:
+                    errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return Sample(lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))], done / elapsed, errors, cpu_us)
+
+
+def run(args: argparse.Namespace) -> int:
+    procs: list[subprocess.Popen[bytes]] = []
+    work = Path(tempfile.mkdtemp(prefix="llm_call-bench-server-"))
+    try:
+        upstream, upstream_pid = start_upstream(work, procs)
+        targets = [Target("upstream (direct)", upstream + "/v1/chat/completions", "x", pid=upstream_pid)]
+        targets.append(start_llm_call(work, upstream, procs))
+        if not args.no_litellm:
+            targets.append(start_litellm(work, upstream, procs))
+        for t in targets:
+            if t.error:
+                print(f"{t.name}: did not start: {t.error}", file=sys.stderr)
+        live = [t for t in targets if not t.error]
+        samples: dict[str, list[Sample]] = {t.name: [] for t in live}
+        added: dict[str, list[tuple[float, float]]] = {t.name: [] for t in live}
+        for r in range(args.rounds):
+            base: Sample | None = None
+            for t in live:
+                s = asyncio.run(measure(t, args.latency_calls, args.concurrency, args.seconds))
+                samples[t.name].append(s)
+                if base is None:
+                    base = s
+                added[t.name].append((s.p50 - base.p50, s.p99 - base.p99))
+                print(f"round {r + 1}: {t.name:18s} {s.rps:8.0f} req/s  p50 {s.p50 * 1e3:6.2f} ms  "
+                      f"p99 {s.p99 * 1e3:6.2f} ms  cpu {s.cpu_us:6.0f} us/req  errors {s.errors}", file=sys.stderr)
+        report(targets, samples, added, args)
+        return 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if args.keep:
+            print(f"logs and configs kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def report(
+    targets: list[Target],
+    samples: dict[str, list[Sample]],
+    added: dict[str, list[tuple[float, float]]],
+    args: argparse.Namespace,
+) -> None:
+    med = statistics.median
+    print(f"\nPython {platform.python_version()}, {os.cpu_count()} CPUs (shared), all processes on 127.0.0.1; "
+          f"median of {args.rounds} interleaved rounds; latency: {args.latency_calls} sequential calls; "
+          f"throughput: {args.concurrency} in flight for {args.seconds:g} s.\n")
+    print(f"| target | req/s (c={args.concurrency}) | p50 ms (c=1) | p99 ms (c=1) | added p50 ms | added p99 ms | "
+          "CPU µs/req of the target | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    rps: dict[str, float] = {}
+    for t in targets:
+        if t.error:
+            print(f"| {t.name} | did not start: {t.error[:200]} | | | | | | |")
+            continue
+        ss = samples[t.name]
+        rps[t.name] = med(s.rps for s in ss)
+        a50 = med(a[0] for a in added[t.name]) * 1e3
+        a99 = med(a[1] for a in added[t.name]) * 1e3
+        print(f"| {t.name} | {rps[t.name]:.0f} | {med(s.p50 for s in ss) * 1e3:.2f} | {med(s.p99 for s in ss) * 1e3:.2f} | "
+              f"{a50:+.2f} | {a99:+.2f} | {med(s.cpu_us for s in ss):.0f} | {sum(s.errors for s in ss)} |")
+    ours = "llm-call serve"
+    if ours in added:
+        a50 = med(a[0] for a in added[ours]) * 1e3
+        print(f"\nadded latency p50 of llm-call serve: {a50:.2f} ms (goal <= 1 ms: {'met' if a50 <= 1.0 else 'NOT met'})")
+    if ours in rps and "LiteLLM proxy" in rps and rps["LiteLLM proxy"] > 0:
+        ratio = rps[ours] / rps["LiteLLM proxy"]
+        print(f"throughput llm-call serve / LiteLLM proxy: {ratio:.1f}x (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--latency-calls", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

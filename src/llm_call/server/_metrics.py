@@ -1,0 +1,161 @@
+"""Prometheus metrics (``GET /metrics``), on a registry of their own per app.
+
+Per request (recorded by the gateway middleware): count and latency histogram by route template,
+method and status. Per answer: tokens, cost, retries and validation failures by answering model;
+upstream errors by llm_call error type. At scrape time: circuit breaker states (from
+``llm_call.health()`` when the retry layer provides it), tasks by status and the queue depth
+(from the task manager). Label children are cached, so recording a request is a dict lookup
+plus an ``inc`` and an ``observe``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..types import Response, TaskStatus, Usage
+
+__all__ = ["CONTENT_TYPE", "ServerMetrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_BREAKER_VALUES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+_log = logging.getLogger("llm_call.server")
+
+
+class ServerMetrics:
+    """The server's metrics; ``render()`` gives the Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "llm_call_http_requests", "HTTP requests served", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "llm_call_http_request_duration_seconds",
+            "Time from request to the last byte of the response",
+            ["route", "method", "status"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge("llm_call_http_requests_in_flight", "HTTP requests being served", registry=r)
+        self.tokens = Counter("llm_call_tokens", "Tokens used by answers", ["model", "type"], registry=r)
+        self.cost = Counter("llm_call_cost_usd", "Cost of answers in US dollars", ["model"], registry=r)
+        self.retries = Counter(
+            "llm_call_retries", "Model calls beyond the first one for an answer", ["model"], registry=r
+        )
+        self.validation_failures = Counter(
+            "llm_call_validation_failures", "Answers rejected by validation", ["model"], registry=r
+        )
+        self.upstream_errors = Counter(
+            "llm_call_upstream_errors", "Calls that failed, by llm_call error type", ["type"], registry=r
+        )
+        self.breakers = Gauge(
+            "llm_call_circuit_breaker_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)", ["route"], registry=r
+        )
+        self.tasks = Gauge("llm_call_tasks", "Background tasks by status", ["status"], registry=r)
+        self.queue_depth = Gauge("llm_call_task_queue_depth", "Background tasks waiting to run", registry=r)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._token_children: dict[str, tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, method, status)
+        pair = self._children.get(key)
+        if pair is None:
+            s = str(status)
+            pair = (self.requests.labels(route, method, s), self.latency.labels(route, method, s))
+            self._children[key] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
+
+    def observe_response(self, response: Response) -> None:
+        model = response.model or "unknown"
+        self.observe_usage(model, response.usage)
+        if response.cost_usd:
+            self.cost.labels(model).inc(response.cost_usd)
+        self.observe_attempts(model, response.attempts)
+
+    def observe_usage(self, model: str, usage: Usage | None) -> None:
+        if usage is None:
+            return
+        pair = self._token_children.get(model)
+        if pair is None:
+            pair = self._token_children[model] = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
+        if usage.prompt_tokens:
+            pair[0].inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            pair[1].inc(usage.completion_tokens)
+
+    def observe_attempts(self, model: str, attempts: list[Any] | None) -> None:
+        if not attempts:
+            return
+        calls = 0  # answer attempts and failed provider calls (judge calls are not retries)
+        rejected = 0
+        for a in attempts:
+            if isinstance(a, dict):
+                kind, ok, error = a.get("kind", "answer"), a.get("ok"), a.get("error")
+            else:
+                kind, ok, error = a.kind, a.ok, a.error
+            if kind == "judge":
+                continue
+            calls += 1
+            if kind == "answer" and not ok and not error:
+                rejected += 1
+        if calls > 1:
+            self.retries.labels(model).inc(calls - 1)
+        if rejected:
+            self.validation_failures.labels(model).inc(rejected)
+
+    def observe_error(self, exc: BaseException) -> None:
+        self.upstream_errors.labels(type(exc).__name__).inc()
+        attempts = getattr(exc, "attempts", None)
+        if isinstance(attempts, list):
+            self.observe_attempts(getattr(exc, "model", None) or "unknown", attempts)
+
+    def refresh_breakers(self) -> None:
+        try:
+            import llm_call
+        except ImportError:  # pragma: no cover - we are inside it
+            return
+        health = getattr(llm_call, "health", None)
+        if not callable(health):
+            return
+        try:
+            data = health()
+        except Exception:
+            _log.exception("llm_call.health() failed; circuit breaker states not updated")
+            return
+        for route, state in _breaker_items(data):
+            value = _BREAKER_VALUES.get(str(state).lower())
+            if value is not None:
+                self.breakers.labels(route).set(value)
+
+    def set_tasks(self, counts: dict[str, int], queue_depth: int) -> None:
+        for status in TaskStatus:
+            self.tasks.labels(status.value).set(counts.get(status.value, 0))
+        self.queue_depth.set(queue_depth)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _breaker_items(data: Any) -> list[tuple[str, Any]]:
+    """(route, state) pairs from whatever ``llm_call.health()`` returns (dict or object)."""
+    if hasattr(data, "to_dict"):
+        data = data.to_dict()
+    if not isinstance(data, dict):
+        return []
+    breakers = data.get("breakers", data.get("circuit_breakers", data.get("routes", data)))
+    items: list[tuple[str, Any]] = []
+    if isinstance(breakers, dict):
+        for route, info in breakers.items():
+            state = info.get("state") if isinstance(info, dict) else getattr(info, "state", info)
+            items.append((str(route), state))
+    elif isinstance(breakers, list):
+        for info in breakers:
+            if isinstance(info, dict) and "route" in info:
+                items.append((str(info["route"]), info.get("state")))
+    return items

@@ -1,0 +1,280 @@
+"""The OpenAI Responses API, with background mode on the task manager.
+
+``POST /v1/responses`` with ``background: true`` submits the call as a task and returns at once
+(status ``queued``, id ``resp_<task id>``); ``GET /v1/responses/{id}`` reads the task and answers
+the same object with status ``queued``, ``in_progress``, ``completed``, ``failed`` or
+``cancelled`` (and ``output`` / ``output_text`` when done); ``POST /v1/responses/{id}/cancel``
+cancels it. A ``max/*`` call that takes minutes survives any client timeout: the client polls.
+Without ``background`` the call runs directly and the answer comes back in the same request (it
+is not stored, so it cannot be retrieved later).
+
+The object carries the fields the official SDK's ``Response`` model requires (``id``,
+``created_at``, ``model``, ``object``, ``output``, ``parallel_tool_calls``, ``tool_choice``,
+``tools``...), so ``client.responses.create(..., background=True)`` and
+``client.responses.retrieve(id)`` work unmodified; llm_call's own record (task status, attempts,
+the typed error) is in the extra field ``llm_call``.
+
+The Responses fields a task cannot run with (``instructions`` as given, ``metadata``, the
+kind of object) travel with the task under the ``_meta`` key of its stored arguments, which the
+task runner drops before the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Body, FastAPI, Request
+from starlette.responses import Response
+
+from ..client import acall
+from ..errors import LLMCallError, RateLimited, TaskNotFound
+from ..types import TaskRecord, TaskStatus
+from ._background import manager
+from ._chat import cancelled_on_disconnect
+from ._errors import HTTPFailure, failure_for
+from ._schemas import InputMessage, ResponsesRequest, call_options
+
+if TYPE_CHECKING:
+    from ..types import Response as LLMResponse
+    from ._middleware import RequestInfo
+    from ._state import ServerState
+
+__all__ = ["register"]
+
+_STATUS = {
+    TaskStatus.QUEUED: "queued",
+    TaskStatus.RUNNING: "in_progress",
+    TaskStatus.NEEDS_REVIEW: "in_progress",  # waits for a human: POST /v1/tasks/{id}/review
+    TaskStatus.SUCCEEDED: "completed",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.INTERRUPTED: "failed",
+    TaskStatus.CANCELLED: "cancelled",
+}
+_PREFIX = "resp_"
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False, default=str), status, media_type="application/json")
+
+
+def task_id_of(response_id: str) -> str:
+    return response_id[len(_PREFIX):] if response_id.startswith(_PREFIX) else response_id
+
+
+def _part(part: dict[str, Any], where: str) -> dict[str, Any]:
+    kind = part.get("type")
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": str(part.get("text", ""))}
+    if kind == "input_image":
+        url = part.get("image_url")
+        if not isinstance(url, str):
+            raise HTTPFailure(400, f"{where}.image_url must be a URL or data URL string", param=f"{where}.image_url")
+        return {"type": "image_url", "image_url": {"url": url}}
+    raise HTTPFailure(400, f"{where}.type {kind!r} is not supported (input_text, input_image)", param=f"{where}.type")
+
+
+def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    if req.instructions:
+        messages.append({"role": "system", "content": req.instructions})
+    if isinstance(req.input, str):
+        if not req.input.strip():
+            raise HTTPFailure(400, "input is empty", param="input")
+        messages.append({"role": "user", "content": req.input})
+        return messages
+    if not req.input:
+        raise HTTPFailure(400, "input is an empty list; give a prompt string or messages", param="input")
+    for i, item in enumerate(req.input):
+        messages.append(_message(item, f"input.{i}"))
+    return messages
+
+
+def _message(item: InputMessage, where: str) -> dict[str, Any]:
+    content: str | list[dict[str, Any]] = item.content
+    if isinstance(content, list):
+        content = [_part(p, f"{where}.content.{j}") for j, p in enumerate(content)]
+    return {"role": item.role, "content": content}
+
+
+def call_args(req: ResponsesRequest) -> dict[str, Any]:
+    """acall keyword arguments for a Responses request."""
+    args: dict[str, Any] = {"model": req.model, "messages": _messages(req)}
+    if req.temperature is not None:
+        args["temperature"] = req.temperature
+    if req.top_p is not None:
+        args["top_p"] = req.top_p
+    if req.max_output_tokens is not None:
+        args["max_tokens"] = req.max_output_tokens
+    args.update(call_options(req))
+    return args
+
+
+def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not usage:
+        return None
+    inp = int(usage.get("prompt_tokens") or 0)
+    out = int(usage.get("completion_tokens") or 0)
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": inp + out,
+    }
+
+
+def _output(item_id: str, text: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "type": "message",
+            "id": f"msg_{item_id}",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        }
+    ]
+
+
+def _error(err: dict[str, Any] | None, status: TaskStatus) -> dict[str, Any] | None:
+    if status not in (TaskStatus.FAILED, TaskStatus.INTERRUPTED):
+        return None
+    err = err or {}
+    code = "rate_limit_exceeded" if err.get("type") == RateLimited.__name__ else "server_error"
+    message = str(err.get("message") or f"the task ended {status.value}")
+    if err.get("type"):
+        message = f"{err['type']}: {message}"
+    return {"code": code, "message": message}
+
+
+def _base(
+    response_id: str, model: str, created: float, meta: dict[str, Any], spec: dict[str, Any], background: bool
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(created),
+        "model": model,
+        "background": background,
+        "instructions": meta.get("instructions"),
+        "metadata": meta.get("metadata") or {},
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "temperature": spec.get("temperature"),
+        "top_p": spec.get("top_p"),
+        "max_output_tokens": spec.get("max_tokens"),
+        "previous_response_id": None,
+        "reasoning": None,
+        "store": background,
+        "text": {"format": {"type": "text"}},
+        "truncation": "disabled",
+        "user": None,
+        "incomplete_details": None,
+        "error": None,
+        "output": [],
+        "output_text": "",
+        "usage": None,
+    }
+
+
+def response_from_task(rec: TaskRecord) -> dict[str, Any]:
+    """The Responses object of a task (any task, not only those created through /v1/responses)."""
+    spec = rec.request or {}
+    raw_meta = spec.get("_meta")
+    meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+    result = rec.result or {}
+    model = str(result.get("model") or spec.get("model") or "")
+    body = _base(_PREFIX + rec.id, model, rec.created_at, meta, spec, background=True)
+    body["status"] = _STATUS.get(rec.status, "in_progress")
+    if rec.status is TaskStatus.SUCCEEDED and rec.result is not None:
+        text = str(result.get("text") or "")
+        body["output"] = _output(rec.id, text)
+        body["output_text"] = text
+        body["usage"] = _usage(result.get("usage"))
+    body["error"] = _error(rec.error, rec.status)
+    body["llm_call"] = {
+        "task_id": rec.id,
+        "task_status": rec.status.value,
+        "attempts": result.get("attempts") or (rec.error or {}).get("fields", {}).get("attempts") or [],
+        "executions": rec.attempts,
+        "progress": rec.progress,
+        "error": rec.error,
+        "cost_usd": result.get("cost_usd"),
+    }
+    return body
+
+
+def response_from_answer(resp: LLMResponse, request_id: str, req: ResponsesRequest) -> dict[str, Any]:
+    from ._chat import llm_call_extra
+
+    spec = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": req.max_output_tokens}
+    meta = {"instructions": req.instructions, "metadata": req.metadata}
+    body = _base(_PREFIX + request_id, resp.model, time.time(), meta, spec, background=False)
+    body["status"] = "completed"
+    body["output"] = _output(request_id, resp.text)
+    body["output_text"] = resp.text
+    body["usage"] = _usage(resp.usage.to_dict())
+    body["llm_call"] = llm_call_extra(resp)
+    return body
+
+
+async def _record(state: ServerState, response_id: str) -> TaskRecord:
+    try:
+        rec: TaskRecord = await manager(state).status(task_id_of(response_id))
+    except TaskNotFound:
+        raise HTTPFailure(404, f"no response with id {response_id!r}", param="response_id", code="response_not_found") from None
+    return rec
+
+
+def register(app: FastAPI, state: ServerState) -> None:
+    @app.post(
+        "/v1/responses",
+        tags=["responses"],
+        summary="Create a response (background: true runs it as a task and returns at once)",
+        response_model=None,
+    )
+    async def create_response(request: Request, req: ResponsesRequest = Body(...)) -> Response:
+        info: RequestInfo = request.scope["llm_call"]
+        info.model = req.model
+        if req.stream:
+            raise HTTPFailure(400, "stream is not supported on /v1/responses; use background=true and poll "
+                              "GET /v1/responses/{id}, or stream /v1/chat/completions", param="stream")
+        args = call_args(req)
+        if state.settings.server.debug:
+            info.prompt = args["messages"]
+        if not req.background:
+            try:
+                async with cancelled_on_disconnect(request.receive), asyncio.timeout(state.settings.server.request_timeout):
+                    resp = await acall(**args)
+            except TimeoutError:
+                raise HTTPFailure(504, "the call did not finish within server.request_timeout; "
+                                  "use background=true for long calls", type="timeout_error", code="request_timeout") from None
+            except LLMCallError as exc:
+                state.metrics.observe_error(exc)
+                info.error = type(exc).__name__
+                raise failure_for(exc) from None
+            state.metrics.observe_response(resp)
+            info.attempts = len(resp.attempts) or 1
+            return _json(response_from_answer(resp, info.id, req))
+        args["_meta"] = {"kind": "response", "instructions": req.instructions, "metadata": req.metadata}
+        mgr = manager(state)
+        task_id = await mgr.submit(args, priority=req.priority)
+        info.task_id = task_id
+        return _json(response_from_task(await mgr.status(task_id)))
+
+    @app.get("/v1/responses/{response_id}", tags=["responses"], summary="Retrieve a background response", response_model=None)
+    async def retrieve_response(request: Request, response_id: str) -> Response:
+        rec = await _record(state, response_id)
+        request.scope["llm_call"].task_id = rec.id
+        return _json(response_from_task(rec))
+
+    @app.post("/v1/responses/{response_id}/cancel", tags=["responses"], summary="Cancel a background response", response_model=None)
+    async def cancel_response(request: Request, response_id: str) -> Response:
+        rec = await _record(state, response_id)
+        request.scope["llm_call"].task_id = rec.id
+        if not rec.status.is_final:
+            rec = await manager(state).cancel(rec.id)
+        return _json(response_from_task(rec))

@@ -1,0 +1,94 @@
+"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the Responses and task routers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from ._errors import HTTPFailure
+from ._metrics import CONTENT_TYPE
+from ._state import ServerState
+
+__all__ = ["register"]
+
+_log = logging.getLogger("llm_call.server")
+_STARTED = int(time.time())
+
+
+def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str, Any]]:
+    from ..catalog import list_models
+
+    rows = list_models(state.settings)
+    out = []
+    for row in rows:
+        if not row.get("available") and not include_unavailable:
+            continue
+        out.append(
+            {
+                "id": row["id"],
+                "object": "model",
+                "created": _STARTED,
+                "owned_by": f"llm_call/{row['route']}",
+                "llm_call": {
+                    "kind": row["kind"],
+                    "route": row["route"],
+                    "available": row["available"],
+                    "notes": row.get("notes", ""),
+                },
+            }
+        )
+    return out
+
+
+def register(app: FastAPI, state: ServerState) -> None:
+    @app.get("/v1/models", tags=["models"], summary="List usable models, routes and aliases")
+    async def list_models(all: bool = False) -> JSONResponse:
+        """Routes (``max/*``, ``openai/*``...), aliases and configured endpoints that can be used now;
+        ``?all=true`` lists the unavailable ones too (``llm_call.available`` false)."""
+        return JSONResponse({"object": "list", "data": _model_rows(state, all)})
+
+    @app.get("/v1/models/{model:path}", tags=["models"], summary="One model, route or alias")
+    async def retrieve_model(model: str) -> JSONResponse:
+        for row in _model_rows(state, True):
+            if row["id"] == model:
+                return JSONResponse(row)
+        raise HTTPFailure(404, f"no model, route or alias named {model!r}; GET /v1/models lists them",
+                          param="model", code="model_not_found")
+
+    @app.get("/health", tags=["health"], summary="Liveness and readiness (including the task store)")
+    async def health() -> JSONResponse:
+        """200 when the server can take work, 503 with the failing check otherwise.
+        ``live`` is always true while the process answers."""
+        checks: dict[str, Any] = {}
+        ready = True
+        from ._background import store_check
+
+        ok, detail = await store_check(state)
+        checks["store"] = {"ok": ok, "detail": detail}
+        ready = ready and ok
+        body = {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, "checks": checks}
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/health/live", tags=["health"], summary="Liveness only")
+    async def live() -> JSONResponse:
+        return JSONResponse({"status": "ok", "live": True})
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        state.metrics.refresh_breakers()
+        from ._background import task_counts
+
+        counts = await task_counts(state)
+        if counts is not None:
+            state.metrics.set_tasks(*counts)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    from ._responses import register as register_responses
+    from ._tasks import register as register_tasks
+
+    register_responses(app, state)
+    register_tasks(app, state)

@@ -1,0 +1,261 @@
+"""Request bodies as pydantic models: one definition gives the validation and the OpenAPI schema.
+
+The chat completion body is validated with ``model_validate_json`` straight from the raw bytes
+(pydantic-core parses and validates in one pass); messages are TypedDicts, so they come out as
+the plain dicts the providers take, without a ``model_dump`` per message.
+
+The llm_call extras (``validation``, ``max_attempts``, ``escalate``, ``fallbacks``,
+``mcp_config``, ``allowed_tools``, and the validation loop's ``human_after``, ``tools_after``,
+``tools_mcp_config``, ``budget_usd``, ``budget_tokens``, ``deadline_s``) are shared by chat completions, responses and tasks and map to
+:func:`llm_call.acall` options in :func:`call_options`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
+
+from ..errors import UsageError
+from ._errors import HTTPFailure, pydantic_failure
+
+__all__ = [
+    "ChatCompletionRequest",
+    "LLMCallExtras",
+    "ResponsesRequest",
+    "ReviewRequest",
+    "TaskRequest",
+    "call_options",
+    "check_specs",
+    "parse_json_body",
+]
+
+Role = Literal["system", "user", "assistant", "tool", "developer"]
+
+
+@with_config(ConfigDict(extra="allow"))
+class ChatMessage(TypedDict):
+    """An OpenAI chat message; content is a string, a list of parts, or null (tool calls)."""
+
+    role: Role
+    content: NotRequired[str | list[dict[str, Any]] | None]
+    name: NotRequired[str]
+    tool_calls: NotRequired[list[dict[str, Any]]]
+    tool_call_id: NotRequired[str]
+
+
+ValidationSpec = str | dict[str, Any]
+
+
+class LLMCallExtras(BaseModel):
+    """llm_call's own options, accepted as extra body fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation: list[ValidationSpec] | None = Field(
+        default=None,
+        description="Validation specs the answer must pass, e.g. [\"json\", \"length:max=200\"]; "
+        "failures are fed back to the model and retried",
+    )
+    max_attempts: int | None = Field(default=None, ge=1, le=100, description="Validation attempts in all")
+    escalate: list[str] | None = Field(default=None, description="Models to escalate to after failed attempts")
+    fallbacks: list[str] | None = Field(default=None, description="Models to try when the provider fails")
+    mcp_config: dict[str, Any] | None = Field(default=None, description="MCP servers (max/* models)")
+    allowed_tools: list[str] | None = Field(default=None, description="Tools the model may use (max/* models)")
+    human_after: int | None = Field(
+        default=None, ge=1, description="Stop for a human review after this many failed attempts (tasks: needs_review)"
+    )
+    tools_after: int | None = Field(default=None, ge=1, description="From this attempt on, give the model tools_mcp_config")
+    tools_mcp_config: dict[str, Any] | None = Field(default=None, description="MCP servers added by tools_after")
+    budget_usd: float | None = Field(default=None, gt=0, description="Stop when known cost passes this")
+    budget_tokens: int | None = Field(default=None, ge=1, description="Stop when tokens used pass this")
+    deadline_s: float | None = Field(default=None, gt=0, description="Stop validation retries after this many seconds")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(LLMCallExtras):
+    """``POST /v1/chat/completions``: the OpenAI request plus the llm_call extras."""
+
+    model: str | None = Field(default=None, min_length=1, description="Model or alias; default: the configured default_model")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    n: int | None = Field(default=None, ge=1, le=1, description="Only 1 is supported")
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+
+#: OpenAI fields forwarded to the provider as options when given
+PASSTHROUGH = (
+    "top_p",
+    "stop",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+)
+
+
+class InputMessage(BaseModel):
+    """A Responses API input item of type message (``{"role", "content"}``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Role
+    content: str | list[dict[str, Any]]
+    type: Literal["message"] | None = None
+
+
+class ResponsesRequest(LLMCallExtras):
+    """``POST /v1/responses``: the OpenAI Responses request (the subset llm_call serves)."""
+
+    model: str | None = Field(default=None, min_length=1)
+    input: str | list[InputMessage] = Field(description="A prompt, or a list of messages")
+    instructions: str | None = Field(default=None, description="A system message placed before the input")
+    background: bool = Field(default=False, description="Run as a background task and return at once")
+    metadata: dict[str, str] | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    stream: bool = Field(default=False, description="Not supported: poll GET /v1/responses/{id}")
+    store: bool | None = None
+    user: str | None = None
+    priority: int = Field(default=0, description="Background task priority (higher runs first)")
+
+
+class TaskRequest(LLMCallExtras):
+    """``POST /v1/tasks``: a call to run in the background, as llm_call arguments."""
+
+    model: str | None = Field(default=None, min_length=1)
+    prompt: str | None = Field(default=None, description="The prompt (or give messages)")
+    messages: list[ChatMessage] | None = None
+    system: str | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=1)
+    timeout: float | None = Field(default=None, gt=0)
+    priority: int = 0
+    idempotency_key: str | None = Field(default=None, max_length=200)
+    metadata: dict[str, str] | None = None
+
+
+class ReviewRequest(BaseModel):
+    """``POST /v1/tasks/{id}/review``: approve the last answer, or reply and let it retry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    approve: bool | None = None
+    reply: str | None = None
+
+
+def parse_json_body(model: type[BaseModel], raw: bytes) -> Any:
+    """Validate a raw JSON body against ``model``; a failure is a 400 naming the field."""
+    if not raw:
+        raise HTTPFailure(400, "the request body is empty; send a JSON object", code="invalid_json")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        raise pydantic_failure(exc.errors(include_url=False)) from None
+
+
+def check_specs(specs: list[Any] | None) -> None:
+    """Parse validation specs now, so a bad one is a 422 naming it before any model call."""
+    if not specs:
+        return
+    for i, spec in enumerate(specs):
+        if _refers_to_file(spec):
+            raise HTTPFailure(
+                422,
+                f"validation[{i}] refers to a file on the server ('@...'); send the schema inline as JSON",
+                param=f"validation.{i}",
+                code="invalid_validation_spec",
+            )
+    try:
+        from ..validation import parse_specs
+    except ImportError as exc:
+        raise HTTPFailure(400, f"validation is not available in this build: {exc}", param="validation") from None
+    for i, spec in enumerate(specs):
+        try:
+            parse_specs([spec])
+        except UsageError as exc:
+            raise HTTPFailure(
+                422,
+                f"validation[{i}] {spec!r} is not a valid validation spec: {exc}",
+                param=f"validation.{i}",
+                code="invalid_validation_spec",
+            ) from None
+
+
+def _refers_to_file(spec: Any) -> bool:
+    if isinstance(spec, str):
+        return ":@" in spec or "=@" in spec
+    if isinstance(spec, dict):
+        return any(isinstance(v, str) and v.lstrip().startswith("@") for v in _walk_values(spec))
+    return False
+
+
+def _walk_values(data: Any) -> list[Any]:
+    if isinstance(data, dict):
+        out: list[Any] = []
+        for v in data.values():
+            out.extend(_walk_values(v))
+        return out
+    if isinstance(data, list):
+        return [x for v in data for x in _walk_values(v)]
+    return [data]
+
+
+def call_options(extras: LLMCallExtras) -> dict[str, Any]:
+    """The acall keyword options for the llm_call extras that were given."""
+    opts: dict[str, Any] = {}
+    if extras.validation:
+        check_specs(extras.validation)
+        opts["validate"] = list(extras.validation)
+    if extras.max_attempts is not None:
+        opts["max_attempts"] = extras.max_attempts
+    if extras.escalate:
+        opts["escalate"] = list(extras.escalate)
+    if extras.fallbacks:
+        opts["fallbacks"] = list(extras.fallbacks)
+    if extras.mcp_config is not None:
+        opts["mcp_config"] = extras.mcp_config
+    if extras.allowed_tools is not None:
+        opts["allowed_tools"] = list(extras.allowed_tools)
+    for name in _MORE_OPTIONS:
+        value = getattr(extras, name)
+        if value is not None:
+            opts[name] = value
+    return opts
+
+
+_MORE_OPTIONS = ("human_after", "tools_after", "tools_mcp_config", "budget_usd", "budget_tokens", "deadline_s")

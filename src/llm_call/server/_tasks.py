@@ -1,0 +1,188 @@
+"""The task API: everything the task manager does, over HTTP.
+
+==========================================  ==============================================
+``POST /v1/tasks``                           submit (202, the task record); idempotent with
+                                             ``idempotency_key``
+``GET /v1/tasks?status=&limit=``             list, newest first
+``GET /v1/tasks/{id}``                       the record: status, progress, result, error
+``GET /v1/tasks/{id}/events``                SSE, ``id:`` = the event's seq; resume with the
+                                             ``Last-Event-ID`` header or ``?after=N``;
+                                             ``?follow=false`` sends what exists and ends
+``POST /v1/tasks/{id}/cancel``               cancel (queued: at once; running: stopped)
+``POST /v1/tasks/{id}/review``               ``{"approve": true}`` or ``{"reply": "..."}``
+==========================================  ==============================================
+
+A task record is the store's record as JSON; the server's API keys are never part of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from fastapi import Body, FastAPI, Header, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import LLMCallError, TaskNotFound
+from ..types import TaskEvent, TaskRecord, TaskStatus
+from ._background import manager
+from ._errors import HTTPFailure, failure_for
+from ._schemas import ReviewRequest, TaskRequest, call_options
+
+if TYPE_CHECKING:
+    from ._middleware import RequestInfo
+    from ._state import ServerState
+
+__all__ = ["register", "task_body"]
+
+_KEEPALIVE_S = 15.0
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_STATUSES = ", ".join(s.value for s in TaskStatus)
+
+
+def _json(data: Any, status: int = 200) -> Response:
+    return Response(json.dumps(data, ensure_ascii=False, default=str), status, media_type="application/json")
+
+
+def task_body(rec: TaskRecord) -> dict[str, Any]:
+    body = rec.to_dict()
+    body["object"] = "llm_call.task"
+    return body
+
+
+def _args(req: TaskRequest) -> dict[str, Any]:
+    if (req.prompt is None) == (req.messages is None):
+        raise HTTPFailure(400, "give exactly one of prompt and messages", param="prompt")
+    args: dict[str, Any] = {"model": req.model}
+    if req.prompt is not None:
+        args["prompt"] = req.prompt
+    else:
+        args["messages"] = req.messages
+    for name in ("system", "temperature", "max_tokens", "timeout"):
+        value = getattr(req, name)
+        if value is not None:
+            args[name] = value
+    args.update(call_options(req))
+    if req.metadata:
+        args["_meta"] = {"kind": "task", "metadata": req.metadata}
+    return args
+
+
+async def _record(state: ServerState, task_id: str) -> TaskRecord:
+    try:
+        rec: TaskRecord = await manager(state).status(task_id)
+    except TaskNotFound:
+        raise HTTPFailure(404, f"no task with id {task_id!r}", param="task_id", code="task_not_found") from None
+    return rec
+
+
+def _sse(event: TaskEvent) -> bytes:
+    data = json.dumps(event.to_dict(), ensure_ascii=False, default=str)
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+
+
+async def _follow(mgr: Any, task_id: str, after: int, follow: bool) -> AsyncIterator[bytes]:
+    """The task's events as SSE, with a keep-alive comment while nothing happens."""
+    # unbounded: events are small and the manager throttles chunk events to two a second
+    queue: asyncio.Queue[TaskEvent | BaseException | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            async with contextlib.aclosing(mgr.events(task_id, after, follow=follow)) as events:
+                async for event in events:
+                    queue.put_nowait(event)
+        except LLMCallError as exc:
+            queue.put_nowait(exc)
+        finally:
+            queue.put_nowait(None)
+
+    producer = asyncio.create_task(pump(), name=f"llm_call-sse:{task_id}")
+    try:
+        yield b"retry: 2000\n\n"
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), _KEEPALIVE_S)
+            except TimeoutError:
+                yield b": keep-alive\n\n"
+                continue
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                fail = failure_for(item) if isinstance(item, LLMCallError) else HTTPFailure(500, str(item))
+                yield b"event: error\ndata: " + fail.encode() + b"\n\n"
+                return
+            yield _sse(item)
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await producer
+
+
+def register(app: FastAPI, state: ServerState) -> None:
+    @app.post("/v1/tasks", tags=["tasks"], summary="Submit a background task", status_code=202, response_model=None)
+    async def submit_task(request: Request, req: TaskRequest = Body(...)) -> Response:
+        info: RequestInfo = request.scope["llm_call"]
+        info.model = req.model
+        args = _args(req)
+        mgr = manager(state)
+        task_id = await mgr.submit(args, idempotency_key=req.idempotency_key, priority=req.priority)
+        info.task_id = task_id
+        return _json(task_body(await mgr.status(task_id)), 202)
+
+    @app.get("/v1/tasks", tags=["tasks"], summary="List tasks, newest first", response_model=None)
+    async def list_tasks(
+        status: str | None = Query(default=None, description=f"One of: {_STATUSES}"),
+        limit: int = Query(default=100, ge=1, le=1000),
+    ) -> Response:
+        if status is not None and status not in {s.value for s in TaskStatus}:
+            raise HTTPFailure(400, f"unknown task status {status!r}; one of {_STATUSES}", param="status")
+        records = await manager(state).list_tasks(status, limit)
+        return _json({"object": "list", "data": [task_body(r) for r in records]})
+
+    @app.get("/v1/tasks/{task_id}", tags=["tasks"], summary="A task's record", response_model=None)
+    async def get_task(request: Request, task_id: str) -> Response:
+        request.scope["llm_call"].task_id = task_id
+        return _json(task_body(await _record(state, task_id)))
+
+    @app.get(
+        "/v1/tasks/{task_id}/events",
+        tags=["tasks"],
+        summary="A task's events as Server-Sent Events (resumable with Last-Event-ID)",
+        response_model=None,
+        responses={200: {"description": "text/event-stream of task events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}},
+    )
+    async def task_events(
+        request: Request,
+        task_id: str,
+        after: int | None = Query(default=None, ge=0, description="Send events after this seq"),
+        follow: bool = Query(default=True, description="Keep the stream open until the task ends"),
+        last_event_id: str | None = Header(default=None, description="Resume after this event id (seq)"),
+    ) -> Response:
+        request.scope["llm_call"].task_id = task_id
+        start = after or 0
+        if last_event_id is not None and after is None:
+            try:
+                start = max(0, int(last_event_id.strip()))
+            except ValueError:
+                raise HTTPFailure(400, "Last-Event-ID must be an event seq number", param="Last-Event-ID") from None
+        await _record(state, task_id)  # 404 before the stream starts
+        body = _follow(manager(state), task_id, start, follow)
+        return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], summary="Cancel a task", response_model=None)
+    async def cancel_task(request: Request, task_id: str) -> Response:
+        request.scope["llm_call"].task_id = task_id
+        await _record(state, task_id)
+        return _json(task_body(await manager(state).cancel(task_id)))
+
+    @app.post("/v1/tasks/{task_id}/review", tags=["tasks"], summary="Resolve a task waiting for a human review", response_model=None)
+    async def review_task(request: Request, task_id: str, req: ReviewRequest = Body(...)) -> Response:
+        request.scope["llm_call"].task_id = task_id
+        if bool(req.approve) == (req.reply is not None):
+            raise HTTPFailure(400, 'give either {"approve": true} or {"reply": "..."}', param="approve")
+        await _record(state, task_id)
+        rec = await manager(state).review(task_id, approve=bool(req.approve), reply=req.reply)
+        return _json(task_body(rec))
