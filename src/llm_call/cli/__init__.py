@@ -28,6 +28,11 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "_ask",
     "_config",
+    "_serve",
+    "_doctor",
+    "_validators",
+    "_tasks",
+    "_batch",
 )
 
 
