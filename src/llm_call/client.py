@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 from ._portal import portal
 from ._progress import listening
+from ._streams import closing
 from .errors import UsageError
 from .types import Chunk, Message, Request, Response
 
@@ -331,8 +332,9 @@ async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[
     if opts.validating:
         from .validation.loop import stream_validated
 
-        async for chunk in stream_validated(request, opts):
-            yield chunk
+        async with closing(stream_validated(request, opts)) as chunks:
+            async for chunk in chunks:
+                yield chunk
         return
     from .retry import stream_with_retries
 
@@ -343,8 +345,9 @@ async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[
         deadline_at = clock_of(opts.retry)() + opts.deadline_s
         if request.timeout is None or request.timeout > opts.deadline_s:
             request = request.replace(timeout=opts.deadline_s)
-    async for chunk in stream_with_retries(request, opts, deadline_at=deadline_at):
-        yield chunk
+    async with closing(stream_with_retries(request, opts, deadline_at=deadline_at)) as chunks:
+        async for chunk in chunks:
+            yield chunk
 
 
 @overload
@@ -473,8 +476,9 @@ async def astream(
     if opts.mode != "direct":
         raise UsageError("astream() runs directly; use mode='direct' or submit a task and follow its events")
     with listening(opts.progress):
-        async for chunk in _execute_stream(request, opts):
-            yield chunk
+        async with closing(_execute_stream(request, opts)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
 
 def call(model: str | None = None, prompt: str | None = None, **kwargs: Any) -> Response:

@@ -65,6 +65,7 @@ from ._retry_policy import (
     wait_full_jitter,
     wait_retry_after,
 )
+from ._streams import closing
 from .errors import CircuitOpen, ProviderError, error_to_dict, is_transient
 from .types import Attempt, Chunk, Request, Response
 
@@ -397,9 +398,10 @@ async def stream_with_retries(
                 route.before()
                 if calls == 1:
                     emit("attempt", number=attempt, model=model)
-                async for chunk in _client.stream_once(req):
-                    yielded = True
-                    yield chunk
+                async with closing(_client.stream_once(req)) as chunks:
+                    async for chunk in chunks:
+                        yielded = True
+                        yield chunk
             except BaseException as exc:
                 route.failed(exc)
                 if not isinstance(exc, ProviderError) or yielded:

@@ -7,7 +7,27 @@ from typing import Any, Protocol, runtime_checkable
 
 from ..types import Chunk, Message, Request, Response
 
-__all__ = ["ProgressCallback", "Provider", "message_text"]
+__all__ = ["CLAUDE_ONLY_OPTIONS", "ProgressCallback", "Provider", "message_text"]
+
+#: options only the Claude Code CLI route understands; other routes reject them by name rather
+#: than drop them silently or send them to an API that would ignore them
+CLAUDE_ONLY_OPTIONS = frozenset(
+    {
+        "mcp_config",
+        "allowed_tools",
+        "disallowed_tools",
+        "cwd",
+        "permission_mode",
+        "resume",
+        "max_turns",
+        "max_budget_usd",
+        "effort",
+        "add_dirs",
+        "setting_sources",
+        "env",
+        "persist_session",
+    }
+)
 
 #: ``progress(kind, data)``: called by providers for events worth showing (tool started, ...).
 ProgressCallback = Any

@@ -70,6 +70,7 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Message, Request, Response
+from .base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
@@ -86,23 +87,7 @@ LOGIN_HINT = (
 )
 PERMISSION_MODES = frozenset({"default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"})
 DEFAULT_PERMISSION_MODE = "dontAsk"
-OPTIONS = frozenset(
-    {
-        "mcp_config",
-        "allowed_tools",
-        "disallowed_tools",
-        "cwd",
-        "permission_mode",
-        "resume",
-        "max_turns",
-        "max_budget_usd",
-        "effort",
-        "add_dirs",
-        "setting_sources",
-        "env",
-        "persist_session",
-    }
-)
+OPTIONS = CLAUDE_ONLY_OPTIONS
 #: options other layers may pass along that mean nothing to the CLI
 _IGNORED = frozenset({"progress", "user", "stream_options", "metadata"})
 _STDERR_LINES = 40

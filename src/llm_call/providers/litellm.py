@@ -43,10 +43,10 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, Usage
+from .base import CLAUDE_ONLY_OPTIONS
 
 __all__ = ["LiteLLMProvider", "import_litellm"]
 
-_CLAUDE_ONLY = frozenset({"mcp_config", "allowed_tools", "cwd", "permission_mode", "resume", "max_turns"})
 _CONNECTION_BROKE = ("Connection reset", "Server disconnected", "Connection aborted", "ConnectionResetError")
 
 
@@ -100,7 +100,7 @@ class LiteLLMProvider:
         for key, value in request.options.items():
             if key == "progress" or value is None:
                 continue
-            if key in _CLAUDE_ONLY:
+            if key in CLAUDE_ONLY_OPTIONS:
                 raise UsageError(
                     f"option {key!r} is not supported by the LiteLLM route (it applies to max/* models)"
                 )

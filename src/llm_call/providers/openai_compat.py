@@ -55,6 +55,7 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, Usage
+from .base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig, OpenAIConfig
@@ -65,7 +66,6 @@ _log = logging.getLogger("llm_call.openai")
 
 _DEFAULT_BASE = "https://api.openai.com/v1"
 #: options only the Claude route understands; elsewhere they are an error, not silently dropped
-_CLAUDE_ONLY = frozenset({"mcp_config", "allowed_tools", "cwd", "permission_mode", "resume", "max_turns"})
 _DROP = frozenset({"progress"})
 _MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
@@ -289,7 +289,7 @@ class OpenAICompatProvider:
             for key, value in request.options.items():
                 if key in _DROP or value is None:
                     continue
-                if key in _CLAUDE_ONLY:
+                if key in CLAUDE_ONLY_OPTIONS:
                     raise UsageError(
                         f"option {key!r} is not supported by the {self.name} route "
                         "(it applies to max/* models served by the Claude Code CLI)",

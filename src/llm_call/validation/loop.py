@@ -41,6 +41,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from .._progress import emit
+from .._streams import closing
 from ..errors import (
     BudgetExceeded,
     HumanReviewNeeded,
@@ -402,16 +403,18 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
         final: Chunk | None = None
         started = time.perf_counter()
         try:
-            async for chunk in stream_with_retries(
+            inner = stream_with_retries(
                 request_n, opts, attempt=n, deadline_at=run.deadline_at, records=run.records
-            ):
-                chunk.attempt = n
-                if chunk.finish_reason is not None:
-                    final = chunk
-                    continue
-                if chunk.text:
-                    parts.append(chunk.text)
-                yield chunk
+            )
+            async with closing(inner) as chunks:
+                async for chunk in chunks:
+                    chunk.attempt = n
+                    if chunk.finish_reason is not None:
+                        final = chunk
+                        continue
+                    if chunk.text:
+                        parts.append(chunk.text)
+                    yield chunk
         except ProviderTimeout as exc:
             if run.deadline_passed():
                 raise run.budget_error(f"deadline of {opts.deadline_s}s passed during attempt {n}") from exc
