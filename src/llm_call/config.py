@@ -122,19 +122,22 @@ class ClaudeConfig(_Strict):
 
 
 class LocalConfig(_Strict):
-    """The embedded llama-cpp route (``local/*``)."""
+    """The embedded llama-cpp route (``local/*``). Sampling defaults suit SmolLM2-135M (docs/local.md)."""
 
-    max_concurrency: int = Field(default=1, ge=1)
+    max_concurrency: int = Field(default=1, ge=1, description="Generations at once per model (one llama instance each)")
     n_ctx: int = Field(default=2048, ge=128)
-    n_threads: int | None = Field(default=None, ge=1)
+    n_threads: int | None = Field(default=None, ge=1, description="None: llama.cpp's default (half the CPUs)")
     temperature: float = Field(default=0.2, ge=0)
     top_p: float = Field(default=0.9, gt=0, le=1)
     top_k: int = Field(default=40, ge=0)
     min_p: float = Field(default=0.05, ge=0, le=1)
-    repeat_penalty: float = Field(default=1.0, gt=0)
-    seed: int | None = 42
+    repeat_penalty: float = Field(default=1.0, gt=0, description="1.0 = off; 1.1 derails a 135M model")
+    seed: int | None = Field(default=42, description="Fixed seed: repeatable answers; a negative seed = random")
     max_tokens: int = Field(default=256, ge=1)
-    system: str | None = None
+    system: str | None = Field(
+        default="You are a helpful assistant. Answer the question directly and briefly.",
+        description="System prompt added when the conversation has none",
+    )
 
 
 class RetryConfig(_Strict):

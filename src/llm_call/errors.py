@@ -24,7 +24,8 @@
         ├── TaskNotFound(task_id)
         ├── TaskCancelled(task_id)
         ├── TaskPending(task_id)      a direct call outlived its timeout; it goes on as a task
-        └── TaskInterrupted(task_id)  the process running it died and it may not be re-run
+        ├── TaskInterrupted(task_id)  the process running it died and it may not be re-run
+        └── TaskStoreError            the task store failed (disk full, locked, unreadable)
 
 Every error serialises with :func:`error_to_dict` / :func:`error_from_dict` (tasks persist them)
 and pickles (it crosses process boundaries).
@@ -55,6 +56,7 @@ __all__ = [
     "TaskInterrupted",
     "TaskNotFound",
     "TaskPending",
+    "TaskStoreError",
     "UsageError",
     "ValidationExhausted",
     "ValidationFailed",
@@ -222,6 +224,10 @@ class TaskPending(TaskError):
 
 class TaskInterrupted(TaskError):
     """The process running the task died and the task may not be re-run."""
+
+
+class TaskStoreError(TaskError):
+    """The task store failed to read or write (disk full, database locked, file unreadable)."""
 
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504, 529})

@@ -126,6 +126,7 @@ class RunState:
                 delta = event.get("delta") or {}
                 if delta.get("type") == "text_delta" and delta.get("text"):
                     self.turn_text.append(delta["text"])
+                    emit("chunk", text=delta["text"])  # task progress (the manager throttles it)
                     yield Chunk(text=delta["text"], model=self.shown_model)
             elif kind == "message_start":
                 self.turn_text = []

@@ -1,0 +1,541 @@
+"""The executing half of the task manager: claim, run, record, report progress, keep alive.
+
+:class:`TaskExecutor` holds the state shared by both halves and everything that runs tasks:
+the dispatcher (claims queued tasks within the global and per-route limits), the settle step that
+turns a call's outcome into a stored final state, the progress sink that batches events into the
+store, and the housekeeping loop (heartbeat, cancel requests from other processes, recovery of
+dead workers' tasks, retention cleanup). :class:`~llm_call.tasks.manager.TaskManager` adds the
+public client API on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._progress import ProgressListener, listening
+from ..client import _execute
+from ..errors import (
+    HumanReviewNeeded,
+    LLMCallError,
+    TaskCancelled,
+    TaskError,
+    TaskStoreError,
+    UsageError,
+    error_to_dict,
+)
+from ..types import Response, TaskRecord, TaskStatus
+from ._spec import jsonable, rebuild, response_dict
+from .store import EventIn, NewTask, Outcome, TaskStore, WorkerInfo
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+__all__ = ["TaskExecutor", "wait_event"]
+
+_log = logging.getLogger("llm_call.tasks")
+
+_CHUNK_EVERY_S = 0.5
+_TICK_S = 0.5  # cancel-request polling; heartbeats every settings.tasks.heartbeat_s
+_CLEANUP_EVERY_S = 3600.0
+_RECHECK_S = 5.0  # waiters of this manager's queued tasks re-read the store this often
+STALE_BEATS = 3  # a worker silent for 3 heartbeats is dead
+
+async def wait_event(event: asyncio.Event, timeout: float) -> None:
+    if event.is_set():
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return
+
+
+@dataclass(eq=False, slots=True)
+class _Run:
+    """A task executing in this manager."""
+
+    id: str
+    route: str
+    patterns: tuple[str, ...]
+    listeners: list[ProgressListener] | tuple[()] = ()
+    work: asyncio.Task[Any] | None = None  # what cancel() cancels
+    settler: asyncio.Task[None] | None = None  # records the outcome
+    cancel_requested: bool = False
+    progress: dict[str, Any] = field(default_factory=dict)
+    chars: int = 0
+    last_chunk_at: float = 0.0
+
+
+class TaskExecutor:
+    """State and task execution; see the module docstring and TaskManager."""
+
+    def __init__(
+        self,
+        store: TaskStore | str | os.PathLike[str] | None = None,
+        *,
+        settings: Settings | None = None,
+        execute: bool = True,
+        claims: Literal["own", "all"] = "own",
+        concurrency: int | None = None,
+        kind: str = "manager",
+        lazy: bool = False,
+        poll_interval: float = 0.25,
+        worker_id: str | None = None,
+        routes: Sequence[str] | None = None,
+    ) -> None:
+        if claims not in ("own", "all"):
+            raise UsageError(f"claims must be 'own' or 'all', not {claims!r}")
+        if concurrency is not None and concurrency < 1:
+            raise UsageError(f"concurrency must be >= 1, not {concurrency}")
+        self._store_arg = store
+        self._store: TaskStore | None = store if isinstance(store, TaskStore) else None
+        self._owns_store = self._store is None
+        self._settings = settings
+        self._execute = execute
+        self._lazy = lazy
+        self.claims = claims
+        self.kind = kind
+        self._concurrency = concurrency
+        self.poll_interval = poll_interval
+        #: route globs this manager runs at all (``llm-call worker --routes``); None: every route
+        self.routes = list(routes) if routes is not None else None
+        self.worker_id = worker_id or f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._running: dict[str, _Run] = {}
+        self._listeners: dict[str, list[ProgressListener]] = {}
+        self._notify: dict[str, asyncio.Event] = {}  # wakes events() followers: new events
+        self._final_notify: dict[str, asyncio.Event] = {}  # wakes wait(): the state changed
+        self._pending: list[EventIn] = []
+        self._dirty: set[str] = set()
+        self._flush_handle: asyncio.Handle | None = None
+        self._bg: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()
+        self._exec_lock = asyncio.Lock()
+        self._executing = False
+        self._started = False
+        self._stopping = False
+        self._closed = False
+        self._limit = 1
+        self._route_limits: dict[str, int] = {}
+        self._route_count: dict[str, int] = {}
+        self._sems: dict[str, asyncio.Semaphore] = {}
+        self._heartbeat_s = 5.0
+        self._max_executions = 3
+        self._retention_s = 7 * 86400.0
+        self._info: WorkerInfo | None = None
+        self._route_cache: dict[str, str] = {}
+        self._owned_queued: set[str] = set()  # submitted here for this manager, not started yet
+        self._fill_lock = asyncio.Lock()
+        self._ended = asyncio.Event()
+        #: outcomes recorded by this manager, by status value
+        self.finished: dict[str, int] = {}
+
+    @property
+    def store(self) -> TaskStore:
+        if self._store is None:
+            raise TaskError("the task manager is not started: await manager.start() first")
+        return self._store
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from ..config import get_settings
+
+            self._settings = get_settings()
+        return self._settings
+
+    @property
+    def executing(self) -> bool:
+        """Whether this manager is registered as a worker and runs tasks."""
+        return self._executing
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def _start_executing(self) -> None:
+        if self._executing or not self._execute:
+            return
+        async with self._exec_lock:
+            if self._executing:
+                return
+            self._info = WorkerInfo(
+                id=self.worker_id, kind=self.kind, claims=self.claims, concurrency=self._limit
+            )
+            await self.store.heartbeat(self._info)
+            await self._recover()
+            try:
+                await self.store.cleanup(time.time() - self._retention_s)
+            except TaskStoreError:
+                _log.exception("task retention cleanup failed")
+            self._executing = True
+            self._loops = [
+                asyncio.create_task(self._dispatch_loop(), name=f"llm_call-tasks-dispatch:{self.worker_id}"),
+                asyncio.create_task(self._housekeeping_loop(), name=f"llm_call-tasks-housekeeping:{self.worker_id}"),
+            ]
+
+    def _spawn(self, coro: Awaitable[Any], name: str | None = None) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        if name:
+            task.set_name(name)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise TaskError("the task manager is closed")
+        if not self._started:
+            raise TaskError("the task manager is not started: await manager.start() first")
+
+    def _route_of(self, model: str) -> str:
+        """The model string after aliases, which route limits match (cached per model)."""
+        route = self._route_cache.get(model)
+        if route is None:
+            from ..providers.router import resolve
+
+            route = resolve(model, self.settings).model
+            if len(self._route_cache) < 1024:
+                self._route_cache[model] = route
+        return route
+
+    def _notify_event(self, task_id: str, *, final: bool = False) -> asyncio.Event:
+        table = self._final_notify if final else self._notify
+        event = table.get(task_id)
+        if event is None:
+            event = table[task_id] = asyncio.Event()
+        return event
+
+    def _touch(self, task_id: str, *, final: bool = False) -> None:
+        """Wake event followers of the task; with ``final`` also its waiters (state changed)."""
+        for table in (self._notify, self._final_notify) if final else (self._notify,):
+            event = table.pop(task_id, None)
+            if event is not None:
+                event.set()
+
+    def _is_local(self, rec: TaskRecord) -> bool:
+        return rec.id in self._running or (self._executing and rec.owner == self.worker_id)
+
+    # -- executing -----------------------------------------------------------------------------------
+
+    def _patterns_of(self, route: str) -> tuple[str, ...]:
+        return tuple(p for p in self._route_limits if fnmatch.fnmatchcase(route, p))
+
+    async def _dispatch_loop(self) -> None:
+        backoff = self.poll_interval
+        while not self._stopping:
+            await wait_event(self._wake, self.poll_interval)
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                await self._fill()
+                backoff = self.poll_interval
+            except Exception:  # the dispatcher must survive: log, back off, claim again
+                _log.exception("claiming tasks failed; retrying in %.1fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def drain(self) -> None:
+        """Run until nothing this manager may claim is queued and nothing runs (burst mode)."""
+        self._check_open()
+        await self._start_executing()
+        while not self._stopping:
+            self._ended.clear()
+            started = await self._fill()
+            if not self._running and started == 0:
+                return
+            await wait_event(self._ended, self.poll_interval)
+
+    async def _fill(self) -> int:
+        """Claim as many queued tasks as the limits allow and start them. Returns how many."""
+        async with self._fill_lock:
+            return await self._fill_locked()
+
+    async def _fill_locked(self) -> int:
+        started = 0
+        claim_all = self.claims == "all"
+        only: dict[str, Any] = {} if self.routes is None else {"routes": self.routes}
+        patterns = list(self._route_limits)
+        full = [p for p in patterns if self._route_count[p] >= self._route_limits[p]]
+        for i, pattern in enumerate(patterns):
+            free = self._limit - len(self._running)
+            cap = min(self._route_limits[pattern] - self._route_count[pattern], free)
+            if cap <= 0:
+                continue
+            exclude = list(dict.fromkeys([*patterns[:i], *full]))
+            for rec in await self.store.claim(
+                self.worker_id, limit=cap, include=pattern, exclude=exclude, claim_all=claim_all, **only
+            ):
+                self._start(rec)
+                started += 1
+        free = self._limit - len(self._running)
+        if free > 0:
+            for rec in await self.store.claim(self.worker_id, limit=free, exclude=patterns, claim_all=claim_all, **only):
+                self._start(rec)
+                started += 1
+        return started
+
+    def _new_run(self, task_id: str, route: str) -> _Run:
+        run = _Run(task_id, route, self._patterns_of(route), listeners=self._listeners.pop(task_id, ()))
+        self._running[task_id] = run
+        self._owned_queued.discard(task_id)
+        for p in run.patterns:
+            self._route_count[p] += 1
+        return run
+
+    def _start(self, rec: TaskRecord) -> None:
+        run = self._new_run(rec.id, rec.route)
+        self._call_listeners(run, "started", {"execution": rec.attempts})
+        run.settler = run.work = self._spawn(self._settle(run, rec.request), name=f"llm_call-task:{rec.id}")
+
+    async def adopt(
+        self,
+        work: asyncio.Task[Response],
+        spec: dict[str, Any],
+        *,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, ProgressListener]:
+        """Take over a call already running (a direct call past its timeout) as a task.
+
+        Returns the task id and the progress sink the work's events should go to from now on.
+        """
+        self._check_open()
+        if not self._execute:
+            raise UsageError("this task manager does not execute tasks (execute=False)")
+        await self._start_executing()
+        task = NewTask(
+            spec,
+            self._route_of(str(spec.get("model") or "")),
+            int(priority or 0),
+            idempotency_key,
+            owner=self.worker_id,
+            request_json=getattr(spec, "json", None) or None,
+        )
+        run = self._new_run(task.id, task.route)
+        run.work = work
+        try:
+            await self.store.adopt(task, self.worker_id)
+        except BaseException:
+            self._end_run(run)
+            work.cancel()
+            raise
+        run.settler = self._spawn(self._settle(run, None, work), name=f"llm_call-task:{task.id}")
+        return task.id, self._sink(run)
+
+    async def _run_call(self, run: _Run, spec: dict[str, Any]) -> Response:
+        """The stored call, as acall runs it directly, holding the route's semaphores."""
+        resume = spec.get("_resume")
+        if resume is not None:
+            spec = {k: v for k, v in spec.items() if k != "_resume"}
+        request, opts = rebuild(spec)
+        async with AsyncExitStack() as stack:
+            for pattern in run.patterns:
+                await stack.enter_async_context(self._sems[pattern])
+            with listening(self._sink(run)):
+                if resume:
+                    from ..validation.loop import resume_validated
+
+                    return await resume_validated(
+                        request, opts, history=resume["history"], reply=resume["reply"], attempts=resume.get("attempts")
+                    )
+                return await _execute(request, opts)
+
+    async def _settle(self, run: _Run, spec: dict[str, Any] | None, work: Awaitable[Response] | None = None) -> None:
+        """Run the stored call (``spec``) or await a running one (``work``) and record the
+        outcome; a failure never becomes a result."""
+        try:
+            try:
+                if spec is None:
+                    assert work is not None
+                    response = await work
+                elif run.patterns or "_resume" in spec:
+                    response = await self._run_call(run, spec)
+                else:  # the common case, inline: one coroutine less per task
+                    request, opts = rebuild(spec)
+                    with listening(self._sink(run)):
+                        response = await _execute(request, opts)
+            except asyncio.CancelledError:
+                if not run.cancel_requested:
+                    raise  # shutdown: close() puts the task back in the queue
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                err = TaskCancelled(f"task {run.id} was cancelled", task_id=run.id)
+                outcome = Outcome(TaskStatus.CANCELLED, error=error_to_dict(err))
+            except HumanReviewNeeded as exc:
+                outcome = Outcome(TaskStatus.NEEDS_REVIEW, error=error_to_dict(exc))
+            except LLMCallError as exc:
+                outcome = Outcome(TaskStatus.FAILED, error=error_to_dict(exc))
+            except Exception as exc:
+                _log.exception("task %s failed with an unexpected error", run.id)
+                outcome = Outcome(TaskStatus.FAILED, error=error_to_dict(exc))
+            else:
+                outcome = Outcome(TaskStatus.SUCCEEDED, result=response_dict(response))
+            await self._finish(run, outcome)
+        finally:
+            self._end_run(run)
+
+    async def _finish(self, run: _Run, outcome: Outcome) -> None:
+        """Record the outcome. A cancellation arriving meanwhile (close(), a late cancel) waits
+        until the outcome is queued for the store, then is re-raised: work that finished is
+        never left looking ``running``. (Store writes are queued when called, so an interrupted
+        await still commits them, in order.)"""
+        cancelled = False
+        try:
+            try:
+                await self._flush_events()
+            except asyncio.CancelledError:
+                cancelled = True
+            try:
+                if not await self.store.finish(run.id, self.worker_id, outcome):
+                    _log.warning("task %s: outcome %s not recorded: this worker no longer owns it", run.id, outcome.status)
+            except asyncio.CancelledError:
+                cancelled = True
+        except TaskStoreError:
+            _log.exception("task %s: recording outcome %s failed; recovery will run it again", run.id, outcome.status)
+        self.finished[outcome.status.value] = self.finished.get(outcome.status.value, 0) + 1
+        data: dict[str, Any] = {}
+        if outcome.error is not None:
+            data["error"] = {"type": outcome.error.get("type"), "message": outcome.error.get("message")}
+        self._call_listeners(run, outcome.event_kind, data)
+        self._touch(run.id)  # followers now; waiters when the run ends (_end_run), just after
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _end_run(self, run: _Run) -> None:
+        if self._running.pop(run.id, None) is None:
+            return
+        for p in run.patterns:
+            self._route_count[p] -= 1
+        self._dirty.discard(run.id)
+        self._wake.set()
+        self._ended.set()
+        self._touch(run.id, final=True)
+
+    # -- progress events -----------------------------------------------------------------------------
+
+    def _sink(self, run: _Run) -> ProgressListener:
+        def sink(kind: str, data: dict[str, Any]) -> None:
+            self._on_event(run, kind, data)
+
+        return sink
+
+    def _call_listeners(self, run: _Run, kind: str, data: dict[str, Any]) -> None:
+        for listener in run.listeners:
+            try:
+                listener(kind, data)
+            except Exception:
+                _log.exception("progress callback failed on %s event; ignoring", kind)
+
+    def _on_event(self, run: _Run, kind: str, data: dict[str, Any]) -> None:
+        now = time.time()
+        self._call_listeners(run, kind, data)
+        prog = run.progress
+        prog["last"] = kind
+        prog["at"] = now
+        if kind == "attempt":
+            prog["attempt"] = data.get("number", int(prog.get("attempt") or 0) + 1)
+            prog["model"] = data.get("model")
+        elif kind in ("escalated", "fallback"):
+            prog["model"] = data.get("to_model")
+        elif kind == "chunk":
+            text = data.get("text")
+            run.chars = int(data["chars"]) if "chars" in data else run.chars + (len(text) if isinstance(text, str) else 0)
+            prog["chars"] = run.chars
+            if "tokens" in data:
+                prog["tokens"] = data["tokens"]
+            self._dirty.add(run.id)
+            if now - run.last_chunk_at < _CHUNK_EVERY_S:
+                return  # throttled: the record's progress still gets the totals
+            run.last_chunk_at = now
+            data = {k: v for k, v in prog.items() if k in ("chars", "tokens")}
+        if run.id not in self._running:
+            return
+        self._pending.append(EventIn(run.id, kind, jsonable(data), now))
+        self._dirty.add(run.id)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._start_flush)
+
+    def _start_flush(self) -> None:
+        self._flush_handle = None
+        self._spawn(self._flush_events())
+
+    async def _flush_events(self) -> None:
+        events, self._pending = self._pending, []
+        dirty, self._dirty = self._dirty, set()
+        progress = {tid: dict(self._running[tid].progress) for tid in dirty if tid in self._running}
+        if not events and not progress:
+            return
+        try:
+            await self.store.append_events(events, progress)
+        except TaskStoreError:
+            _log.exception("storing %d progress event(s) failed; they are lost", len(events))
+            return
+        for tid in {e.task_id for e in events}:
+            self._touch(tid)
+
+    # -- housekeeping --------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        report = await self.store.recover(
+            max_executions=self._max_executions, stale_after=max(self._heartbeat_s * STALE_BEATS, 1.0)
+        )
+        if report.requeued or report.interrupted or report.reassigned:
+            _log.warning(
+                "recovered tasks of dead worker(s) %s: %d re-queued, %d interrupted, %d queued handed over",
+                report.dead_workers, len(report.requeued), len(report.interrupted), len(report.reassigned),
+            )
+            self._wake.set()
+
+    def _recheck_waiters(self) -> None:
+        """Wake waiters of tasks not running here, to re-read the store: a queued task of ours
+        may have been cancelled by another process, which sends us no signal."""
+        for task_id in [t for t in self._final_notify if t not in self._running]:
+            self._final_notify.pop(task_id).set()
+
+    async def _housekeeping_loop(self) -> None:
+        assert self._info is not None
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self._heartbeat_s
+        next_recover = loop.time() + self._heartbeat_s * STALE_BEATS
+        next_cleanup = loop.time() + _CLEANUP_EVERY_S
+        next_recheck = loop.time() + _RECHECK_S
+        while not self._stopping:
+            await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
+            try:
+                if self._running:
+                    for task_id in await self.store.cancel_requests(self.worker_id):
+                        run = self._running.get(task_id)
+                        if run is not None and run.work is not None and not run.cancel_requested:
+                            run.cancel_requested = True
+                            run.work.cancel()
+                now = loop.time()
+                if now >= next_recheck:
+                    next_recheck = now + _RECHECK_S
+                    self._recheck_waiters()
+                if now >= next_beat:
+                    next_beat = now + self._heartbeat_s
+                    await self.store.heartbeat(self._info)
+                if now >= next_recover:
+                    next_recover = now + self._heartbeat_s * STALE_BEATS
+                    await self._recover()
+                if now >= next_cleanup:
+                    next_cleanup = now + _CLEANUP_EVERY_S
+                    removed = await self.store.cleanup(time.time() - self._retention_s)
+                    if removed:
+                        _log.info("removed %d task(s) older than the retention period", removed)
+            except Exception:  # heartbeats must go on: log and try again next tick
+                _log.exception("task housekeeping failed; trying again next tick")
+

@@ -1,0 +1,99 @@
+"""Encoding between task records and the Redis hashes of the Redis task store, and small helpers.
+
+Kept apart from ``redis_store.py`` (the store's methods) and ``_saq.py`` (the scripts); no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, TaskCancelled, TaskError, error_to_dict
+from ..types import TaskRecord, TaskStatus
+from .store import Outcome
+
+__all__ = ["CANCELLED", "dumps", "error_template", "event_data_for", "parse_limits", "pid_alive", "record"]
+
+
+def parse_limits(text: str, what: str) -> dict[str, int]:
+    """``"max/*=4,openai/*=200"`` → ``{"max/*": 4, "openai/*": 200}``; ConfigError if malformed."""
+    limits: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        pattern, sep, number = item.rpartition("=")
+        if not sep or not pattern or not number.strip().isdigit() or int(number) < 1:
+            raise ConfigError(
+                f"task store URL: {what} item {item!r} is not PATTERN=N (N >= 1)",
+                hint=f"e.g. {what}=max/*=4,openai/*=200",
+            )
+        limits[pattern.strip()] = int(number)
+    return limits
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None
+
+
+def record(h: Mapping[str, str]) -> TaskRecord:
+    return TaskRecord(
+        id=h["id"],
+        status=TaskStatus(h["status"]),
+        request=json.loads(h["request"]),
+        route=h.get("route", ""),
+        priority=int(h.get("priority") or 0),
+        idempotency_key=h.get("idem") or None,
+        created_at=float(h.get("created_at") or 0.0),
+        started_at=_float(h.get("started_at")),
+        finished_at=_float(h.get("finished_at")),
+        attempts=int(h.get("attempts") or 0),
+        progress=_loads(h.get("progress")) or {},
+        result=_loads(h.get("result")),
+        error=_loads(h.get("error")),
+        worker=h.get("worker") or None,
+        owner=h.get("owner") or None,
+        cancel_requested=h.get("cancel") == "1",
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+def error_template(cls: type[TaskError], message: str) -> str:
+    """An error dict whose task id the scripts fill in (``@@ID@@``)."""
+    return dumps(error_to_dict(cls(message.replace("{id}", "@@ID@@"), task_id="@@ID@@")))
+
+
+CANCELLED = error_template(TaskCancelled, "task {id} was cancelled")
+
+
+def event_data_for(outcome: Outcome) -> str:
+    data: dict[str, Any] = {}
+    if outcome.result is not None:
+        data["model"] = outcome.result.get("model")
+        data["latency_s"] = outcome.result.get("latency_s")
+        data["chars"] = len(outcome.result.get("text") or "")
+    if outcome.error is not None:
+        data["error"] = {"type": outcome.error.get("type"), "message": outcome.error.get("message")}
+    return dumps(data)

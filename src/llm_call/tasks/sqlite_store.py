@@ -1,0 +1,588 @@
+"""The embedded task store: one SQLite file in WAL mode, shared by the processes of one machine.
+
+Writes go through **one writer thread** that applies every operation waiting at that moment in one
+transaction (group commit): thousands of submits and state changes per second cost a handful of
+fsyncs. An awaited write returns only after its transaction committed with ``synchronous=FULL``,
+so it survives a crash of the process and of the machine. Several processes may open the same
+file: SQLite serialises their write transactions (``BEGIN IMMEDIATE`` with a busy timeout).
+
+Reads (``get``, ``read_events``, ``list_tasks`` ...) run inline on a per-thread read connection:
+WAL readers never wait for the writer, and a primary-key read costs tens of microseconds, far less
+than a hop to another thread. Everything SQLite-specific lives here; the manager sees only the
+:class:`~llm_call.tasks.store.TaskStore` protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..errors import (
+    TaskCancelled,
+    TaskError,
+    TaskInterrupted,
+    TaskNotFound,
+    error_to_dict,
+)
+from ..types import TaskEvent, TaskRecord, TaskStatus
+from ._sqlite_db import GroupCommitDB
+from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo
+
+__all__ = ["SQLiteTaskStore"]
+
+T = TypeVar("T")
+_log = logging.getLogger("llm_call.tasks")
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tasks(
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    request TEXT NOT NULL,
+    route TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,
+    owner TEXT,
+    worker TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    progress TEXT,
+    result TEXT,
+    error TEXT,
+    event_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(priority DESC, seq) WHERE status = 'queued';
+CREATE INDEX IF NOT EXISTS tasks_running ON tasks(worker) WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status, seq);
+CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS events(
+    task_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (task_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS workers(
+    id TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    claims TEXT NOT NULL,
+    concurrency INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+"""
+def _init_schema(conn: sqlite3.Connection) -> str | None:
+    """Create or check the schema inside the opening transaction; a reason if it is unusable."""
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) > SCHEMA_VERSION:
+        return f"schema version {row[0]} is newer than this llm_call ({SCHEMA_VERSION})"
+    return None
+
+
+_COLS = (
+    "id, status, request, route, priority, idempotency_key, created_at, started_at, finished_at, "
+    "attempts, progress, result, error, worker, owner, cancel_requested"
+)
+_FINAL_SQL = "('succeeded', 'failed', 'cancelled', 'interrupted')"
+_BUSY_TIMEOUT_S = 30.0
+
+
+def _unjsonable(value: Any) -> Any:
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        return to_dict()
+    _log.warning("task store: a %s is not JSON; storing its repr", type(value).__name__)
+    return repr(value)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_unjsonable)
+_dumps = _ENCODER.encode
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _record(row: Sequence[Any]) -> TaskRecord:
+    return TaskRecord(
+        id=row[0],
+        status=TaskStatus(row[1]),
+        request=json.loads(row[2]),
+        route=row[3],
+        priority=row[4],
+        idempotency_key=row[5],
+        created_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        attempts=row[9],
+        progress=_loads(row[10]) or {},
+        result=_loads(row[11]),
+        error=_loads(row[12]),
+        worker=row[13],
+        owner=row[14],
+        cancel_requested=bool(row[15]),
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+class SQLiteTaskStore:
+    """A :class:`~llm_call.tasks.store.TaskStore` on a SQLite file (WAL, group commit).
+
+    Example::
+
+        store = SQLiteTaskStore("/tmp/tasks.db")
+        await store.open()          # ConfigError now if the file is unusable
+        ...
+        await store.close()
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, batch_max: int = 5000) -> None:
+        self.path = Path(path).expanduser()
+        self.url = str(self.path)
+        self._db = GroupCommitDB(self.path, _init_schema, batch_max=batch_max)
+        self._host = socket.gethostname()
+
+    async def open(self) -> None:
+        await self._db.open()
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._db.write(op)
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return self._db.read(op)
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, task_id: str, kind: str, data: dict[str, Any], at: float) -> None:
+        """Bump the task's event counter and append one event (inside a write transaction)."""
+        row = conn.execute(
+            "UPDATE tasks SET event_seq = event_seq + 1 WHERE id = ? RETURNING event_seq", (task_id,)
+        ).fetchone()
+        if row is not None:
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (task_id, row[0], kind, _dumps(data), at))
+
+    @staticmethod
+    def _get(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
+        row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    # -- submit / claim / finish -----------------------------------------------------------------
+
+    async def submit(self, task: NewTask) -> tuple[TaskRecord, bool]:
+        request = task.request_json or _dumps(task.request)
+        created_data = _dumps({"route": task.route, "priority": task.priority})
+
+        def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+            if task.idempotency_key is not None:
+                row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                if row is not None:
+                    return _record(row), False
+            conn.execute(
+                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, created_at, event_seq) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, task.created_at),
+            )
+            conn.execute("INSERT INTO events VALUES (?, 1, 'queued', ?, ?)", (task.id, created_data, task.created_at))
+            return self._new_record(task, TaskStatus.QUEUED), True
+
+        return await self._write(op)
+
+    @staticmethod
+    def _new_record(task: NewTask, status: TaskStatus, **extra: Any) -> TaskRecord:
+        return TaskRecord(
+            id=task.id,
+            status=status,
+            request=task.request,
+            route=task.route,
+            priority=task.priority,
+            idempotency_key=task.idempotency_key,
+            created_at=task.created_at,
+            owner=task.owner,
+            **extra,
+        )
+
+    async def adopt(self, task: NewTask, worker_id: str) -> TaskRecord:
+        request = task.request_json or _dumps(task.request)
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> TaskRecord:
+            conn.execute(
+                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
+                "created_at, started_at, event_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at, now),
+            )
+            conn.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                [
+                    (task.id, 1, "queued", _dumps({"route": task.route, "handoff": True}), task.created_at),
+                    (task.id, 2, "started", _dumps({"worker": worker_id, "execution": 1, "handoff": True}), now),
+                ],
+            )
+            return self._new_record(task, TaskStatus.RUNNING, started_at=now, attempts=1, worker=worker_id)
+
+        return await self._write(op)
+
+    @staticmethod
+    def _queue_filter(
+        worker_id: str, include: str | None, exclude: Sequence[str], claim_all: bool, routes: Sequence[str] | None = None
+    ) -> tuple[str, list[Any]]:
+        conds = ["status = 'queued'", "(owner IS NULL OR owner = ?)" if claim_all else "owner = ?"]
+        params: list[Any] = [worker_id]
+        if include is not None:
+            conds.append("route GLOB ?")
+            params.append(include)
+        for pattern in exclude:
+            conds.append("NOT (route GLOB ?)")
+            params.append(pattern)
+        if routes is not None:
+            conds.append("(" + (" OR ".join("route GLOB ?" for _ in routes) or "0") + ")")
+            params.extend(routes)
+        return " AND ".join(conds), params
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        include: str | None = None,
+        exclude: Sequence[str] = (),
+        claim_all: bool = True,
+        routes: Sequence[str] | None = None,
+    ) -> list[TaskRecord]:
+        if limit <= 0:
+            return []
+        where, params = self._queue_filter(worker_id, include, exclude, claim_all, routes)
+        # a read first: an idle poll must not take the write lock
+        if self._read(lambda c: c.execute(f"SELECT 1 FROM tasks WHERE {where} LIMIT 1", params).fetchone()) is None:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[TaskRecord]:
+            now = time.time()
+            rows = conn.execute(
+                "UPDATE tasks SET status = 'running', worker = ?, attempts = attempts + 1, started_at = ?, "
+                "cancel_requested = 0, event_seq = event_seq + 1 "
+                f"WHERE seq IN (SELECT seq FROM tasks WHERE {where} ORDER BY priority DESC, seq LIMIT ?) "
+                f"RETURNING seq, event_seq, {_COLS}",
+                [worker_id, now, *params, limit],
+            ).fetchall()
+            rows.sort(key=lambda r: (-r[6], r[0]))
+            conn.executemany(
+                "INSERT INTO events VALUES (?, ?, 'started', ?, ?)",
+                [(r[2], r[1], _dumps({"worker": worker_id, "execution": r[11]}), now) for r in rows],
+            )
+            return [_record(r[2:]) for r in rows]
+
+        return await self._write(op)
+
+    async def finish(self, task_id: str, worker_id: str, outcome: Outcome) -> bool:
+        result = None if outcome.result is None else _dumps(outcome.result)
+        error = None if outcome.error is None else _dumps(outcome.error)
+        data = _event_data_for(outcome)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            finished = None if outcome.status is TaskStatus.NEEDS_REVIEW else now
+            row = conn.execute(
+                "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?, cancel_requested = 0, "
+                "event_seq = event_seq + 1 WHERE id = ? AND worker = ? AND status = 'running' RETURNING event_seq",
+                (outcome.status.value, result, error, finished, task_id, worker_id),
+            ).fetchone()
+            if row is None:
+                return False
+            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (task_id, row[0], outcome.event_kind, data, now))
+            return True
+
+        return await self._write(op)
+
+    async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
+        ids = list(task_ids)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            now = time.time()
+            done = []
+            for task_id in ids:
+                row = conn.execute(
+                    "UPDATE tasks SET status = 'queued', worker = NULL, owner = NULL, started_at = NULL, "
+                    "attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? AND status = 'running' RETURNING id",
+                    (task_id, worker_id),
+                ).fetchone()
+                if row is not None:
+                    self._event(conn, task_id, "released", {"worker": worker_id}, now)
+                    done.append(task_id)
+            conn.execute("UPDATE tasks SET owner = NULL WHERE owner = ? AND status = 'queued'", (worker_id,))
+            return done
+
+        return await self._write(op)
+
+    # -- cancel / review ------------------------------------------------------------------------
+
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        error = _dumps(error_to_dict(TaskCancelled(f"task {task_id} was cancelled", task_id=task_id)))
+
+        def op(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            now = time.time()
+            status = row[0]
+            if status in ("queued", "needs_review"):
+                conn.execute(
+                    "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ?", (now, error, task_id)
+                )
+                self._event(conn, task_id, "cancelled", {"was": status}, now)
+            elif status == "running":
+                conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
+                self._event(conn, task_id, "cancel_requested", {}, now)
+            return self._get(conn, task_id)
+
+        rec = await self._write(op)
+        if rec is None:
+            raise TaskNotFound(f"no task {task_id} in {self.path}", task_id=task_id)
+        return rec
+
+    async def cancel_requests(self, worker_id: str) -> list[str]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id FROM tasks WHERE status = 'running' AND worker = ? AND cancel_requested = 1", (worker_id,)
+            ).fetchall()
+        )
+        return [r[0] for r in rows]
+
+    async def resolve_review(
+        self,
+        task_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        request: dict[str, Any] | None = None,
+        note: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> TaskRecord:
+        if (result is None) == (request is None):
+            raise TaskError("resolve_review needs exactly one of result and request", task_id=task_id)
+        result_json = None if result is None else _dumps(result)
+        request_json = None if request is None else _dumps(request)
+
+        def op(conn: sqlite3.Connection) -> TaskRecord | str | None:
+            row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            if row is None:
+                return None
+            if row[0] != "needs_review":
+                return str(row[0])
+            now = time.time()
+            if result_json is not None:
+                conn.execute(
+                    "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ? WHERE id = ?",
+                    (result_json, now, task_id),
+                )
+                self._event(conn, task_id, "finished", {"review": "approved", **(note or {})}, now)
+            else:
+                conn.execute(
+                    "UPDATE tasks SET status = 'queued', request = ?, attempts = 0, worker = NULL, owner = ?, "
+                    "started_at = NULL, error = NULL WHERE id = ?",
+                    (request_json, owner, task_id),
+                )
+                self._event(conn, task_id, "queued", {"review": "reply", **(note or {})}, now)
+            return self._get(conn, task_id)
+
+        got = await self._write(op)
+        if got is None:
+            raise TaskNotFound(f"no task {task_id} in {self.path}", task_id=task_id)
+        if isinstance(got, str):
+            raise TaskError(f"task {task_id} is {got}, not waiting for a review", task_id=task_id)
+        return got
+
+    # -- events ------------------------------------------------------------------------------
+
+    async def append_events(
+        self, events: Sequence[EventIn], progress: Mapping[str, dict[str, Any]] | None = None
+    ) -> None:
+        by_task: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+        for ev in events:
+            by_task[ev.task_id].append((ev.kind, _dumps(ev.data), ev.at))
+        prog = {k: _dumps(v) for k, v in (progress or {}).items()}
+        for task_id in prog:
+            by_task.setdefault(task_id, [])
+
+        def op(conn: sqlite3.Connection) -> None:
+            rows: list[tuple[str, int, str, str, float]] = []
+            for task_id, items in by_task.items():
+                got = conn.execute(
+                    "UPDATE tasks SET event_seq = event_seq + ?, progress = COALESCE(?, progress) WHERE id = ? "
+                    "RETURNING event_seq",
+                    (len(items), prog.get(task_id), task_id),
+                ).fetchone()
+                if got is None:
+                    continue
+                first = got[0] - len(items) + 1
+                rows.extend((task_id, first + i, kind, data, at) for i, (kind, data, at) in enumerate(items))
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+
+        await self._write(op)
+
+    async def read_events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[TaskEvent]:
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT seq, kind, data, at FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (task_id, after, limit),
+            ).fetchall()
+        )
+        return [TaskEvent(task_id=task_id, seq=r[0], kind=r[1], data=json.loads(r[2]), at=r[3]) for r in rows]
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        return self._read(lambda c: self._get(c, task_id))
+
+    async def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
+        if status is None:
+            rows = self._read(lambda c: c.execute(f"SELECT {_COLS} FROM tasks ORDER BY seq DESC LIMIT ?", (limit,)).fetchall())
+        else:
+            rows = self._read(
+                lambda c: c.execute(
+                    f"SELECT {_COLS} FROM tasks WHERE status = ? ORDER BY seq DESC LIMIT ?", (status.value, limit)
+                ).fetchall()
+            )
+        return [_record(r) for r in rows]
+
+    async def counts(self) -> dict[str, int]:
+        rows = self._read(lambda c: c.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- workers, recovery, retention ------------------------------------------------------------
+
+    async def heartbeat(self, worker: WorkerInfo) -> None:
+        worker.heartbeat_at = time.time()
+        values = (
+            worker.id, worker.kind, worker.claims, worker.concurrency, worker.host, worker.pid,
+            worker.started_at, worker.heartbeat_at,
+        )
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO workers VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                "heartbeat_at = excluded.heartbeat_at, concurrency = excluded.concurrency",
+                values,
+            )
+
+        await self._write(op)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._write(lambda c: c.execute("DELETE FROM workers WHERE id = ?", (worker_id,)) and None)
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        since = time.time() - alive_within
+        rows = self._read(
+            lambda c: c.execute(
+                "SELECT id, kind, claims, concurrency, host, pid, started_at, heartbeat_at FROM workers "
+                "WHERE heartbeat_at >= ? ORDER BY started_at",
+                (since,),
+            ).fetchall()
+        )
+        found = [WorkerInfo(*r) for r in rows]
+        return [w for w in found if w.host != self._host or _pid_alive(w.pid)]
+
+    async def recover(
+        self, *, max_executions: int, stale_after: float, adopter: str | None = None
+    ) -> RecoveryReport:
+        def op(conn: sqlite3.Connection) -> RecoveryReport:
+            now = time.time()
+            report = RecoveryReport()
+            alive: set[str] = set()
+            for wid, host, pid, beat in conn.execute("SELECT id, host, pid, heartbeat_at FROM workers").fetchall():
+                if now - beat > stale_after or (host == self._host and not _pid_alive(pid)):
+                    report.dead_workers.append(wid)
+                else:
+                    alive.add(wid)
+            for task_id, worker, attempts in conn.execute(
+                "SELECT id, worker, attempts FROM tasks WHERE status = 'running'"
+            ).fetchall():
+                if worker in alive:
+                    continue
+                if attempts < max_executions:
+                    conn.execute(
+                        "UPDATE tasks SET status = 'queued', worker = NULL, owner = ?, started_at = NULL, "
+                        "cancel_requested = 0 WHERE id = ?",
+                        (adopter, task_id),
+                    )
+                    self._event(conn, task_id, "requeued", {"dead_worker": worker, "executions": attempts}, now)
+                    report.requeued.append(task_id)
+                else:
+                    err = TaskInterrupted(
+                        f"task {task_id}: the process running it died after {attempts} execution(s) "
+                        f"(max_executions={max_executions}); its input is kept, re-submit it to run it again",
+                        task_id=task_id,
+                    )
+                    conn.execute(
+                        "UPDATE tasks SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
+                        (now, _dumps(error_to_dict(err)), task_id),
+                    )
+                    self._event(conn, task_id, "interrupted", {"dead_worker": worker, "executions": attempts}, now)
+                    report.interrupted.append(task_id)
+            owned = conn.execute(
+                "SELECT id, owner FROM tasks WHERE status = 'queued' AND owner IS NOT NULL"
+            ).fetchall()
+            for task_id, owner in owned:
+                if owner not in alive and owner != adopter:
+                    conn.execute("UPDATE tasks SET owner = ? WHERE id = ?", (adopter, task_id))
+                    report.reassigned.append(task_id)
+            conn.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in report.dead_workers])
+            return report
+
+        return await self._write(op)
+
+    async def cleanup(self, older_than: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            where = f"finished_at IS NOT NULL AND finished_at < ? AND status IN {_FINAL_SQL}"
+            conn.execute(f"DELETE FROM events WHERE task_id IN (SELECT id FROM tasks WHERE {where})", (older_than,))
+            return int(conn.execute(f"DELETE FROM tasks WHERE {where}", (older_than,)).rowcount)
+
+        return await self._write(op)
+
+
+def _event_data_for(outcome: Outcome) -> str:
+    data: dict[str, Any] = {}
+    if outcome.result is not None:
+        data["model"] = outcome.result.get("model")
+        data["latency_s"] = outcome.result.get("latency_s")
+        data["chars"] = len(outcome.result.get("text") or "")
+    if outcome.error is not None:
+        data["error"] = {"type": outcome.error.get("type"), "message": outcome.error.get("message")}
+    return _dumps(data)

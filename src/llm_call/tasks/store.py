@@ -1,0 +1,324 @@
+"""The :class:`TaskStore` protocol between the task manager and its storage, and ``open_store``.
+
+A store is the durable half of the task system: the queue, the task records, their events and the
+registry of live workers. The manager never sees SQL (or Redis): it calls these methods, and any
+backend that implements them (the embedded SQLite store, a distributed backend on a queue engine)
+works with every manager, worker, server and CLI command.
+
+Contract every backend keeps:
+
+- **Durable on return.** When an awaited write returns, it survives a crash of this process.
+- **Atomic state changes.** Each method that changes a task's status does it atomically together
+  with the lifecycle event it implies (``submit`` → ``queued``; ``claim``/``adopt`` →
+  ``started``; ``finish`` → ``finished``/``failed``/``cancelled``/``needs_review``; ``release``
+  → ``released``; ``request_cancel`` of a waiting task → ``cancelled``; ``recover`` →
+  ``requeued``/``interrupted``; ``resolve_review`` → ``finished``/``queued``). So a task has
+  exactly one final state and exactly one final event.
+- **Fenced finish.** ``finish`` and ``release`` only apply while the task is ``running`` under
+  the given worker id: a worker declared dead whose task was re-queued cannot overwrite the new
+  execution's outcome.
+- **Order.** Writes awaited one after the other by one caller are applied in that order.
+- **Event numbering.** ``seq`` counts from 1 per task, without gaps, in append order.
+
+Life of a task::
+
+    submit ──> queued ──claim──> running ──finish──> succeeded | failed | cancelled
+                 ^  │                │      └──────> needs_review ──resolve_review──> succeeded
+                 │  └─request_cancel─┤                    └──(reply)──> queued
+                 │        (cancelled)│
+                 └──recover/release──┘ (dead worker, executions left)
+                                     └──recover──> interrupted (no executions left)
+
+``owner`` reserves a queued task for one manager (the in-process manager that submitted it);
+``None`` means any worker. Recovery hands the queued tasks of a dead owner to the recovering
+manager (``adopter``) or to every worker.
+
+Example::
+
+    store = await open_store("/tmp/tasks.db")      # or None for the default location
+    rec, created = await store.submit(NewTask(request={"model": "openai/x", "messages": [...]},
+                                              route="openai/x"))
+    print((await store.get(rec.id)).status)        # queued
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ..errors import ConfigError
+from ..types import TaskEvent, TaskRecord, TaskStatus
+
+__all__ = [
+    "FINAL_EVENT_KINDS",
+    "EventIn",
+    "NewTask",
+    "Outcome",
+    "RecoveryReport",
+    "TaskStore",
+    "WorkerInfo",
+    "default_store_path",
+    "make_store",
+    "new_task_id",
+    "open_store",
+]
+
+#: event kinds that end a task's event stream (for now: ``needs_review`` rests until a review)
+FINAL_EVENT_KINDS = frozenset({"finished", "failed", "cancelled", "interrupted", "needs_review"})
+
+
+_ids = random.Random(secrets.randbits(128))
+
+
+def new_task_id() -> str:
+    """A fresh task id: ``tk_``, 8 hex digits of time (ids sort by creation second), 16 random."""
+    return f"tk_{int(time.time()) & 0xFFFFFFFF:08x}{_ids.getrandbits(64):016x}"
+
+
+@dataclass(slots=True)
+class NewTask:
+    """A task to create. ``request`` is the JSON dict of acall arguments (see the tasks docs)."""
+
+    request: dict[str, Any]
+    route: str
+    priority: int = 0
+    idempotency_key: str | None = None
+    owner: str | None = None
+    id: str = field(default_factory=new_task_id)
+    created_at: float = field(default_factory=time.time)
+    #: ``request`` already encoded as JSON, when the caller has it (a store may use it)
+    request_json: str | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one execution ended: the final (or resting) status with its result or error."""
+
+    status: TaskStatus
+    result: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+
+    @property
+    def event_kind(self) -> str:
+        return {
+            TaskStatus.SUCCEEDED: "finished",
+            TaskStatus.FAILED: "failed",
+            TaskStatus.CANCELLED: "cancelled",
+            TaskStatus.NEEDS_REVIEW: "needs_review",
+            TaskStatus.INTERRUPTED: "interrupted",
+        }[self.status]
+
+
+@dataclass(slots=True)
+class EventIn:
+    """A progress event to append (the store assigns ``seq``)."""
+
+    task_id: str
+    kind: str
+    data: dict[str, Any]
+    at: float
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    """A process that runs tasks. ``claims`` is ``all`` (workers, servers) or ``own``."""
+
+    id: str
+    kind: str = "manager"  # manager | worker | server
+    claims: str = "own"
+    concurrency: int = 0
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    started_at: float = field(default_factory=time.time)
+    heartbeat_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "claims": self.claims,
+            "concurrency": self.concurrency,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at,
+            "heartbeat_at": self.heartbeat_at,
+        }
+
+
+@dataclass(slots=True)
+class RecoveryReport:
+    """What :meth:`TaskStore.recover` did."""
+
+    requeued: list[str] = field(default_factory=list)
+    interrupted: list[str] = field(default_factory=list)
+    reassigned: list[str] = field(default_factory=list)  # queued tasks of dead owners
+    dead_workers: list[str] = field(default_factory=list)
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """Durable task records, queue, events and worker registry. See the module docstring."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect, create or check the schema. Raises ConfigError when the store is unusable."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, task: NewTask) -> tuple[TaskRecord, bool]:
+        """Create a queued task; with an existing ``idempotency_key`` return that task instead.
+
+        Returns ``(record, created)``.
+        """
+        ...
+
+    async def adopt(self, task: NewTask, worker_id: str) -> TaskRecord:
+        """Create a task that is already running under ``worker_id`` (a direct call handed over)."""
+        ...
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        include: str | None = None,
+        exclude: Sequence[str] = (),
+        claim_all: bool = True,
+        routes: Sequence[str] | None = None,
+    ) -> list[TaskRecord]:
+        """Atomically move up to ``limit`` queued tasks to running under ``worker_id``.
+
+        Highest priority first, FIFO within a priority. ``include``/``exclude`` are glob patterns
+        on the route; ``routes`` (globs, None = all) is what this worker serves at all (``llm-call
+        worker --routes``): a route must match one of them. With ``claim_all`` unowned tasks and the worker's own are eligible, else only
+        its own. Each claim counts one execution (``attempts``).
+        """
+        ...
+
+    async def finish(self, task_id: str, worker_id: str, outcome: Outcome) -> bool:
+        """Record how the execution ended; False (and no change) if ``worker_id`` lost the task."""
+        ...
+
+    async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
+        """Put running tasks back in the queue without counting the execution (clean shutdown)."""
+        ...
+
+    async def request_cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a queued or needs_review task now; flag a running one for its worker.
+
+        Final tasks are returned unchanged. Raises TaskNotFound.
+        """
+        ...
+
+    async def cancel_requests(self, worker_id: str) -> list[str]:
+        """Ids of tasks running under ``worker_id`` whose cancellation was requested."""
+        ...
+
+    async def resolve_review(
+        self,
+        task_id: str,
+        *,
+        result: dict[str, Any] | None = None,
+        request: dict[str, Any] | None = None,
+        note: dict[str, Any] | None = None,
+        owner: str | None = None,
+    ) -> TaskRecord:
+        """Resolve a needs_review task: with ``result`` it succeeds; with ``request`` it is queued
+        again for ``owner`` (None: any worker) with executions reset. ``note`` goes into the event.
+        Raises TaskNotFound, or TaskError when it is not in review.
+        """
+        ...
+
+    async def append_events(
+        self, events: Sequence[EventIn], progress: Mapping[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Append progress events; ``progress`` (task id → summary) replaces ``record.progress``."""
+        ...
+
+    async def read_events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[TaskEvent]:
+        """Events with ``seq > after``, oldest first."""
+        ...
+
+    async def get(self, task_id: str) -> TaskRecord | None: ...
+
+    async def list_tasks(
+        self, *, status: TaskStatus | None = None, limit: int = 100
+    ) -> list[TaskRecord]:
+        """Newest first."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Number of tasks per status."""
+        ...
+
+    async def heartbeat(self, worker: WorkerInfo) -> None:
+        """Register the worker or refresh its liveness (``heartbeat_at`` = now)."""
+        ...
+
+    async def remove_worker(self, worker_id: str) -> None: ...
+
+    async def workers(self, alive_within: float) -> list[WorkerInfo]:
+        """Workers whose last heartbeat is younger than ``alive_within`` seconds."""
+        ...
+
+    async def recover(
+        self, *, max_executions: int, stale_after: float, adopter: str | None = None
+    ) -> RecoveryReport:
+        """Find dead workers (no heartbeat for ``stale_after`` s, or a vanished process on this
+        host) and settle their tasks: running → queued if executions < ``max_executions``, else
+        interrupted (input kept); their queued tasks go to ``adopter`` (None: any worker).
+        """
+        ...
+
+    async def cleanup(self, older_than: float) -> int:
+        """Delete final tasks (and their events) finished before the epoch time ``older_than``."""
+        ...
+
+
+def default_store_path() -> Path:
+    """``$XDG_DATA_HOME/llm_call/tasks.db`` (default ``~/.local/share/llm_call/tasks.db``)."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "llm_call" / "tasks.db"
+
+
+def make_store(location: str | os.PathLike[str] | None = None) -> TaskStore:
+    """The store for ``location`` (SQLite path, ``sqlite:///path``, ``redis://`` URL), unopened.
+
+    ``None`` means ``settings.tasks.store`` (``--tasks``/``LLM_CALL_TASKS``), else the default path.
+    """
+    if location is None:
+        from ..config import get_settings
+
+        location = get_settings().tasks.store
+    if location is None:
+        location = default_store_path()
+    text = os.fspath(location)
+    if text.startswith(("redis://", "rediss://", "unix://")):
+        from .redis_store import RedisTaskStore  # saq/redis themselves load in open()
+
+        return RedisTaskStore(text)
+    if "://" in text and not text.startswith("sqlite:///"):
+        raise ConfigError(
+            f"task store {text!r}: unknown URL scheme", hint="give a file path, sqlite:///path or redis://..."
+        )
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]  # as SQLAlchemy: sqlite:///rel.db, sqlite:////abs.db
+    from .sqlite_store import SQLiteTaskStore
+
+    return SQLiteTaskStore(text)
+
+
+async def open_store(location: str | os.PathLike[str] | None = None) -> TaskStore:
+    """:func:`make_store` and :meth:`TaskStore.open`: a ready store, or ConfigError now."""
+    store = make_store(location)
+    await store.open()
+    return store
