@@ -14,9 +14,11 @@ import pytest
 import llm_call
 from llm_call import (
     AuthError,
+    BudgetExceeded,
     CircuitOpen,
     ProviderConnectionError,
     ProviderHTTPError,
+    ProviderTimeout,
     RateLimited,
     StreamInterrupted,
     UsageError,
@@ -211,6 +213,20 @@ async def test_deadline_stops_retrying_when_the_next_wait_would_pass_it(srv: Scr
             "openai/m", "hi", deadline_s=15, retry=clock.policy(stop=stop_after_attempt(10), wait=wait_fixed(10))
         )
     assert len(srv.requests) == 2 and clock.sleeps == [10]
+
+
+async def test_the_callers_deadline_running_out_is_budget_exceeded_not_a_provider_timeout(
+    srv: ScriptedLLMServer,
+) -> None:
+    srv.add(Reply(text="too late", latency=5.0, times=None))
+    with pytest.raises(BudgetExceeded, match=r"deadline_s=0.3 passed"):
+        await llm_call.acall("openai/m", "hi", deadline_s=0.3)
+    with pytest.raises(BudgetExceeded, match=r"deadline_s=0.3 passed"):
+        async for _ in llm_call.astream("openai/m", "hi", deadline_s=0.3):
+            pass
+    # a provider timeout well inside the deadline stays a provider timeout
+    with pytest.raises(ProviderTimeout):
+        await llm_call.acall("openai/m", "hi", timeout=0.2, deadline_s=60, retry=False)
 
 
 async def test_layer_options_without_validation_are_usage_errors(srv: ScriptedLLMServer) -> None:

@@ -424,3 +424,18 @@ def test_client_giving_up_before_the_first_chunk_cancels_the_call(serve_llm: Any
         httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "stream": True},
                    timeout=1.0)
     assert _wait_until(lambda: served.upstream.in_flight == 0), "the upstream call was left running"
+
+
+
+def test_a_deadline_the_caller_set_is_a_400_budget_error_not_a_gateway_timeout(serve_llm: Any) -> None:
+    """deadline_s is the caller's own budget: running out of it is not an upstream failure (504)."""
+    served = serve_llm([], default=Reply(text="late", latency=2.0), retry=NO_RETRY)
+    r = httpx.post(
+        served.base_url + "/chat/completions",
+        json={"model": "up/x", "messages": HI, "deadline_s": 0.2},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == "BudgetExceeded"
+    assert "deadline_s=0.2" in error["message"]

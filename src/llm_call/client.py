@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 from ._portal import portal
 from ._progress import listening
 from ._streams import closing
-from .errors import UsageError
+from .errors import BudgetExceeded, LLMCallError, ProviderTimeout, UsageError
 from .types import Chunk, Message, Request, Response
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 __all__ = ["CallOptions", "acall", "astream", "build_request", "call", "complete_once", "stream", "stream_once"]
 
 _log = logging.getLogger("llm_call")
+#: a provider timeout this close to the caller's deadline is the deadline running out
+_DEADLINE_SLACK_S = 0.05
 _default_announced = False
 
 #: keyword options consumed by llm_call's own layers; everything else goes to the provider
@@ -322,10 +324,25 @@ async def _execute(request: Request, opts: CallOptions) -> Response:
         return await complete_with_retries(request, opts)
     from .retry import clock_of
 
-    deadline_at = clock_of(opts.retry)() + opts.deadline_s
+    clock = clock_of(opts.retry)
+    deadline_at = clock() + opts.deadline_s
     if request.timeout is None or request.timeout > opts.deadline_s:
         request = request.replace(timeout=opts.deadline_s)
-    return await complete_with_retries(request, opts, deadline_at=deadline_at)
+    try:
+        return await complete_with_retries(request, opts, deadline_at=deadline_at)
+    except ProviderTimeout as exc:
+        raise _deadline_error(exc, opts, clock(), deadline_at) from exc
+
+
+def _deadline_error(exc: ProviderTimeout, opts: CallOptions, now: float, deadline_at: float) -> LLMCallError:
+    """The caller's own ``deadline_s`` running out is a budget stop, not a provider failure."""
+    if now + _DEADLINE_SLACK_S < deadline_at:
+        return exc
+    return BudgetExceeded(
+        f"deadline_s={opts.deadline_s} passed before an answer ({exc.message})",
+        hint="raise deadline_s, or run the call as a background task",
+        attempts=[],
+    )
 
 
 async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[Chunk]:
@@ -338,16 +355,23 @@ async def _execute_stream(request: Request, opts: CallOptions) -> AsyncIterator[
         return
     from .retry import stream_with_retries
 
-    deadline_at = None
-    if opts.deadline_s is not None:
-        from .retry import clock_of
+    if opts.deadline_s is None:
+        async with closing(stream_with_retries(request, opts)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+        return
+    from .retry import clock_of
 
-        deadline_at = clock_of(opts.retry)() + opts.deadline_s
-        if request.timeout is None or request.timeout > opts.deadline_s:
-            request = request.replace(timeout=opts.deadline_s)
-    async with closing(stream_with_retries(request, opts, deadline_at=deadline_at)) as chunks:
-        async for chunk in chunks:
-            yield chunk
+    clock = clock_of(opts.retry)
+    deadline_at = clock() + opts.deadline_s
+    if request.timeout is None or request.timeout > opts.deadline_s:
+        request = request.replace(timeout=opts.deadline_s)
+    try:
+        async with closing(stream_with_retries(request, opts, deadline_at=deadline_at)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+    except ProviderTimeout as exc:
+        raise _deadline_error(exc, opts, clock(), deadline_at) from exc
 
 
 @overload

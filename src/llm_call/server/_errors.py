@@ -12,6 +12,8 @@ unknown model, route or task                        404     invalid_request_erro
                                                             task_not_found
 body larger than ``server.max_body_bytes``          413     invalid_request_error / request_too_large
 bad validation spec                                 422     invalid_request_error / invalid_validation_spec
+the caller's budget ran out (``deadline_s``,        400     invalid_request_error / BudgetExceeded
+``budget_usd``, ``budget_tokens``)
 too many requests in flight for one key,            429     rate_limit_error
 route queue full, upstream rate limit
 upstream failure (HTTP error, refused, malformed,   502     upstream_error; code = the llm_call
@@ -32,6 +34,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 
 from ..errors import (
+    BudgetExceeded,
     CircuitOpen,
     ConfigError,
     HumanReviewNeeded,
@@ -165,9 +168,12 @@ def failure_for(exc: LLMCallError) -> HTTPFailure:
         return HTTPFailure(503, _message(exc), type="server_error", code="task_store_error")
     if isinstance(exc, TaskError):
         return HTTPFailure(409, _message(exc), code="task_conflict")
+    if isinstance(exc, BudgetExceeded):
+        # the caller's own budget (deadline_s, budget_usd, budget_tokens) ran out: not an upstream fault
+        return _upstream(400, exc, type="invalid_request_error")
     if isinstance(exc, HumanReviewNeeded):
         return _upstream(409, exc, type="invalid_request_error")
-    # AuthError, ProviderError (the rest), ValidationExhausted, BudgetExceeded, anything else
+    # AuthError, ProviderError (the rest), ValidationExhausted, anything else
     return _upstream(502, exc)
 
 
