@@ -309,6 +309,30 @@ def _failure_record(attempt: int, model: str, exc: BaseException, started: float
     )
 
 
+async def _wait_or_fall_back(
+    route: _Route,
+    exc: ProviderError,
+    calls: int,
+    started: float,
+    deadline_at: float | None,
+    model: str,
+    next_model: str | None,
+    attempt: int,
+) -> bool:
+    """After a failed call: wait and return True (retry ``model``), return False (fall back to
+    ``next_model``), or re-raise ``exc`` (not retryable, or retries and fallbacks used up)."""
+    delay = None if isinstance(exc, CircuitOpen) else route.next_delay(calls, started, exc, deadline_at)
+    if delay is None:
+        if next_model is not None and (is_transient(exc) or isinstance(exc, CircuitOpen)):
+            emit("fallback", from_model=model, to_model=next_model, reason=_reason(exc))
+            return False
+        raise exc
+    emit("retry_wait", delay=delay, reason=_reason(exc), model=model, attempt=attempt)
+    assert route.policy.sleep is not None
+    await route.policy.sleep(delay)
+    return True
+
+
 async def complete_with_retries(
     request: Request,
     opts: CallOptions,
@@ -344,16 +368,10 @@ async def complete_with_retries(
                 if not isinstance(exc, ProviderError):
                     raise
                 records.append(_failure_record(attempt, model, exc, call_started))
-                delay = None if isinstance(exc, CircuitOpen) else route.next_delay(calls, started, exc, deadline_at)
-                if delay is None:
-                    if index + 1 < len(models) and (is_transient(exc) or isinstance(exc, CircuitOpen)):
-                        emit("fallback", from_model=model, to_model=models[index + 1], reason=_reason(exc))
-                        break
-                    raise
-                emit("retry_wait", delay=delay, reason=_reason(exc), model=model, attempt=attempt)
-                assert route.policy.sleep is not None
-                await route.policy.sleep(delay)
-                continue
+                next_model = models[index + 1] if index + 1 < len(models) else None
+                if await _wait_or_fall_back(route, exc, calls, started, deadline_at, model, next_model, attempt):
+                    continue
+                break
             route.succeeded()
             records.append(
                 Attempt(
@@ -408,16 +426,10 @@ async def stream_with_retries(
                     raise
                 if records is not None:
                     records.append(_failure_record(attempt, model, exc, call_started))
-                delay = None if isinstance(exc, CircuitOpen) else route.next_delay(calls, started, exc, deadline_at)
-                if delay is None:
-                    if index + 1 < len(models) and (is_transient(exc) or isinstance(exc, CircuitOpen)):
-                        emit("fallback", from_model=model, to_model=models[index + 1], reason=_reason(exc))
-                        break
-                    raise
-                emit("retry_wait", delay=delay, reason=_reason(exc), model=model, attempt=attempt)
-                assert route.policy.sleep is not None
-                await route.policy.sleep(delay)
-                continue
+                next_model = models[index + 1] if index + 1 < len(models) else None
+                if await _wait_or_fall_back(route, exc, calls, started, deadline_at, model, next_model, attempt):
+                    continue
+                break
             route.succeeded()
             return
     raise AssertionError("unreachable: the last model either streams or raises")
