@@ -17,6 +17,7 @@ import pytest
 
 from llm_call.config import Settings, set_settings
 from llm_call.providers.router import close_providers
+from llm_call.testing import Reply, ScriptedLLMServer
 
 _SCRUB_PREFIXES = ("LLM_CALL_", "OPENAI_", "ANTHROPIC_", "CLAUDE")
 
@@ -48,6 +49,15 @@ def _reset_breakers() -> Iterator[None]:
     reset_breakers()
     yield
     reset_breakers()
+
+
+@pytest.fixture
+async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServer]:
+    """A scripted server behind the ``openai/*`` route (default answer: "default answer")."""
+    async with ScriptedLLMServer(default=Reply(text="default answer", times=None)) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
+        yield server
 
 
 @pytest.fixture

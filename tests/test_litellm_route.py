@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from llm_call import (
     StreamInterrupted,
     UsageError,
 )
-from llm_call.retry import reset_breakers
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -38,13 +37,6 @@ pytest.importorskip("litellm")
 MODEL = "anthropic/claude-x"
 # LiteLLM's own pydantic models warn about TypedDict ReadOnly items on first use
 pytestmark = pytest.mark.filterwarnings("ignore:.*ReadOnly. qualifier:UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers() -> Iterator[None]:
-    reset_breakers()
-    yield
-    reset_breakers()
 
 
 @pytest.fixture

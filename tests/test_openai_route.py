@@ -9,7 +9,7 @@ import asyncio
 import email.utils
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,7 +28,6 @@ from llm_call import (
     UsageError,
 )
 from llm_call.providers.openai_compat import parse_retry_after
-from llm_call.retry import reset_breakers
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 
 
@@ -39,22 +38,6 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 5.
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for: {what}")
         await asyncio.sleep(0.01)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers() -> Iterator[None]:
-    """Failure tests make single calls (``retry=False``); breakers must not carry over."""
-    reset_breakers()
-    yield
-    reset_breakers()
-
-
-@pytest.fixture
-async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServer]:
-    async with ScriptedLLMServer(default=Reply(text="default answer", times=None)) as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
-        yield server
 
 
 async def collect(model: str, prompt: str | None = "hi", **kw: Any) -> list[Chunk]:

@@ -5,7 +5,7 @@ and aliases end to end against the scripted server.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,7 +15,6 @@ from llm_call import AuthError, Chunk, ConfigError, ProviderHTTPError
 from llm_call.config import Settings
 from llm_call.providers.openai_compat import OpenAICompatProvider
 from llm_call.providers.router import get_provider, known_routes, resolve
-from llm_call.retry import reset_breakers
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 
 ENDPOINTS = {"endpoints": {"vllm": {"base_url": "http://127.0.0.1:8001/v1"}, "ollama": {"base_url": "http://127.0.0.1:11434/v1"}}}
@@ -171,21 +170,6 @@ async def test_unknown_bare_model_through_acall_is_config_error(use_settings: Ca
 
 
 # -- endpoints and aliases end to end (through acall, against the scripted server) -----------
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers() -> Iterator[None]:
-    reset_breakers()
-    yield
-    reset_breakers()
-
-
-@pytest.fixture
-async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServer]:
-    async with ScriptedLLMServer(default=Reply(text="default answer", times=None)) as server:
-        monkeypatch.setenv("OPENAI_BASE_URL", server.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
-        yield server
 
 
 async def collect(model: str, prompt: str | None = "hi", **kw: Any) -> list[Chunk]:
