@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, LLMCallError, UsageError
 from .legacy import LEGACY_KEYS, LEGACY_ONLY_KEYS, map_llm_config
+from .providers.base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
     from ._batch_run import BatchReport
@@ -104,7 +105,6 @@ _STR_KEYS = ("model", "prompt", "system")
 _INT_KEYS = ("max_attempts", "max_tokens", "tools_after", "human_after", "budget_tokens")
 _NUM_KEYS = ("timeout", "temperature", "budget_usd", "deadline_s")
 _MCP_KEYS = ("mcp_config", "tools_mcp_config")
-_CLAUDE_ONLY = ("mcp_config", "allowed_tools", "cwd", "permission_mode", "max_turns", "resume")
 
 
 @dataclass(slots=True)
@@ -294,7 +294,7 @@ def _route_problems(item: BatchItem, settings: Settings) -> list[str]:
             continue
         if key == "model":
             item.route = _route_label(route)
-            claude_opts = [k for k in _CLAUDE_ONLY if k in item.kwargs]
+            claude_opts = sorted(CLAUDE_ONLY_OPTIONS & set(item.kwargs))
             if route.kind != "max" and claude_opts:
                 out.append(
                     f"option(s) {', '.join(claude_opts)} apply only to max/* models (Claude Code CLI), "
