@@ -318,6 +318,22 @@ async def test_breaker_opens_fails_fast_then_recovers(srv: ScriptedLLMServer, us
     assert snapshot["breakers"]["openai"]["times_opened"] == 1
 
 
+async def test_timeouts_the_caller_chose_do_not_open_the_breaker_but_provider_timeouts_do(
+    srv: ScriptedLLMServer, use_settings: Callable[..., Settings]
+) -> None:
+    """One client's tiny timeouts say nothing about the route's health; the route's own do."""
+    use_settings(retry={"max_retries": 0, "breaker_threshold": 2}, openai={"read_timeout": 0.2})
+    srv.add(Reply(text="slow", latency=1.0, times=None))
+    for _ in range(3):
+        with pytest.raises(ProviderTimeout):
+            await llm_call.acall("openai/m", "hi", timeout=0.1)
+    assert health()["breakers"]["openai"]["state"] == "closed"
+    for _ in range(2):
+        with pytest.raises(ProviderTimeout):
+            await llm_call.acall("openai/m", "hi")  # the configured read timeout trips
+    assert health()["breakers"]["openai"]["state"] == "open"
+
+
 async def test_failed_probe_reopens(srv: ScriptedLLMServer, use_settings: Callable[..., Settings]) -> None:
     use_settings(retry={"max_retries": 0, "breaker_threshold": 2, "breaker_cooldown": 10})
     clock = ManualClock()

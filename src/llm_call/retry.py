@@ -66,7 +66,7 @@ from ._retry_policy import (
     wait_retry_after,
 )
 from ._streams import closing
-from .errors import CircuitOpen, ProviderError, error_to_dict, is_transient
+from .errors import CircuitOpen, ProviderError, ProviderTimeout, error_to_dict, is_transient
 from .types import Attempt, Chunk, Request, Response
 
 if TYPE_CHECKING:
@@ -277,10 +277,15 @@ class _Route:
         if self.breaker is not None:
             self.breaker.before_call(self.policy.now(), self.model)
 
-    def failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException, *, caller_limited: bool = False) -> None:
+        """Tell the breaker how a call ended. ``caller_limited``: the caller set the call's
+        time limit, so a timeout measures the caller's patience, not the route's health, and
+        does not count (one client with tiny timeouts must not open the breaker for all)."""
         if self.breaker is None or isinstance(exc, CircuitOpen):
             return  # CircuitOpen came from the breaker itself: no call was made
-        if is_transient(exc):
+        if caller_limited and isinstance(exc, ProviderTimeout):
+            self.breaker.record_abandoned()
+        elif is_transient(exc):
             self.breaker.record_failure(self.policy.now())
         elif isinstance(exc, ProviderError):
             self.breaker.record_success(self.policy.now())  # the route answered
@@ -364,7 +369,7 @@ async def complete_with_retries(
                     emit("attempt", number=attempt, model=model)
                 response = await _client.complete_once(req)
             except BaseException as exc:
-                route.failed(exc)
+                route.failed(exc, caller_limited=req.timeout is not None)
                 if not isinstance(exc, ProviderError):
                     raise
                 records.append(_failure_record(attempt, model, exc, call_started))
@@ -421,7 +426,7 @@ async def stream_with_retries(
                         yielded = True
                         yield chunk
             except BaseException as exc:
-                route.failed(exc)
+                route.failed(exc, caller_limited=req.timeout is not None)
                 if not isinstance(exc, ProviderError) or yielded:
                     raise
                 if records is not None:
