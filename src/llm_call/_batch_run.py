@@ -40,6 +40,7 @@ _log = logging.getLogger("llm_call.batch")
 #: progress events that end a task (the manager sends them after the outcome is stored)
 _FINAL_KINDS = frozenset({"finished", "failed", "cancelled", "needs_review", "interrupted"})
 _POLL_S = 5.0
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode  # json.dumps's format, built once
 
 
 class BatchObserver(Protocol):
@@ -162,13 +163,15 @@ class _Writer:
         try:
             if path.parent != Path(""):
                 path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh: IO[str] = path.open("a" if append else "w", encoding="utf-8")
+            # unbuffered: each line is one write() to the OS, as a flush after each line would do
+            self._fh: IO[bytes] = path.open("ab" if append else "wb", buffering=0)
         except OSError as exc:
             raise UsageError(f"cannot write output file {path}: {exc.strerror or exc}") from None
 
     def write(self, result: ItemResult) -> None:
-        self._fh.write(json.dumps(result.to_dict(), ensure_ascii=False, default=str) + "\n")
-        self._fh.flush()
+        line = (_encode(result.to_dict()) + "\n").encode()
+        while line:  # a raw write may be partial
+            line = line[self._fh.write(line) :]
 
     def close(self) -> None:
         self._fh.close()

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["ProgressListener", "emit", "listening"]
@@ -35,23 +34,34 @@ def emit(kind: str, **data: Any) -> None:
         _log.exception("progress listener failed on %s event; ignoring", kind)
 
 
-@contextmanager
-def listening(listener: ProgressListener | None) -> Iterator[None]:
-    """Send events emitted inside the block to ``listener`` (and to any outer listener)."""
-    if listener is None:
-        yield
-        return
-    outer = _listener.get()
-    if outer is None:
-        combined = listener
-    else:
+class listening:  # lower case: used as a function, ``with listening(cb):``
+    """Send events emitted inside the block to ``listener`` (and to any outer listener).
+
+    A small class rather than a generator-based context manager: every task and every direct
+    call enters one, so it allocates as little as it can (nothing at all for ``None``)."""
+
+    __slots__ = ("_listener", "_token")
+
+    def __init__(self, listener: ProgressListener | None) -> None:
+        self._listener = listener
+        self._token: contextvars.Token[ProgressListener | None] | None = None
+
+    def __enter__(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        outer = _listener.get()
+        if outer is None:
+            self._token = _listener.set(listener)
+            return
 
         def combined(kind: str, data: dict[str, Any]) -> None:
             listener(kind, data)
             outer(kind, data)
 
-    token = _listener.set(combined)
-    try:
-        yield
-    finally:
-        _listener.reset(token)
+        self._token = _listener.set(combined)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._token is not None:
+            _listener.reset(self._token)
+            self._token = None

@@ -11,7 +11,9 @@ public client API on top.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fnmatch
+import functools
 import logging
 import os
 import secrets
@@ -35,7 +37,7 @@ from ..errors import (
 )
 from ..types import Response, TaskRecord, TaskStatus
 from ._spec import jsonable, rebuild, response_dict
-from .store import EventIn, NewTask, Outcome, TaskStore, WorkerInfo
+from .store import EventIn, Outcome, TaskStore, WorkerInfo, final_record
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -71,9 +73,12 @@ class _Run:
     work: asyncio.Task[Any] | None = None  # what cancel() cancels
     settler: asyncio.Task[None] | None = None  # records the outcome
     cancel_requested: bool = False
+    begun: bool = False  # the settler has taken its first step (a Task cancelled before it never does)
     progress: dict[str, Any] = field(default_factory=dict)
     chars: int = 0
     last_chunk_at: float = 0.0
+    rec: TaskRecord | None = None  # the claimed record (the final one is built from it)
+    events: list[EventIn] = field(default_factory=list)  # progress events not sent to the store yet
 
 
 class TaskExecutor:
@@ -134,9 +139,15 @@ class TaskExecutor:
         self._retention_s = 7 * 86400.0
         self._info: WorkerInfo | None = None
         self._route_cache: dict[str, str] = {}
+        self._patterns_cache: dict[str, tuple[str, ...]] = {}  # route -> its route-limit patterns
         self._owned_queued: set[str] = set()  # submitted here for this manager, not started yet
         self._fill_lock = asyncio.Lock()
+        self._context = contextvars.Context()  # the executing loops' (set when they start)
         self._ended = asyncio.Event()
+        # final records of tasks run here that someone waits for: status() takes one instead of
+        # reading it back from the store (it is what the store committed)
+        self._final_records: dict[str, TaskRecord] = {}
+        self._events_lost = False  # a progress flush failed: stored progress may lag; keep none
         #: outcomes recorded by this manager, by status value
         self.finished: dict[str, int] = {}
 
@@ -179,6 +190,7 @@ class TaskExecutor:
             except TaskStoreError:
                 _log.exception("task retention cleanup failed")
             self._executing = True
+            self._context = contextvars.copy_context()
             self._loops = [
                 asyncio.create_task(self._dispatch_loop(), name=f"llm_call-tasks-dispatch:{self.worker_id}"),
                 asyncio.create_task(self._housekeeping_loop(), name=f"llm_call-tasks-housekeeping:{self.worker_id}"),
@@ -229,7 +241,12 @@ class TaskExecutor:
     # -- executing -----------------------------------------------------------------------------------
 
     def _patterns_of(self, route: str) -> tuple[str, ...]:
-        return tuple(p for p in self._route_limits if fnmatch.fnmatchcase(route, p))
+        found = self._patterns_cache.get(route)
+        if found is None:
+            found = tuple(p for p in self._route_limits if fnmatch.fnmatchcase(route, p))
+            if len(self._patterns_cache) < 1024:
+                self._patterns_cache[route] = found
+        return found
 
     async def _dispatch_loop(self) -> None:
         backoff = self.poll_interval
@@ -295,44 +312,18 @@ class TaskExecutor:
         return run
 
     def _start(self, rec: TaskRecord) -> None:
-        run = self._new_run(rec.id, rec.route)
+        self._launch(self._new_run(rec.id, rec.route), rec)
+
+    def _launch(self, run: _Run, rec: TaskRecord) -> None:
+        run.rec = rec
         self._call_listeners(run, "started", {"execution": rec.attempts})
-        run.settler = run.work = self._spawn(self._settle(run, rec.request), name=f"llm_call-task:{rec.id}")
-
-    async def adopt(
-        self,
-        work: asyncio.Task[Response],
-        spec: dict[str, Any],
-        *,
-        priority: int = 0,
-        idempotency_key: str | None = None,
-    ) -> tuple[str, ProgressListener]:
-        """Take over a call already running (a direct call past its timeout) as a task.
-
-        Returns the task id and the progress sink the work's events should go to from now on.
-        """
-        self._check_open()
-        if not self._execute:
-            raise UsageError("this task manager does not execute tasks (execute=False)")
-        await self._start_executing()
-        task = NewTask(
-            spec,
-            self._route_of(str(spec.get("model") or "")),
-            int(priority or 0),
-            idempotency_key,
-            owner=self.worker_id,
-            request_json=getattr(spec, "json", None) or None,
+        # in the executing loops' context, not the submitter's (a task started by submit())
+        task = asyncio.get_running_loop().create_task(
+            self._settle(run, rec.request), name=f"llm_call-task:{rec.id}", context=self._context.copy()
         )
-        run = self._new_run(task.id, task.route)
-        run.work = work
-        try:
-            await self.store.adopt(task, self.worker_id)
-        except BaseException:
-            self._end_run(run)
-            work.cancel()
-            raise
-        run.settler = self._spawn(self._settle(run, None, work), name=f"llm_call-task:{task.id}")
-        return task.id, self._sink(run)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        run.settler = run.work = task
 
     async def _run_call(self, run: _Run, spec: dict[str, Any]) -> Response:
         """The stored call, as acall runs it directly, holding the route's semaphores."""
@@ -355,8 +346,11 @@ class TaskExecutor:
     async def _settle(self, run: _Run, spec: dict[str, Any] | None, work: Awaitable[Response] | None = None) -> None:
         """Run the stored call (``spec``) or await a running one (``work``) and record the
         outcome; a failure never becomes a result."""
+        run.begun = True
         try:
             try:
+                if run.cancel_requested:  # cancelled before it began (see _cancel_run)
+                    raise asyncio.CancelledError
                 if spec is None:
                     assert work is not None
                     response = await work
@@ -393,16 +387,34 @@ class TaskExecutor:
         never left looking ``running``. (Store writes are queued when called, so an interrupted
         await still commits them, in order.)"""
         cancelled = False
+        keep = run.rec is not None and getattr(self.store, "records_outcome_time", False) is True
+        if keep:
+            outcome.at = time.time()
+        events, run.events = run.events, []
+        progress = dict(run.progress) if events or run.id in self._dirty else None
+        self._dirty.discard(run.id)
+        finish_with_events = getattr(self.store, "finish_with_events", None)
         try:
-            try:
-                await self._flush_events()
-            except asyncio.CancelledError:
-                cancelled = True
-            try:
-                if not await self.store.finish(run.id, self.worker_id, outcome):
-                    _log.warning("task %s: outcome %s not recorded: this worker no longer owns it", run.id, outcome.status)
-            except asyncio.CancelledError:
-                cancelled = True
+            if finish_with_events is not None:  # events, progress and outcome in one transaction
+                try:
+                    recorded = await finish_with_events(run.id, self.worker_id, outcome, events, progress)
+                except asyncio.CancelledError:
+                    cancelled, recorded = True, False
+            else:
+                if events or progress is not None:
+                    try:
+                        keep = await self._store_events(events, {run.id: progress} if progress is not None else {}) and keep
+                    except asyncio.CancelledError:
+                        cancelled, keep = True, False
+                try:
+                    recorded = await self.store.finish(run.id, self.worker_id, outcome)
+                except asyncio.CancelledError:
+                    cancelled, recorded = True, False
+            if recorded:
+                if keep and not cancelled:
+                    self._keep_final(run, outcome)
+            elif not cancelled:
+                _log.warning("task %s: outcome %s not recorded: this worker no longer owns it", run.id, outcome.status)
         except TaskStoreError:
             _log.exception("task %s: recording outcome %s failed; recovery will run it again", run.id, outcome.status)
         self.finished[outcome.status.value] = self.finished.get(outcome.status.value, 0) + 1
@@ -414,9 +426,35 @@ class TaskExecutor:
         if cancelled:
             raise asyncio.CancelledError
 
+    def _keep_final(self, run: _Run, outcome: Outcome) -> None:
+        """Keep the committed final record of a task someone here waits for or listens to."""
+        rec = run.rec
+        if (
+            rec is None
+            or self._events_lost
+            or not outcome.status.is_final
+            or not (run.listeners or run.id in self._final_notify)
+        ):
+            return
+        if len(self._final_records) >= 10_000:
+            del self._final_records[next(iter(self._final_records))]
+        progress = dict(run.progress) if run.progress else rec.progress
+        self._final_records[run.id] = final_record(rec, outcome, progress, self.worker_id)
+
+    def _cancel_run(self, run: _Run) -> None:
+        """Cancel a task running here. A settler that has not begun yet is not cancelled (its
+        ``finally`` would never run): it sees ``cancel_requested`` at its first step."""
+        run.cancel_requested = True
+        if run.work is not None and (run.begun or run.work is not run.settler):
+            run.work.cancel()
+
     def _end_run(self, run: _Run) -> None:
         if self._running.pop(run.id, None) is None:
             return
+        if run.events:  # not stored with an outcome (shutdown): the next flush stores them
+            self._pending.extend(run.events)
+            run.events = []
+            self._schedule_flush()
         for p in run.patterns:
             self._route_count[p] -= 1
         self._dirty.discard(run.id)
@@ -427,10 +465,7 @@ class TaskExecutor:
     # -- progress events -----------------------------------------------------------------------------
 
     def _sink(self, run: _Run) -> ProgressListener:
-        def sink(kind: str, data: dict[str, Any]) -> None:
-            self._on_event(run, kind, data)
-
-        return sink
+        return functools.partial(self._on_event, run)
 
     def _call_listeners(self, run: _Run, kind: str, data: dict[str, Any]) -> None:
         for listener in run.listeners:
@@ -463,28 +498,45 @@ class TaskExecutor:
             data = {k: v for k, v in prog.items() if k in ("chars", "tokens")}
         if run.id not in self._running:
             return
-        self._pending.append(EventIn(run.id, kind, jsonable(data), now))
+        run.events.append(EventIn(run.id, kind, jsonable(data), now))
         self._dirty.add(run.id)
+        self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
         if self._flush_handle is None:
+            # at once (in store order with what other processes write, e.g. a cancel request);
+            # what is still pending when the task ends goes with its outcome
             self._flush_handle = asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
         self._spawn(self._flush_events())
 
-    async def _flush_events(self) -> None:
+    async def _flush_events(self) -> bool:
+        """Store the pending events and progress; False if that failed (they are lost)."""
         events, self._pending = self._pending, []
         dirty, self._dirty = self._dirty, set()
-        progress = {tid: dict(self._running[tid].progress) for tid in dirty if tid in self._running}
+        progress = {}
+        for tid in dirty:
+            run = self._running.get(tid)
+            if run is not None:
+                events.extend(run.events)
+                run.events = []
+                progress[tid] = dict(run.progress)
+        return await self._store_events(events, progress)
+
+    async def _store_events(self, events: list[EventIn], progress: dict[str, dict[str, Any]]) -> bool:
         if not events and not progress:
-            return
+            return True
         try:
             await self.store.append_events(events, progress)
         except TaskStoreError:
+            self._events_lost = True
             _log.exception("storing %d progress event(s) failed; they are lost", len(events))
-            return
+            return False
         for tid in {e.task_id for e in events}:
             self._touch(tid)
+        return True
 
     # -- housekeeping --------------------------------------------------------------------------------
 
@@ -519,8 +571,7 @@ class TaskExecutor:
                     for task_id in await self.store.cancel_requests(self.worker_id):
                         run = self._running.get(task_id)
                         if run is not None and run.work is not None and not run.cancel_requested:
-                            run.cancel_requested = True
-                            run.work.cancel()
+                            self._cancel_run(run)
                 now = loop.time()
                 if now >= next_recheck:
                     next_recheck = now + _RECHECK_S

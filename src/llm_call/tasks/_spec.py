@@ -23,7 +23,7 @@ from ..errors import UsageError
 
 if TYPE_CHECKING:
     from ..client import CallOptions
-    from ..types import Request, Response
+    from ..types import Attempt, Request, Response
 
 __all__ = ["StoredSpec", "call_spec", "is_long_running", "jsonable", "rebuild", "response_dict", "spec_from_kwargs"]
 
@@ -156,11 +156,16 @@ def is_long_running(request: Request, opts: CallOptions) -> bool:
     return route.kind == "max" or bool(route.alias_options().get("mcp_config"))
 
 
+_PLAIN = frozenset({str, int, float, bool})
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with anything JSON cannot hold replaced by its ``repr``."""
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, dict):
+        if all(type(k) is str and (v is None or type(v) in _PLAIN) for k, v in value.items()):
+            return dict(value)  # the common case: a flat event dict
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v) for v in value]
@@ -173,6 +178,32 @@ def jsonable(value: Any) -> Any:
     return repr(value)
 
 
+_ATTEMPT_FIELDS: tuple[str, ...] = ()
+
+
+def _attempt_dict(attempt: Attempt) -> dict[str, Any]:
+    # Attempt.to_dict() without its deep copies: the stored dict is encoded at once and the
+    # Response it came from is dropped, so a shallow copy of each container is enough
+    d = {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS}
+    for key, value in d.items():
+        if isinstance(value, dict | list):
+            d[key] = value.copy()
+    d["usage"] = attempt.usage.to_dict()
+    return d
+
+
 def response_dict(response: Response) -> dict[str, Any]:
-    """``response.to_dict()``. Stores write values JSON cannot hold as their ``repr``."""
-    return response.to_dict()
+    """``response.to_dict()`` (the same keys and values) for a Response that is not used again.
+    Stores write values JSON cannot hold as their ``repr``."""
+    global _ATTEMPT_FIELDS
+    if not _ATTEMPT_FIELDS:
+        from ..types import Attempt
+
+        _ATTEMPT_FIELDS = tuple(f.name for f in dataclasses.fields(Attempt))
+    attempts, response.attempts = response.attempts, []
+    try:
+        d = response.to_dict()
+    finally:
+        response.attempts = attempts
+    d["attempts"] = [_attempt_dict(a) for a in attempts]
+    return d

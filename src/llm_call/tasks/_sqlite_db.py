@@ -42,13 +42,16 @@ class GroupCommitDB:
         self.path = path
         self._init = init
         self._batch_max = batch_max
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[_Item] | None] = queue.SimpleQueue()
+        # writes of one loop iteration, handed to the writer together (one put, one wake-up)
+        self._outbox: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
         self._writer: threading.Thread | None = None
         self._wconn: sqlite3.Connection | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._closed = False
+        self._sentinel_sent = False
         self.commits = 0  # write transactions committed (group commit makes it << writes)
 
     async def open(self) -> None:
@@ -110,7 +113,12 @@ class GroupCommitDB:
         self._closed = True
         writer = self._writer
         if writer is not None:
+            try:
+                self._hand_over(asyncio.get_running_loop())
+            except RuntimeError:
+                pass
             self._queue.put(None)
+            self._sentinel_sent = True
             await asyncio.to_thread(writer.join)
         if self._wconn is not None:
             self._wconn.close()
@@ -126,22 +134,44 @@ class GroupCommitDB:
         return TaskStoreError(f"task store {self.path}: {type(exc).__name__}: {exc}")
 
     async def write(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        return await self.enqueue(op)
+
+    def enqueue(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``op`` now; the future gets its result once its transaction committed."""
         if self._closed or self._writer is None:
             raise TaskStoreError(f"task store {self.path} is not open")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._queue.put((op, fut, loop))
-        return await fut
+        outbox = self._outbox.get(loop)
+        if outbox is None:
+            outbox = self._outbox[loop] = []
+            loop.call_soon(self._hand_over, loop)
+        outbox.append((op, fut, loop))
+        return fut
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Pass this loop's queued writes to the writer thread (in order, in one put)."""
+        items = self._outbox.pop(loop, None)
+        if not items:
+            return
+        writer = self._writer
+        if writer is None or self._sentinel_sent:  # closed meanwhile: the writer is gone
+            err = TaskStoreError(f"task store {self.path} is not open")
+            for _, fut, _ in items:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        self._queue.put(items)
 
     def _write_loop(self) -> None:
         assert self._wconn is not None
         conn = self._wconn
         stop = False
         while not stop:
-            item = self._queue.get()
-            if item is None:
+            items = self._queue.get()
+            if items is None:
                 break
-            batch = [item]
+            batch = list(items)
             while len(batch) < self._batch_max:
                 try:
                     nxt = self._queue.get_nowait()
@@ -150,7 +180,7 @@ class GroupCommitDB:
                 if nxt is None:
                     stop = True
                     break
-                batch.append(nxt)
+                batch.extend(nxt)
             self._run_batch(conn, batch)
 
     def _run_batch(

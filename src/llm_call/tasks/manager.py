@@ -42,7 +42,7 @@ from typing import Any
 from .._progress import ProgressListener
 from ..errors import TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
 from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
-from ._executor import STALE_BEATS, TaskExecutor, wait_event
+from ._executor import STALE_BEATS, TaskExecutor, _Run, wait_event
 from ._handle import TaskHandle, outcome_of
 from ._spec import response_dict, spec_from_kwargs
 from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo, make_store
@@ -139,6 +139,7 @@ class TaskManager(TaskExecutor):
             event.set()  # waiters and followers re-check and get "the task manager is closed"
         self._final_notify.clear()
         self._notify.clear()
+        self._final_records.clear()
 
     async def __aenter__(self) -> TaskManager:
         await self.start()
@@ -202,7 +203,10 @@ class TaskManager(TaskExecutor):
         )
         if progress is not None:
             self._listeners.setdefault(task.id, []).append(progress)
-        rec, created = await self.store.submit(task)
+        if self._may_start_now(task):
+            rec, created = await self._submit_started(task)
+        else:
+            rec, created = await self.store.submit(task)
         if created and task.owner is not None and rec.id not in self._running:
             self._owned_queued.add(rec.id)
         if not created and progress is not None:
@@ -216,6 +220,85 @@ class TaskManager(TaskExecutor):
             self._wake.set()
         return rec.id
 
+    def _may_start_now(self, task: NewTask) -> bool:
+        """Whether a new task could start at once here: this manager would claim it, a slot of
+        every limit is free and nothing of ours is known to be queued (the store checks the rest)."""
+        if not self._executing or self._stopping or self.routes is not None or self._owned_queued:
+            return False
+        if task.owner != self.worker_id and (task.owner is not None or self.claims != "all"):
+            return False
+        if len(self._running) >= self._limit or not hasattr(self.store, "submit_started"):
+            return False
+        return all(self._route_count[p] < self._route_limits[p] for p in self._patterns_of(task.route))
+
+    async def _submit_started(self, task: NewTask) -> tuple[TaskRecord, bool]:
+        """Submit and claim in one commit (SQLite store), holding the slot meanwhile; the task
+        starts once that commit is durable. Queued as usual if others are waiting for a slot."""
+        run = self._new_run(task.id, task.route)  # holds the slots (and takes the listeners)
+        try:
+            write = self.store.submit_started(task, self.worker_id, claim_all=self.claims == "all")  # type: ignore[attr-defined]
+        except BaseException:
+            self._submitted(run, None)
+            raise
+        try:
+            rec, created = await asyncio.shield(write)
+        except asyncio.CancelledError:
+            write.add_done_callback(lambda f: self._submitted(run, None if f.cancelled() or f.exception() else f.result()))
+            raise
+        except BaseException:
+            self._submitted(run, None)
+            raise
+        self._submitted(run, (rec, created))
+        return rec, created
+
+    def _submitted(self, run: _Run, got: tuple[TaskRecord, bool] | None) -> None:
+        """Start a task committed as running here, or give its slots back."""
+        rec = None if got is None else got[0]
+        if rec is not None and got is not None and got[1] and rec.status is TaskStatus.RUNNING and not self._stopping:
+            self._launch(run, rec)
+            return
+        if run.listeners:  # not started: the listeners wait for the task's claim (or are dropped)
+            self._listeners.setdefault(run.id, []).extend(run.listeners)
+        self._end_run(run)
+        if rec is not None and rec.status is TaskStatus.RUNNING:
+            # committed running while closing: recovery re-queues it (this worker is gone)
+            _log.info("task %s was submitted while closing; recovery will queue it again", rec.id)
+
+    async def adopt(
+        self,
+        work: asyncio.Task[Response],
+        spec: dict[str, Any],
+        *,
+        priority: int = 0,
+        idempotency_key: str | None = None,
+    ) -> tuple[str, ProgressListener]:
+        """Take over a call already running (a direct call past its timeout) as a task.
+
+        Returns the task id and the progress sink the work's events should go to from now on.
+        """
+        self._check_open()
+        if not self._execute:
+            raise UsageError("this task manager does not execute tasks (execute=False)")
+        await self._start_executing()
+        task = NewTask(
+            spec,
+            self._route_of(str(spec.get("model") or "")),
+            int(priority or 0),
+            idempotency_key,
+            owner=self.worker_id,
+            request_json=getattr(spec, "json", None) or None,
+        )
+        run = self._new_run(task.id, task.route)
+        run.work = work
+        try:
+            await self.store.adopt(task, self.worker_id)
+        except BaseException:
+            self._end_run(run)
+            work.cancel()
+            raise
+        run.settler = self._spawn(self._settle(run, None, work), name=f"llm_call-task:{task.id}")
+        return task.id, self._sink(run)
+
     def handle(self, task_id: str) -> TaskHandle:
         return TaskHandle(self, task_id)
 
@@ -224,6 +307,9 @@ class TaskManager(TaskExecutor):
     async def status(self, task_id: str) -> TaskRecord:
         """The task's record (status, progress, timestamps, executions, error). TaskNotFound."""
         self._check_open()
+        rec = self._final_records.pop(task_id, None)
+        if rec is not None:
+            return rec
         rec = await self.store.get(task_id)
         if rec is None:
             raise TaskNotFound(f"no task {task_id} in {self.store.url}", task_id=task_id)
@@ -334,8 +420,7 @@ class TaskManager(TaskExecutor):
         self._check_open()
         run = self._running.get(task_id)
         if run is not None and run.work is not None:
-            run.cancel_requested = True
-            run.work.cancel()
+            self._cancel_run(run)
             if run.settler is not None:
                 await asyncio.wait({run.settler}, timeout=timeout)
             return await self.status(task_id)

@@ -14,7 +14,7 @@ than a hop to another thread. Everything SQLite-specific lives here; the manager
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import os
 import socket
@@ -33,73 +33,15 @@ from ..errors import (
     error_to_dict,
 )
 from ..types import TaskEvent, TaskRecord, TaskStatus
+from ._json import dumps, loads
 from ._sqlite_db import GroupCommitDB
+from ._sqlite_schema import init_schema
 from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo
 
 __all__ = ["SQLiteTaskStore"]
 
 T = TypeVar("T")
 _log = logging.getLogger("llm_call.tasks")
-
-SCHEMA_VERSION = 1
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tasks(
-    seq INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    status TEXT NOT NULL,
-    request TEXT NOT NULL,
-    route TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    idempotency_key TEXT,
-    owner TEXT,
-    worker TEXT,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    progress TEXT,
-    result TEXT,
-    error TEXT,
-    event_seq INTEGER NOT NULL DEFAULT 0
-);
-CREATE UNIQUE INDEX IF NOT EXISTS tasks_idempotency ON tasks(idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS tasks_queue ON tasks(priority DESC, seq) WHERE status = 'queued';
-CREATE INDEX IF NOT EXISTS tasks_running ON tasks(worker) WHERE status = 'running';
-CREATE INDEX IF NOT EXISTS tasks_status ON tasks(status, seq);
-CREATE INDEX IF NOT EXISTS tasks_finished ON tasks(finished_at) WHERE finished_at IS NOT NULL;
-CREATE TABLE IF NOT EXISTS events(
-    task_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (task_id, seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS workers(
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    claims TEXT NOT NULL,
-    concurrency INTEGER NOT NULL,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
-);
-"""
-def _init_schema(conn: sqlite3.Connection) -> str | None:
-    """Create or check the schema inside the opening transaction; a reason if it is unusable."""
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            conn.execute(statement)
-    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif int(row[0]) > SCHEMA_VERSION:
-        return f"schema version {row[0]} is newer than this llm_call ({SCHEMA_VERSION})"
-    return None
-
 
 _COLS = (
     "id, status, request, route, priority, idempotency_key, created_at, started_at, finished_at, "
@@ -109,27 +51,18 @@ _FINAL_SQL = "('succeeded', 'failed', 'cancelled', 'interrupted')"
 _BUSY_TIMEOUT_S = 30.0
 
 
-def _unjsonable(value: Any) -> Any:
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return to_dict()
-    _log.warning("task store: a %s is not JSON; storing its repr", type(value).__name__)
-    return repr(value)
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=_unjsonable)
-_dumps = _ENCODER.encode
+_dumps = dumps
 
 
 def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else loads(text)
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
     return TaskRecord(
         id=row[0],
         status=TaskStatus(row[1]),
-        request=json.loads(row[2]),
+        request=loads(row[2]),
         route=row[3],
         priority=row[4],
         idempotency_key=row[5],
@@ -172,10 +105,13 @@ class SQLiteTaskStore:
         await store.close()
     """
 
+    #: ``finish`` stores ``Outcome.at`` as ``finished_at`` (the manager may then keep the record)
+    records_outcome_time = True
+
     def __init__(self, path: str | os.PathLike[str], *, batch_max: int = 5000) -> None:
         self.path = Path(path).expanduser()
         self.url = str(self.path)
-        self._db = GroupCommitDB(self.path, _init_schema, batch_max=batch_max)
+        self._db = GroupCommitDB(self.path, init_schema, batch_max=batch_max)
         self._host = socket.gethostname()
 
     async def open(self) -> None:
@@ -209,7 +145,9 @@ class SQLiteTaskStore:
     async def submit(self, task: NewTask) -> tuple[TaskRecord, bool]:
         request = task.request_json or _dumps(task.request)
         created_data = _dumps({"route": task.route, "priority": task.priority})
+        return await self._write(self._submit_op(task, request, created_data))
 
+    def _submit_op(self, task: NewTask, request: str, created_data: str) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool]]:
         def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             if task.idempotency_key is not None:
                 row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
@@ -223,7 +161,39 @@ class SQLiteTaskStore:
             conn.execute("INSERT INTO events VALUES (?, 1, 'queued', ?, ?)", (task.id, created_data, task.created_at))
             return self._new_record(task, TaskStatus.QUEUED), True
 
-        return await self._write(op)
+        return op
+
+    def submit_started(self, task: NewTask, worker_id: str, *, claim_all: bool) -> asyncio.Future[tuple[TaskRecord, bool]]:
+        """``submit``, and in the same transaction ``claim`` it for ``worker_id`` when nothing
+        this worker may claim is queued (nothing would run before it): one commit instead of
+        two, with both events (``queued``, ``started``). The record says which happened.
+        Queued at once; the future is done when the transaction committed."""
+        request = task.request_json or _dumps(task.request)
+        created_data = _dumps({"route": task.route, "priority": task.priority})
+        started_data = _dumps({"worker": worker_id, "execution": 1})
+        where, params = self._queue_filter(worker_id, None, (), claim_all)
+
+        def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+            if conn.execute(f"SELECT 1 FROM tasks WHERE {where} LIMIT 1", params).fetchone() is not None:
+                return submit_op(conn)  # others wait: queue it behind them
+            if task.idempotency_key is not None:
+                row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                if row is not None:
+                    return _record(row), False
+            now = time.time()
+            conn.execute(
+                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
+                "created_at, started_at, event_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at, now),
+            )
+            conn.executemany(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
+                [(task.id, 1, "queued", created_data, task.created_at), (task.id, 2, "started", started_data, now)],
+            )
+            return self._new_record(task, TaskStatus.RUNNING, started_at=now, attempts=1, worker=worker_id), True
+
+        submit_op = self._submit_op(task, request, created_data)
+        return self._db.enqueue(op)
 
     @staticmethod
     def _new_record(task: NewTask, status: TaskStatus, **extra: Any) -> TaskRecord:
@@ -318,7 +288,7 @@ class SQLiteTaskStore:
         data = _event_data_for(outcome)
 
         def op(conn: sqlite3.Connection) -> bool:
-            now = time.time()
+            now = outcome.at if outcome.at is not None else time.time()
             finished = None if outcome.status is TaskStatus.NEEDS_REVIEW else now
             row = conn.execute(
                 "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?, cancel_requested = 0, "
@@ -444,18 +414,57 @@ class SQLiteTaskStore:
         def op(conn: sqlite3.Connection) -> None:
             rows: list[tuple[str, int, str, str, float]] = []
             for task_id, items in by_task.items():
-                got = conn.execute(
-                    "UPDATE tasks SET event_seq = event_seq + ?, progress = COALESCE(?, progress) WHERE id = ? "
-                    "RETURNING event_seq",
-                    (len(items), prog.get(task_id), task_id),
-                ).fetchone()
-                if got is None:
-                    continue
-                first = got[0] - len(items) + 1
-                rows.extend((task_id, first + i, kind, data, at) for i, (kind, data, at) in enumerate(items))
+                self._append(conn, rows, task_id, items, prog.get(task_id))
             conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
 
         await self._write(op)
+
+    @staticmethod
+    def _append(
+        conn: sqlite3.Connection, rows: list[tuple[str, int, str, str, float]], task_id: str,
+        items: Sequence[tuple[str, str, float]], progress: str | None,
+    ) -> None:
+        got = conn.execute(
+            "UPDATE tasks SET event_seq = event_seq + ?, progress = COALESCE(?, progress) WHERE id = ? RETURNING event_seq",
+            (len(items), progress, task_id),
+        ).fetchone()
+        if got is not None:
+            first = got[0] - len(items) + 1
+            rows.extend((task_id, first + i, kind, data, at) for i, (kind, data, at) in enumerate(items))
+
+    async def finish_with_events(
+        self, task_id: str, worker_id: str, outcome: Outcome, events: Sequence[EventIn], progress: dict[str, Any] | None
+    ) -> bool:
+        """``append_events`` of one task's events and progress, then ``finish``, in one transaction
+        (one op of the group commit). The events are stored even if the finish is fenced off."""
+        items = [(ev.kind, _dumps(ev.data), ev.at) for ev in events]
+        prog = None if progress is None else _dumps(progress)
+        result = None if outcome.result is None else _dumps(outcome.result)
+        error = None if outcome.error is None else _dumps(outcome.error)
+        data = _event_data_for(outcome)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            now = outcome.at if outcome.at is not None else time.time()
+            finished = None if outcome.status is TaskStatus.NEEDS_REVIEW else now
+            rows: list[tuple[str, int, str, str, float]] = []
+            row = conn.execute(
+                "UPDATE tasks SET status = ?, result = ?, error = ?, finished_at = ?, cancel_requested = 0, "
+                "event_seq = event_seq + ?, progress = COALESCE(?, progress) "
+                "WHERE id = ? AND worker = ? AND status = 'running' RETURNING event_seq",
+                (outcome.status.value, result, error, finished, len(items) + 1, prog, task_id, worker_id),
+            ).fetchone()
+            if row is None:
+                if items or prog is not None:
+                    self._append(conn, rows, task_id, items, prog)
+                    conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+                return False
+            first = row[0] - len(items)
+            rows.extend((task_id, first + i, kind, d, at) for i, (kind, d, at) in enumerate(items))
+            rows.append((task_id, row[0], outcome.event_kind, data, now))
+            conn.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", rows)
+            return True
+
+        return await self._write(op)
 
     async def read_events(self, task_id: str, after: int = 0, limit: int = 1000) -> list[TaskEvent]:
         rows = self._read(
@@ -464,7 +473,7 @@ class SQLiteTaskStore:
                 (task_id, after, limit),
             ).fetchall()
         )
-        return [TaskEvent(task_id=task_id, seq=r[0], kind=r[1], data=json.loads(r[2]), at=r[3]) for r in rows]
+        return [TaskEvent(task_id=task_id, seq=r[0], kind=r[1], data=loads(r[2]), at=r[3]) for r in rows]
 
     # -- reads --------------------------------------------------------------------------------
 
