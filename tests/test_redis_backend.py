@@ -232,6 +232,18 @@ async def test_lifecycle_idempotency_priority_events_and_expiry(store: RedisTask
     assert await store.get(first.id) is None and await store.counts() == {"running": 1}
 
 
+async def test_queued_count_per_route_pattern_for_queue_limits(store: RedisTaskStore) -> None:
+    for route in ("openai/x", "openai/x", "max/sonnet"):
+        await store.submit(task(route))
+    await store.submit(task("openai/x", priority=3))  # another lane of the same route
+    assert await store.queued_count("openai/*") == 3
+    assert await store.queued_count("max/*") == 1
+    assert await store.queued_count("local/*") == 0
+    await store.heartbeat(WorkerInfo(id="w1", kind="worker", claims="all"))
+    await store.claim("w1", limit=2)
+    assert await store.queued_count("*") == 2  # running tasks are not waiting
+
+
 async def test_cancel_queued_now_and_running_through_the_worker(store: RedisTaskStore) -> None:
     queued, _ = await store.submit(task())
     rec = await store.request_cancel(queued.id)

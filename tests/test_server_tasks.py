@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from llm_call.testing import Fault, Reply
@@ -180,3 +181,23 @@ def test_api_keys_are_not_in_the_task_store(serve_llm: Any, tmp_path: Any) -> No
         time.sleep(0.05)
     for path in tmp_path.glob("tasks.db*"):
         assert b"very-secret-server-key" not in path.read_bytes()
+
+
+def test_a_full_route_queue_is_429_for_tasks_and_background_responses(serve_llm: Any) -> None:
+    served = serve_llm(
+        [], default=Reply(text="slow", latency=5.0), tasks={"route_limits": {"up/*": 1}, "queue_limits": {"up/*": 1}}
+    )
+    running = httpx.post(f"{served.base_url}/tasks", json={"model": "up/x", "prompt": "first"})
+    assert running.status_code in (200, 201, 202)
+    _wait_status(served, running.json()["id"], ("running",))
+    queued = httpx.post(f"{served.base_url}/tasks", json={"model": "up/x", "prompt": "second"})
+    assert queued.status_code in (200, 201, 202)
+    refused = httpx.post(f"{served.base_url}/tasks", json={"model": "up/x", "prompt": "third"})
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert "up/*" in refused.json()["error"]["message"]
+    client = served.client(max_retries=0)
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="up/x", input="fourth", background=True)
+    listed = httpx.get(f"{served.base_url}/tasks").json()
+    assert len(listed["data"]) == 2

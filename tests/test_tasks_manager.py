@@ -12,6 +12,7 @@ import pytest
 from llm_call.errors import (
     HumanReviewNeeded,
     ProviderHTTPError,
+    QueueFull,
     TaskCancelled,
     TaskError,
     TaskInterrupted,
@@ -320,3 +321,26 @@ async def test_closing_the_manager_wakes_its_waiters(monkeypatch: pytest.MonkeyP
         await mgr.close()
         with pytest.raises(TaskError, match="closed"):
             await asyncio.wait_for(waiter, 20)
+
+
+async def test_a_full_route_queue_refuses_new_tasks_with_queue_full(
+    monkeypatch: pytest.MonkeyPatch, managers: Managers, use_settings: Callable[..., Any]
+) -> None:
+    task_settings(use_settings, queue_limits={"openai/x*": 2})
+    async with openai_server(monkeypatch, default=Reply(text="ok", times=None)) as srv:
+        submitter = await managers(execute=False)  # nothing runs: tasks stay queued
+        first = [await submitter.submit({"model": MODEL, "prompt": f"p{i}"}) for i in range(2)]
+        with pytest.raises(QueueFull) as info:
+            await submitter.submit({"model": MODEL, "prompt": "one too many"})
+        assert info.value.limit == 2 and info.value.route == MODEL
+        assert "openai/x*" in info.value.message
+        assert len(await submitter.list_tasks()) == 2  # nothing was queued
+        # models the limit does not match are not limited by it
+        other = await submitter.submit({"model": "openai/y", "prompt": "elsewhere"})
+        # once the queue drains, submits are accepted again
+        worker = await managers(claims="all")
+        for tid in [*first, other]:
+            await worker.wait(tid)
+        after = await submitter.submit({"model": MODEL, "prompt": "after"})
+        assert (await worker.wait(after)).status is TaskStatus.SUCCEEDED
+        assert sorted(r.last_user_text for r in srv.requests) == ["after", "elsewhere", "p0", "p1"]

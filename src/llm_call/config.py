@@ -165,6 +165,10 @@ class TasksConfig(_Strict):
     store: str | None = Field(default=None, description="SQLite path or redis:// URL; default XDG data dir")
     global_limit: int = Field(default=10_000, ge=1)
     route_limits: dict[str, int] = Field(default_factory=lambda: {"max/*": 4, "local/*": 1})
+    queue_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description="Glob on the model -> most tasks waiting (queued) for it; a submit past it raises QueueFull (HTTP 429)",
+    )
     retention_s: float = Field(default=7 * 86400, gt=0)
     max_executions: int = Field(default=3, ge=1, description="Runs of one task before it is interrupted")
     heartbeat_s: float = Field(default=5.0, gt=0)

@@ -25,7 +25,8 @@
         ├── TaskCancelled(task_id)
         ├── TaskPending(task_id)      a direct call outlived its timeout; it goes on as a task
         ├── TaskInterrupted(task_id)  the process running it died and it may not be re-run
-        └── TaskStoreError            the task store failed (disk full, locked, unreadable)
+        ├── TaskStoreError            the task store failed (disk full, locked, unreadable)
+        └── QueueFull(route, limit)   a route's queue holds ``tasks.queue_limits`` tasks already
 
 Every error serialises with :func:`error_to_dict` / :func:`error_from_dict` (tasks persist them)
 and pickles (it crosses process boundaries).
@@ -49,6 +50,7 @@ __all__ = [
     "ProviderFailed",
     "ProviderHTTPError",
     "ProviderTimeout",
+    "QueueFull",
     "RateLimited",
     "StreamInterrupted",
     "TaskCancelled",
@@ -224,6 +226,14 @@ class TaskPending(TaskError):
 
 class TaskInterrupted(TaskError):
     """The process running the task died and the task may not be re-run."""
+
+
+class QueueFull(TaskError):
+    """A route's queue is full (``tasks.queue_limits``); nothing was queued. Try again later."""
+
+    _fields: tuple[str, ...] = ("task_id", "route", "limit")
+    route: str | None
+    limit: int | None
 
 
 class TaskStoreError(TaskError):

@@ -42,6 +42,7 @@ from ..errors import (
     ModelNotFound,
     ProviderHTTPError,
     ProviderTimeout,
+    QueueFull,
     RateLimited,
     TaskCancelled,
     TaskError,
@@ -164,6 +165,8 @@ def failure_for(exc: LLMCallError) -> HTTPFailure:
     if isinstance(exc, ProviderHTTPError) and exc.status == 400:
         # the upstream refused the request itself (context too long, bad parameter): the client's to fix
         return _upstream(400, exc, type="invalid_request_error")
+    if isinstance(exc, QueueFull):
+        return HTTPFailure(429, _message(exc), type="rate_limit_error", code="queue_full")
     if isinstance(exc, TaskStoreError):
         return HTTPFailure(503, _message(exc), type="server_error", code="task_store_error")
     if isinstance(exc, TaskError):

@@ -34,13 +34,14 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import logging
 import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .._progress import ProgressListener
-from ..errors import TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
+from ..errors import QueueFull, TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
 from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
 from ._executor import STALE_BEATS, TaskExecutor, _Run, wait_event
 from ._handle import TaskHandle, outcome_of
@@ -201,9 +202,12 @@ class TaskManager(TaskExecutor):
             owner=self.worker_id if self._executing and reserve else None,
             request_json=getattr(spec, "json", None) or None,
         )
+        may_start = self._may_start_now(task)
+        if not may_start and self.settings.tasks.queue_limits:
+            await self._check_queue_limit(task.route)
         if progress is not None:
             self._listeners.setdefault(task.id, []).append(progress)
-        if self._may_start_now(task):
+        if may_start:
             rec, created = await self._submit_started(task)
         else:
             rec, created = await self.store.submit(task)
@@ -219,6 +223,22 @@ class TaskManager(TaskExecutor):
         if self._executing:
             self._wake.set()
         return rec.id
+
+    async def _check_queue_limit(self, route: str) -> None:
+        """Raise QueueFull when a queue limit matching ``route`` is reached. Every submit is
+        refused then, one with a known idempotency key too: retried later, it still gets the
+        one task for that key."""
+        for pattern, limit in self.settings.tasks.queue_limits.items():
+            if not fnmatch.fnmatchcase(route, pattern):
+                continue
+            if await self.store.queued_count(pattern) < limit:
+                continue
+            raise QueueFull(
+                f"the queue for {pattern} is full ({limit} tasks waiting); nothing was queued",
+                hint="retry later, or raise tasks.queue_limits",
+                route=route,
+                limit=limit,
+            )
 
     def _may_start_now(self, task: NewTask) -> bool:
         """Whether a new task could start at once here: this manager would claim it, a slot of

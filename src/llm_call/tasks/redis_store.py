@@ -489,6 +489,17 @@ class RedisTaskStore:
                 start -= len(gone)
         return out[:limit]
 
+    async def queued_count(self, route_pattern: str) -> int:
+        lanes = [name for name, meta in (await self._lanes()).items() if fnmatch.fnmatchcase(str(meta.get("route")), route_pattern)]
+        if not lanes:
+            return 0
+        async with self._io("queued count") as r:
+            pipe = r.pipeline(transaction=False)
+            for lane in lanes:
+                pipe.llen(f"saq:{lane}:queued")
+            got = await pipe.execute()
+        return sum(int(n) for n in got)
+
     async def counts(self) -> dict[str, int]:
         await self._prune(time.time() - self.retention_s, delete=False)
         async with self._io("counts") as r:

@@ -491,6 +491,14 @@ class SQLiteTaskStore:
             )
         return [_record(r) for r in rows]
 
+    async def queued_count(self, route_pattern: str) -> int:
+        row = self._read(
+            lambda c: c.execute(
+                "SELECT count(*) FROM tasks WHERE status = 'queued' AND route GLOB ?", (route_pattern,)
+            ).fetchone()
+        )
+        return int(row[0])
+
     async def counts(self) -> dict[str, int]:
         rows = self._read(lambda c: c.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall())
         return {str(r[0]): int(r[1]) for r in rows}

@@ -289,6 +289,10 @@ class TaskStore(Protocol):
         """Number of tasks per status."""
         ...
 
+    async def queued_count(self, route_pattern: str) -> int:
+        """Number of queued tasks whose route matches the glob ``route_pattern`` (queue limits)."""
+        ...
+
     async def heartbeat(self, worker: WorkerInfo) -> None:
         """Register the worker or refresh its liveness (``heartbeat_at`` = now)."""
         ...
