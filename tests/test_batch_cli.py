@@ -110,6 +110,18 @@ async def test_all_passed_exits_zero_with_plain_progress_and_a_summary(tmp_path:
     assert len(read_out(tmp_path / "out.jsonl")) == 5
 
 
+async def test_plain_progress_shows_a_line_that_passed_after_feedback(tmp_path: Path) -> None:
+    batch = write_lines(
+        tmp_path / "in.jsonl",
+        [{"id": "retried", "model": "openai/m", "prompt": "say ok", "validation": ["contains:ok"], "max_attempts": 3}],
+    )
+    async with ScriptedLLMServer([Reply(text="nope"), Reply(text="ok")]) as srv:
+        code, out, err = await run("batch", str(batch), "-o", "out.jsonl", env=env_for(srv, tmp_path), cwd=tmp_path)
+    assert code == 0, out + err
+    assert "retried passed (openai, " in err and ", 2 attempts, " in err
+    assert "after feedback: contains:" in err
+
+
 async def test_rich_progress_and_a_failed_line_exits_one(tmp_path: Path) -> None:
     batch = write_lines(
         tmp_path / "in.jsonl",

@@ -128,7 +128,15 @@ class PlainDisplay:
             self.cost += result.cost_usd
         width = len(str(self.total))
         latency = f"{result.latency_s:.2f}s" if result.latency_s is not None else "-"
-        line = f"[{self.done:>{width}}/{self.total}] {item.id} {result.status} ({item.route or '?'}, {latency}, {_money(self.cost)} so far)"
+        answers = [a for a in result.attempts if a.get("kind") == "answer"]
+        tries = f", {len(answers)} attempts" if len(answers) > 1 else ""
+        line = (
+            f"[{self.done:>{width}}/{self.total}] {item.id} {result.status} "
+            f"({item.route or '?'}, {latency}{tries}, {_money(self.cost)} so far)"
+        )
+        retried = [a for a in answers if not a.get("ok") and a.get("feedback")]
+        if retried:
+            line += f" after feedback: {str(retried[-1]['feedback']).splitlines()[0][:120]}"
         if result.error_type:
             line += f" {result.error_type}: {(result.error_message or '').splitlines()[0][:160] if result.error_message else ''}"
         self.stream.write(line + "\n")
