@@ -6,16 +6,14 @@ Kept apart from ``redis_store.py`` (the store's methods) and ``_saq.py`` (the sc
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TaskCancelled, TaskError, error_to_dict
 from ..types import TaskRecord, TaskStatus
 from .store import Outcome
 
-__all__ = ["CANCELLED", "dumps", "error_template", "event_data_for", "parse_limits", "pid_alive", "record"]
+__all__ = ["CANCELLED", "dumps", "error_template", "event_data_for", "parse_limits", "record"]
 
 
 def parse_limits(text: str, what: str) -> dict[str, int]:
@@ -63,21 +61,6 @@ def record(h: Mapping[str, str]) -> TaskRecord:
         owner=h.get("owner") or None,
         cancel_requested=h.get("cancel") == "1",
     )
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this host is alive (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
 
 
 def error_template(cls: type[TaskError], message: str) -> str:

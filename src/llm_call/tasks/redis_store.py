@@ -66,11 +66,10 @@ from ._redis_codec import (
     error_template,
     event_data_for,
     parse_limits,
-    pid_alive,
     record,
 )
 from ._saq import JOB_FUNCTION, LIB, SCRIPTS, lane_name
-from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo
+from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo, pid_alive
 
 __all__ = ["RedisTaskStore", "parse_limits"]
 

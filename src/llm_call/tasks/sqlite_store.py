@@ -36,7 +36,7 @@ from ..types import TaskEvent, TaskRecord, TaskStatus
 from ._json import dumps, loads
 from ._sqlite_db import GroupCommitDB
 from ._sqlite_schema import init_schema
-from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo
+from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo, pid_alive
 
 __all__ = ["SQLiteTaskStore"]
 
@@ -77,21 +77,6 @@ def _record(row: Sequence[Any]) -> TaskRecord:
         owner=row[14],
         cancel_requested=bool(row[15]),
     )
-
-
-def _pid_alive(pid: int) -> bool:
-    """Whether a process of this host is alive (a zombie counts as dead)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
 
 
 class SQLiteTaskStore:
@@ -534,7 +519,7 @@ class SQLiteTaskStore:
             ).fetchall()
         )
         found = [WorkerInfo(*r) for r in rows]
-        return [w for w in found if w.host != self._host or _pid_alive(w.pid)]
+        return [w for w in found if w.host != self._host or pid_alive(w.pid)]
 
     async def recover(
         self, *, max_executions: int, stale_after: float, adopter: str | None = None
@@ -544,7 +529,7 @@ class SQLiteTaskStore:
             report = RecoveryReport()
             alive: set[str] = set()
             for wid, host, pid, beat in conn.execute("SELECT id, host, pid, heartbeat_at FROM workers").fetchall():
-                if now - beat > stale_after or (host == self._host and not _pid_alive(pid)):
+                if now - beat > stale_after or (host == self._host and not pid_alive(pid)):
                     report.dead_workers.append(wid)
                 else:
                     alive.add(wid)

@@ -68,6 +68,7 @@ __all__ = [
     "make_store",
     "new_task_id",
     "open_store",
+    "pid_alive",
 ]
 
 #: event kinds that end a task's event stream (for now: ``needs_review`` rests until a review)
@@ -355,3 +356,18 @@ async def open_store(location: str | os.PathLike[str] | None = None) -> TaskStor
     store = make_store(location)
     await store.open()
     return store
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host is alive (a zombie counts as dead)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
