@@ -334,6 +334,10 @@ def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
     return [json.loads(r.getMessage()) for r in caplog.records if r.name == "llm_call.server.access"]
 
 
+def _chat_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [ln for ln in _access_lines(caplog) if ln["route"] == "/v1/chat/completions"]
+
+
 def test_one_structured_log_line_per_request_without_prompt(serve_llm: Any, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llm_call.server.access")
     served = serve_llm(server={"api_keys": ["sekret-key-123"]})
@@ -341,9 +345,9 @@ def test_one_structured_log_line_per_request_without_prompt(serve_llm: Any, capl
     client.chat.completions.create(model="up/x", messages=[{"role": "user", "content": "PROMPT-TEXT-XYZ"}])
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=HI)
-    lines = _access_lines(caplog)
-    chat = [ln for ln in lines if ln["route"] == "/v1/chat/completions"]
-    assert len(chat) == 2
+    # the access line is written once the response is sent: the client can be faster than that
+    assert _wait_until(lambda: len(_chat_lines(caplog)) == 2)
+    chat = _chat_lines(caplog)
     ok, missing = chat
     assert ok["status"] == 200 and ok["model"] == "up/x" and ok["attempts"] == 1 and ok["key"] == "key1"
     assert isinstance(ok["latency_ms"], float) and ok["id"]
@@ -357,7 +361,8 @@ def test_debug_logs_include_the_prompt(serve_llm: Any, caplog: pytest.LogCapture
     caplog.set_level(logging.INFO, logger="llm_call.server.access")
     served = serve_llm(server={"debug": True})
     served.client().chat.completions.create(model="up/x", messages=[{"role": "user", "content": "PROMPT-TEXT-XYZ"}])
-    (line,) = [ln for ln in _access_lines(caplog) if ln["route"] == "/v1/chat/completions"]
+    assert _wait_until(lambda: len(_chat_lines(caplog)) == 1)
+    (line,) = _chat_lines(caplog)
     assert line["prompt"] == [{"role": "user", "content": "PROMPT-TEXT-XYZ"}]
 
 
