@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from _scripted import start_scripted_server
+
 SECTION = "## Batch (bench/batch.py)"
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SPECS = ["contains:ok"]
@@ -71,17 +73,7 @@ def write_input(path: Path, lines: int) -> None:
 
 
 def start_server(script: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_call.testing", "--port", "0", "--script", str(script)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"scripted server did not start: {line!r}")
-    return proc, line.removeprefix("listening on ")
+    return start_scripted_server(script.parent, script_file=script)
 
 
 def _devnull() -> IO[str]:

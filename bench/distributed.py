@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import re
@@ -40,7 +39,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.redis_server import RedisServer, free_port  # noqa: E402
+from _scripted import start_scripted_server  # noqa: E402
+
+from support.redis_server import RedisServer  # noqa: E402
 
 SECTION = "## Distributed backend (bench/distributed.py)"
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -81,19 +82,9 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICKS
 
 
-def start_scripted(latency: float, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    script = tmp / "script.json"
-    script.write_text(json.dumps({"script": [], "default": {"text": "ok", "times": None, "latency": latency}}))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_call.testing", "--port", str(port), "--script", str(script)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    if "listening" not in line:
-        raise RuntimeError(f"scripted server did not start: {line}")
-    return proc, f"http://127.0.0.1:{port}/v1"
+def start_scripted(latency: float, tmp: Path) -> tuple[subprocess.Popen[str], str]:
+    proc, url = start_scripted_server(tmp, latency=latency)
+    return proc, url + "/v1"
 
 
 def start_workers(n: int, store: str, concurrency: int, env: dict[str, str], tmp: Path) -> list[tuple[subprocess.Popen[bytes], Path]]:

@@ -32,6 +32,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _scripted import start_scripted_server
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 ANSWER = "The quick brown fox jumps over the lazy dog, then naps in the afternoon sun."
@@ -48,20 +50,7 @@ Call = Callable[[], Awaitable[str]]
 
 
 def start_server(workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    script = workdir / "script.json"
-    script.write_text(json.dumps({"script": [], "default": {"text": ANSWER, "times": None}}), encoding="utf-8")
-    proc = subprocess.Popen(
-        [PY, "-m", "llm_call.testing", "--port", "0", "--script", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"the scripted server did not start: {line!r} {proc.stderr.read() if proc.stderr else ''}")
-    return proc, line.split("listening on ", 1)[1].strip()
+    return start_scripted_server(workdir, text=ANSWER)
 
 
 # -- clients ---------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from _scripted import start_scripted_server
 
 PY = sys.executable
 BIN = Path(PY).parent
@@ -130,19 +131,9 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
 
 
 def start_upstream(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[str, int]:
-    script = work / "script.json"
-    script.write_text(json.dumps({"script": [], "default": {"text": ANSWER, "times": None}}))
-    proc = subprocess.Popen(
-        [PY, "-m", "llm_call.testing", "--port", "0", "--script", str(script)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    procs.append(proc)
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode()
-    if not line.startswith("listening on "):
-        raise SystemExit(f"scripted server did not start: {line!r}")
-    return line.split()[-1].rstrip("/"), proc.pid
+    proc, url = start_scripted_server(work, text=ANSWER)
+    procs.append(proc)  # type: ignore[arg-type]  # text mode; only terminated
+    return url, proc.pid
 
 
 def start_llm_call(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]]) -> Target:

@@ -26,10 +26,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from _scripted import start_scripted_server
 
 BODY = {"model": "x", "messages": [{"role": "user", "content": "hello"}]}
 
@@ -237,20 +238,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def start_server(latency: float, workdir: Path) -> tuple[subprocess.Popen[str], str]:
-    script = workdir / "script.json"
-    script.write_text(json.dumps({"script": [], "default": {"text": "ok", "latency": latency, "times": None}}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_call.testing", "--port", "0", "--script", str(script)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"scripted server did not start: {line!r}")
-    threading.Thread(target=proc.stdout.read, daemon=True).start()
-    return proc, line.split()[-1].rstrip("/")
+    return start_scripted_server(workdir, latency=latency)
 
 
 def run_child(scenario: str, url: str, n: int, db: str, gc_mode: str) -> dict[str, Any]:

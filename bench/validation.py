@@ -30,6 +30,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _scripted import start_scripted_server
+
 import llm_call
 from llm_call.client import build_request, complete_once
 from llm_call.types import Request, Response, Usage
@@ -44,19 +46,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
 def start_server(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    script = tmp / "script.json"
-    script.write_text(json.dumps({"script": [], "default": {"text": ANSWER, "times": None}}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_call.testing", "--port", "0", "--script", str(script)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline().strip()
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise SystemExit(f"scripted server did not start: {line!r}")
-    return proc, line.removeprefix("listening on ")
+    return start_scripted_server(tmp, text=ANSWER)
 
 
 async def cpu_per_call(fn: Callable[[], Awaitable[object]], calls: int) -> float:
