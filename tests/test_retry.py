@@ -7,7 +7,6 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 
@@ -40,6 +39,7 @@ from llm_call.retry import (
     wait_retry_after,
 )
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
+from support.progress import recorder
 
 
 @pytest.fixture
@@ -50,9 +50,6 @@ async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServe
         yield server
 
 
-def recorder() -> tuple[list[tuple[str, dict[str, Any]]], Callable[[str, dict[str, Any]], None]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    return events, lambda kind, data: events.append((kind, data))
 
 
 def state(attempt: int, elapsed: float = 0.0, error: BaseException | None = None) -> RetryState:

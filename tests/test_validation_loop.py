@@ -5,7 +5,6 @@ exhaustion, escalation, human review and resume, budgets, streaming, progress ev
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -23,6 +22,7 @@ from llm_call.retry import ManualClock
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 from llm_call.types import Chunk, Request, Response, Usage
 from llm_call.validation import resume_validated
+from support.progress import recorder
 
 
 @pytest.fixture
@@ -33,9 +33,6 @@ async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServe
         yield server
 
 
-def recorder() -> tuple[list[tuple[str, dict[str, Any]]], Callable[[str, dict[str, Any]], None]]:
-    events: list[tuple[str, dict[str, Any]]] = []
-    return events, lambda kind, data: events.append((kind, data))
 
 
 async def test_invalid_json_then_valid_sends_conversation_with_feedback(srv: ScriptedLLMServer) -> None:

@@ -11,9 +11,8 @@ from typing import Any
 
 from ..errors import ConfigError, TaskCancelled, TaskError, error_to_dict
 from ..types import TaskRecord, TaskStatus
-from .store import Outcome
 
-__all__ = ["CANCELLED", "dumps", "error_template", "event_data_for", "parse_limits", "record"]
+__all__ = ["CANCELLED", "dumps", "error_template", "parse_limits", "record"]
 
 
 def parse_limits(text: str, what: str) -> dict[str, int]:
@@ -71,12 +70,3 @@ def error_template(cls: type[TaskError], message: str) -> str:
 CANCELLED = error_template(TaskCancelled, "task {id} was cancelled")
 
 
-def event_data_for(outcome: Outcome) -> str:
-    data: dict[str, Any] = {}
-    if outcome.result is not None:
-        data["model"] = outcome.result.get("model")
-        data["latency_s"] = outcome.result.get("latency_s")
-        data["chars"] = len(outcome.result.get("text") or "")
-    if outcome.error is not None:
-        data["error"] = {"type": outcome.error.get("type"), "message": outcome.error.get("message")}
-    return dumps(data)

@@ -64,12 +64,19 @@ from ._redis_codec import (
     CANCELLED,
     dumps,
     error_template,
-    event_data_for,
     parse_limits,
     record,
 )
 from ._saq import JOB_FUNCTION, LIB, SCRIPTS, lane_name
-from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo, pid_alive
+from .store import (
+    EventIn,
+    NewTask,
+    Outcome,
+    RecoveryReport,
+    WorkerInfo,
+    final_event_data,
+    pid_alive,
+)
 
 __all__ = ["RedisTaskStore", "parse_limits"]
 
@@ -382,7 +389,7 @@ class RedisTaskStore:
             "finish", task_id, worker_id, outcome.status.value,
             "" if outcome.result is None else dumps(outcome.result),
             "" if outcome.error is None else dumps(outcome.error),
-            outcome.event_kind, event_data_for(outcome), _SAQ_STATUS[outcome.status], saq_error,
+            outcome.event_kind, dumps(final_event_data(outcome)), _SAQ_STATUS[outcome.status], saq_error,
         )
         return bool(done)
 

@@ -36,7 +36,15 @@ from ..types import TaskEvent, TaskRecord, TaskStatus
 from ._json import dumps, loads
 from ._sqlite_db import GroupCommitDB
 from ._sqlite_schema import init_schema
-from .store import EventIn, NewTask, Outcome, RecoveryReport, WorkerInfo, pid_alive
+from .store import (
+    EventIn,
+    NewTask,
+    Outcome,
+    RecoveryReport,
+    WorkerInfo,
+    final_event_data,
+    pid_alive,
+)
 
 __all__ = ["SQLiteTaskStore"]
 
@@ -270,7 +278,7 @@ class SQLiteTaskStore:
     async def finish(self, task_id: str, worker_id: str, outcome: Outcome) -> bool:
         result = None if outcome.result is None else _dumps(outcome.result)
         error = None if outcome.error is None else _dumps(outcome.error)
-        data = _event_data_for(outcome)
+        data = _dumps(final_event_data(outcome))
 
         def op(conn: sqlite3.Connection) -> bool:
             now = outcome.at if outcome.at is not None else time.time()
@@ -426,7 +434,7 @@ class SQLiteTaskStore:
         prog = None if progress is None else _dumps(progress)
         result = None if outcome.result is None else _dumps(outcome.result)
         error = None if outcome.error is None else _dumps(outcome.error)
-        data = _event_data_for(outcome)
+        data = _dumps(final_event_data(outcome))
 
         def op(conn: sqlite3.Connection) -> bool:
             now = outcome.at if outcome.at is not None else time.time()
@@ -579,12 +587,3 @@ class SQLiteTaskStore:
         return await self._write(op)
 
 
-def _event_data_for(outcome: Outcome) -> str:
-    data: dict[str, Any] = {}
-    if outcome.result is not None:
-        data["model"] = outcome.result.get("model")
-        data["latency_s"] = outcome.result.get("latency_s")
-        data["chars"] = len(outcome.result.get("text") or "")
-    if outcome.error is not None:
-        data["error"] = {"type": outcome.error.get("type"), "message": outcome.error.get("message")}
-    return _dumps(data)

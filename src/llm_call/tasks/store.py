@@ -65,6 +65,7 @@ __all__ = [
     "TaskStore",
     "WorkerInfo",
     "default_store_path",
+    "final_event_data",
     "make_store",
     "new_task_id",
     "open_store",
@@ -121,6 +122,18 @@ class Outcome:
             TaskStatus.NEEDS_REVIEW: "needs_review",
             TaskStatus.INTERRUPTED: "interrupted",
         }[self.status]
+
+
+def final_event_data(outcome: Outcome) -> dict[str, Any]:
+    """What a task's final event says: the answering model, latency and size, or the error."""
+    data: dict[str, Any] = {}
+    if outcome.result is not None:
+        data["model"] = outcome.result.get("model")
+        data["latency_s"] = outcome.result.get("latency_s")
+        data["chars"] = len(outcome.result.get("text") or "")
+    if outcome.error is not None:
+        data["error"] = {"type": outcome.error.get("type"), "message": outcome.error.get("message")}
+    return data
 
 
 def final_record(rec: TaskRecord, outcome: Outcome, progress: dict[str, Any], worker: str) -> TaskRecord:
