@@ -118,7 +118,7 @@ def test_routes_show_running_and_queued_per_route_with_limits(serve_llm: Any) ->
     # configured limits without tasks are listed too
     assert any(r["route"] == "max/*" and r["limit"] == {"pattern": "max/*", "max": 4} for r in body["routes"])
 
-    httpx.post(f"{served.base_url}/tasks/{running}/cancel")
+    assert httpx.post(f"{served.base_url}/tasks/{running}/cancel", json={}).status_code == 200
     _wait(served, running, ("cancelled",))
 
 
