@@ -499,15 +499,32 @@ class SQLiteTaskStore:
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._read(lambda c: self._get(c, task_id))
 
-    async def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
-        if status is None:
-            rows = self._read(lambda c: c.execute(f"SELECT {_COLS} FROM tasks ORDER BY seq DESC LIMIT ?", (limit,)).fetchall())
-        else:
-            rows = self._read(
-                lambda c: c.execute(
-                    f"SELECT {_COLS} FROM tasks WHERE status = ? ORDER BY seq DESC LIMIT ?", (status.value, limit)
-                ).fetchall()
-            )
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
+    ) -> list[TaskRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if route is not None:
+            where.append("route GLOB ?")
+            args.append(route)
+        if before is not None:
+            # an unknown cursor (deleted by retention) pages from the end: nothing is older
+            where.append("seq < coalesce((SELECT seq FROM tasks WHERE id = ?), 0)")
+            args.append(before)
+        sql = f"SELECT {_COLS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        rows = self._read(lambda c: c.execute(sql, args).fetchall())
         return [_record(r) for r in rows]
 
     async def queued_count(self, route_pattern: str) -> int:
