@@ -133,6 +133,7 @@ class TaskManager(TaskExecutor):
                 except TaskStoreError:
                     _log.exception("could not release tasks at close; recovery will re-queue them")
             await asyncio.gather(*list(self._bg), return_exceptions=True)
+            self._quota.detach()
             if self._owns_store:
                 await self.store.close()
         self._executing = False

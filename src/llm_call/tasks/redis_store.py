@@ -551,6 +551,16 @@ class RedisTaskStore:
             pipe.zrem(f"{self.prefix}:workers:hb", worker_id)
             await pipe.execute()
 
+    async def put_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Shared state every process sees (the Claude quota): one hash field per key."""
+        async with self._io("put meta") as r:
+            await r.hset(f"{self.prefix}:meta", key, dumps(value))
+
+    async def read_meta(self, prefix: str) -> dict[str, dict[str, Any]]:
+        async with self._io("read meta") as r:
+            raw = await r.hgetall(f"{self.prefix}:meta")
+        return {k: json.loads(v) for k, v in raw.items() if k.startswith(prefix)}
+
     async def _registry(self) -> list[WorkerInfo]:
         async with self._io("workers") as r:
             raw = await r.hgetall(f"{self.prefix}:workers")

@@ -557,6 +557,16 @@ class SQLiteTaskStore:
 
         await self._write(op)
 
+    async def put_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Shared state every process sees (the Claude quota), in the ``meta`` table."""
+        text = _dumps(value)
+        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text)).rowcount)
+
+    async def read_meta(self, prefix: str) -> dict[str, dict[str, Any]]:
+        sql = "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?"
+        rows = self._read(lambda c: c.execute(sql, (len(prefix), prefix)).fetchall())
+        return {k: _loads(v) for k, v in rows}
+
     async def remove_worker(self, worker_id: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM workers WHERE id = ?", (worker_id,)) and None)
 
