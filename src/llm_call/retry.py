@@ -42,7 +42,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._progress import emit
@@ -65,12 +66,21 @@ from ._retry_policy import (
     wait_full_jitter,
     wait_retry_after,
 )
+from ._settings import current_settings
 from ._streams import closing
-from .errors import CircuitOpen, ProviderError, ProviderTimeout, error_to_dict, is_transient
+from .errors import (
+    BudgetExceeded,
+    CircuitOpen,
+    ProviderError,
+    ProviderTimeout,
+    error_to_dict,
+    is_transient,
+)
+from .providers import router
 from .types import Attempt, Chunk, Request, Response
 
 if TYPE_CHECKING:
-    from .client import CallOptions
+    from ._request import CallOptions
     from .config import RetryConfig, Settings
     from .providers.router import Route
 
@@ -85,6 +95,7 @@ __all__ = [
     "breaker_key",
     "clock_of",
     "complete_with_retries",
+    "deadline_stop",
     "health",
     "reset_breakers",
     "resolve_policy",
@@ -234,13 +245,6 @@ def reset_breakers() -> None:
 # -- the layer ------------------------------------------------------------------------------
 
 
-from . import client as _client  # noqa: E402  (client imports this module lazily, not at its top)
-
-
-def _settings() -> Settings:
-    return _client._settings()
-
-
 def _reason(exc: BaseException) -> str:
     status = getattr(exc, "status", None)
     return f"{type(exc).__name__} {status}" if status else type(exc).__name__
@@ -262,9 +266,7 @@ class _Route:
             if cached is not None and cached[0] is settings:
                 self.policy, self.breaker = cached[1], cached[2]
                 return
-        from .providers.router import resolve
-
-        route = resolve(model, settings)
+        route = router.resolve(model, settings)
         key = breaker_key(route)
         self.policy = resolve_policy(opts.retry, settings.retry, key, route.model)
         self.breaker = breaker_for(key, settings.retry) if self.policy.breakers else None
@@ -352,7 +354,7 @@ async def complete_with_retries(
     ``answer`` or ``judge``; ``deadline_at`` (on the policy's clock) stops retrying when the
     next wait would pass it.
     """
-    settings = _settings()
+    settings = current_settings()
     models = [request.model, *opts.fallbacks] if opts.fallbacks else [request.model]
     records: list[Attempt] = []
     for index, model in enumerate(models):
@@ -367,7 +369,7 @@ async def complete_with_retries(
                 route.before()
                 if calls == 1 and kind == "answer":
                     emit("attempt", number=attempt, model=model)
-                response = await _client.complete_once(req)
+                response = await router.complete_once(req)
             except BaseException as exc:
                 route.failed(exc, caller_limited=req.timeout is not None)
                 if not isinstance(exc, ProviderError):
@@ -406,7 +408,7 @@ async def stream_with_retries(
 
     Failed calls are appended to ``records`` (when given) as ``provider_error`` attempts.
     """
-    settings = _settings()
+    settings = current_settings()
     models = [request.model, *opts.fallbacks] if opts.fallbacks else [request.model]
     for index, model in enumerate(models):
         route = _Route(model, opts, settings)
@@ -421,7 +423,7 @@ async def stream_with_retries(
                 route.before()
                 if calls == 1:
                     emit("attempt", number=attempt, model=model)
-                async with closing(_client.stream_once(req)) as chunks:
+                async with closing(router.stream_once(req)) as chunks:
                     async for chunk in chunks:
                         yielded = True
                         yield chunk
@@ -438,3 +440,25 @@ async def stream_with_retries(
             route.succeeded()
             return
     raise AssertionError("unreachable: the last model either streams or raises")
+
+
+# -- the caller's deadline -------------------------------------------------------------------
+
+#: a provider timeout this close to the caller's deadline is the deadline running out
+DEADLINE_SLACK_S = 0.05
+
+
+@contextmanager
+def deadline_stop(
+    clock: Callable[[], float], deadline_at: float | None, error: Callable[[ProviderTimeout], BudgetExceeded]
+) -> Iterator[None]:
+    """Turn a :class:`ProviderTimeout` raised when the caller's ``deadline_s`` has run out (on
+    ``clock``) into the :class:`BudgetExceeded` that ``error`` builds: the caller's own deadline
+    is a budget stop, not a provider failure. A timeout well before the deadline passes through.
+    Used by the pipeline (plain calls) and the validation loop (each attempt)."""
+    try:
+        yield
+    except ProviderTimeout as exc:
+        if deadline_at is not None and clock() + DEADLINE_SLACK_S >= deadline_at:
+            raise error(exc) from exc
+        raise

@@ -178,7 +178,7 @@ class AgentValidator:
         return Verdict(True, None, info, self.name)
 
     async def validate(self, text: str, context: ValidationContext) -> Verdict:
-        from ..client import build_request
+        from .._request import build_request
         from ..retry import complete_with_retries
 
         context.check_budget()
