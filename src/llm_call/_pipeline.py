@@ -5,7 +5,7 @@ alone, under the caller's deadline.
 (``tasks``); mode handling (direct / background / auto) sits above, in ``tasks.auto``. The
 caller's ``deadline_s`` caps the request's timeout and stops retry waits that would pass it; a
 timeout at the deadline becomes :class:`~llm_call.errors.BudgetExceeded` through
-``retry.deadline_stop``, the one context manager the validation loop uses too.
+``_retry.deadline_stop``, the one context manager the validation loop uses too.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 
 from ._request import CallOptions
+from ._retry import complete_with_retries, deadline_stop, stream_with_retries
 from ._streams import closing
 from .errors import BudgetExceeded, ProviderTimeout
-from .retry import clock_of, complete_with_retries, deadline_stop, stream_with_retries
+from .retry import clock_of
 from .types import Chunk, Request, Response
 
 __all__ = ["execute", "execute_stream"]

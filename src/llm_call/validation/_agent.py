@@ -179,7 +179,7 @@ class AgentValidator:
 
     async def validate(self, text: str, context: ValidationContext) -> Verdict:
         from .._request import build_request
-        from ..retry import complete_with_retries
+        from .._retry import complete_with_retries
 
         context.check_budget()
         model = self.model or context.model

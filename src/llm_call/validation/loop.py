@@ -42,6 +42,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from .._progress import emit
+from .._retry import complete_with_retries, deadline_stop, stream_with_retries
 from .._settings import current_settings
 from .._streams import closing
 from ..errors import (
@@ -51,7 +52,7 @@ from ..errors import (
     ValidationExhausted,
 )
 from ..providers.base import message_text
-from ..retry import clock_of, complete_with_retries, deadline_stop, stream_with_retries
+from ..retry import clock_of
 from ..types import Attempt, Chunk, Message, Request, Response, Usage
 from ._base import Budget, ValidationContext, Validator, Verdict, run_validator
 from ._specs import parse_specs
