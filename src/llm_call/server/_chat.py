@@ -103,7 +103,7 @@ def llm_call_extra(resp: LLMResponse) -> dict[str, Any]:
 def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": resp.text}
     if resp.tool_calls:
-        message["tool_calls"] = resp.tool_calls
+        message["tool_calls"] = [c.to_openai() for c in resp.tool_calls]
         if not resp.text:
             message["content"] = None
     finish = resp.finish_reason or ("tool_calls" if resp.tool_calls else "stop")

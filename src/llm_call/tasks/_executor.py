@@ -544,10 +544,12 @@ class TaskExecutor:
         report = await self.store.recover(
             max_executions=self._max_executions, stale_after=max(self._heartbeat_s * STALE_BEATS, 1.0)
         )
-        if report.requeued or report.interrupted or report.reassigned:
+        if report.requeued or report.interrupted or report.cancelled or report.reassigned:
             _log.warning(
-                "recovered tasks of dead worker(s) %s: %d re-queued, %d interrupted, %d queued handed over",
-                report.dead_workers, len(report.requeued), len(report.interrupted), len(report.reassigned),
+                "recovered tasks of dead worker(s) %s: %d re-queued, %d interrupted, %d cancelled, "
+                "%d queued handed over",
+                report.dead_workers, len(report.requeued), len(report.interrupted), len(report.cancelled),
+                len(report.reassigned),
             )
             self._wake.set()
 

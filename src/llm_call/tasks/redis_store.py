@@ -394,7 +394,7 @@ class RedisTaskStore:
         return bool(done)
 
     async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
-        done: list[str] = list(await self._run("release", worker_id, *task_ids)) if task_ids else []
+        done: list[str] = list(await self._run("release", worker_id, CANCELLED, *task_ids)) if task_ids else []
         await self._run("move_owner", worker_id, "")
         return done
 
@@ -566,8 +566,10 @@ class RedisTaskStore:
         def note(task_id: str, outcome: str) -> None:
             if outcome == "requeued":
                 report.requeued.append(task_id)
-            elif outcome in ("interrupted", "cancelled"):
+            elif outcome == "interrupted":
                 report.interrupted.append(task_id)
+            elif outcome == "cancelled":
+                report.cancelled.append(task_id)
 
         # 1. the engine: SAQ's sweep re-queues (or aborts) jobs whose heartbeat went stale
         for lane in await self._lanes():

@@ -129,6 +129,28 @@ class SQLiteTaskStore:
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (task_id, row[0], kind, _dumps(data), at))
 
     @staticmethod
+    def _cancelled_error(task_id: str) -> str:
+        return _dumps(error_to_dict(TaskCancelled(f"task {task_id} was cancelled", task_id=task_id)))
+
+    def _finish_cancelled(
+        self, conn: sqlite3.Connection, task_id: str, data: dict[str, Any], now: float,
+        error: Callable[[str], str], *, worker: str | None = None,
+    ) -> bool:
+        """End a running task whose cancellation was requested as ``cancelled`` (inside a write
+        transaction). A cancelled task never starts again: recovery and release come here
+        before they would put it back in the queue."""
+        sql = "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ?, worker = NULL " \
+              "WHERE id = ? AND status = 'running' AND cancel_requested = 1"
+        params: list[Any] = [now, error(task_id), task_id]
+        if worker is not None:
+            sql += " AND worker = ?"
+            params.append(worker)
+        if conn.execute(sql + " RETURNING id", params).fetchone() is None:
+            return False
+        self._event(conn, task_id, "cancelled", {"was": "running", **data}, now)
+        return True
+
+    @staticmethod
     def _get(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
         row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else _record(row)
@@ -261,7 +283,7 @@ class SQLiteTaskStore:
             now = time.time()
             rows = conn.execute(
                 "UPDATE tasks SET status = 'running', worker = ?, attempts = attempts + 1, started_at = ?, "
-                "cancel_requested = 0, event_seq = event_seq + 1 "
+                "event_seq = event_seq + 1 "
                 f"WHERE seq IN (SELECT seq FROM tasks WHERE {where} ORDER BY priority DESC, seq LIMIT ?) "
                 f"RETURNING seq, event_seq, {_COLS}",
                 [worker_id, now, *params, limit],
@@ -298,10 +320,14 @@ class SQLiteTaskStore:
     async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
         ids = list(task_ids)
 
+        cancelled_error = self._cancelled_error
+
         def op(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             done = []
             for task_id in ids:
+                if self._finish_cancelled(conn, task_id, {"worker": worker_id}, now, cancelled_error, worker=worker_id):
+                    continue
                 row = conn.execute(
                     "UPDATE tasks SET status = 'queued', worker = NULL, owner = NULL, started_at = NULL, "
                     "attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? AND status = 'running' RETURNING id",
@@ -546,10 +572,14 @@ class SQLiteTaskStore:
             ).fetchall():
                 if worker in alive:
                     continue
+                data = {"dead_worker": worker, "executions": attempts}
+                if self._finish_cancelled(conn, task_id, data, now, self._cancelled_error):
+                    report.cancelled.append(task_id)
+                    continue
                 if attempts < max_executions:
                     conn.execute(
-                        "UPDATE tasks SET status = 'queued', worker = NULL, owner = ?, started_at = NULL, "
-                        "cancel_requested = 0 WHERE id = ?",
+                        "UPDATE tasks SET status = 'queued', worker = NULL, owner = ?, started_at = NULL "
+                        "WHERE id = ?",
                         (adopter, task_id),
                     )
                     self._event(conn, task_id, "requeued", {"dead_worker": worker, "executions": attempts}, now)

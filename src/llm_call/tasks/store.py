@@ -201,6 +201,7 @@ class RecoveryReport:
 
     requeued: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # running, cancel requested, worker dead
     reassigned: list[str] = field(default_factory=list)  # queued tasks of dead owners
     dead_workers: list[str] = field(default_factory=list)
 
