@@ -217,6 +217,21 @@ def _mcp_servers(value: Any) -> dict[str, Any]:
     return servers
 
 
+def _refuse_client_tools(opts: dict[str, Any]) -> None:
+    """Client-defined function tools cannot reach the CLI: it runs its own tools in its own loop.
+
+    With no tools given, ``tool_choice``/``parallel_tool_calls`` mean nothing and are dropped.
+    """
+    if opts.get("tools"):
+        raise UsageError(
+            "the max/* route (Claude Code CLI) runs its own tools and cannot return calls of "
+            "client-defined tools: remove tools/tool_choice, or use an API route (anthropic/..., openai/...)",
+            hint="the CLI's own tools are chosen with allowed_tools=[...] and mcp_config={...}",
+        )
+    for key in ("tools", "tool_choice", "parallel_tool_calls"):
+        opts.pop(key, None)
+
+
 def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | None = None) -> CallPlan:
     """Check ``request`` and turn it into a :class:`CallPlan`. Raises UsageError/ConfigError."""
     model = request.model.strip()
@@ -224,6 +239,7 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
         raise UsageError(f"invalid Claude model name {request.model!r}", hint="use max/sonnet, max/opus, max/haiku or max/<model id>")
     system_prompt, prompt = render_prompt(request.messages)
     opts = dict(request.options)
+    _refuse_client_tools(opts)
     unknown = sorted(k for k, v in opts.items() if k not in OPTIONS and k not in _IGNORED and v is not None)
     if unknown:
         raise UsageError(
