@@ -18,6 +18,9 @@ backoff with full jitter, ``uniform(0, min(max_delay, base_delay * 2**(n-1)))``.
 Fallbacks (``fallbacks=[models]``): when a model's transient retries are exhausted, or its
 breaker is open, the next model is tried, with a ``fallback`` progress event and an attempt
 record. Other failures (auth, bad request) are raised at once: another model would not fix them.
+A :class:`~llm_call.errors.QuotaExhausted` (a ``max/*`` subscription window used up) is never
+retried in the call (the reset is minutes or hours away) and does not count for the breaker; it
+goes to the next fallback, or to the caller.
 
 Circuit breakers, one per route key, shared by every call in the process: ``breaker_threshold``
 consecutive transient failures within ``breaker_window`` seconds open it; while open, calls fail
@@ -46,6 +49,7 @@ from .errors import (
     CircuitOpen,
     ProviderError,
     ProviderTimeout,
+    QuotaExhausted,
     error_to_dict,
     is_transient,
 )
@@ -240,8 +244,10 @@ class _RouteRetry:
         """Tell the breaker how a call ended. ``caller_limited``: the caller set the call's
         time limit, so a timeout measures the caller's patience, not the route's health, and
         does not count (one client with tiny timeouts must not open the breaker for all)."""
-        if self.breaker is None or isinstance(exc, CircuitOpen):
-            return  # CircuitOpen came from the breaker itself: no call was made
+        if self.breaker is None or isinstance(exc, CircuitOpen | QuotaExhausted):
+            # CircuitOpen came from the breaker itself (no call was made); a used-up
+            # subscription window says nothing about the route's health
+            return
         if caller_limited and isinstance(exc, ProviderTimeout):
             self.breaker.record_abandoned()
         elif is_transient(exc):
@@ -320,7 +326,10 @@ class _Tries:
                     latency_s=time.perf_counter() - self.call_started,
                 )
             )
-        delay = None if isinstance(exc, CircuitOpen) else self.retries.next_delay(self.calls, self.started, exc, self.deadline_at)
+        # a used-up subscription window resets in minutes or hours: fall back or raise, never sleep
+        # in the call (tasks wait in the queue instead; see claude.on_quota_exhausted)
+        stop_now = isinstance(exc, CircuitOpen | QuotaExhausted)
+        delay = None if stop_now else self.retries.next_delay(self.calls, self.started, exc, self.deadline_at)
         if delay is None:
             has_next = self.index + 1 < len(self.models)
             if has_next and (is_transient(exc) or isinstance(exc, CircuitOpen)):
