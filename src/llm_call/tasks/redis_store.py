@@ -324,12 +324,13 @@ class RedisTaskStore:
         got = await self._run(
             "submit", task.id, task.idempotency_key or "", task.priority, task.owner or "", task.route,
             dumps(task.request), repr(task.created_at), dumps({"route": task.route, "priority": task.priority}),
-            self._job_json(task.id, f"{self.prefix}|new", "queued"),
+            self._job_json(task.id, f"{self.prefix}|new", "queued"), task.tenant or "",
         )
         if got[0]:
             rec = TaskRecord(
                 id=task.id, status=TaskStatus.QUEUED, request=task.request, route=task.route, priority=task.priority,
                 idempotency_key=task.idempotency_key, created_at=task.created_at, owner=got[2] or None,
+                tenant=task.tenant,
             )
             return rec, True
         return await self._must_get(got[1]), False
@@ -473,7 +474,10 @@ class RedisTaskStore:
             h = await r.hgetall(f"{self.prefix}:t:{task_id}")
         return record(h) if h else None
 
-    async def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
+    async def list_tasks(
+        self, *, status: TaskStatus | None = None, limit: int = 100, tenant: str | None = None
+    ) -> list[TaskRecord]:
+        """See the protocol. A tenant's list is the index filtered by tenant (no index per tenant)."""
         key = f"{self.prefix}:all" if status is None else f"{self.prefix}:s:{status.value}"
         out: list[TaskRecord] = []
         start = 0
@@ -487,7 +491,7 @@ class RedisTaskStore:
             for task_id, rec in zip(ids, await self._records(ids), strict=True):
                 if rec is None:
                     gone.append(task_id)  # expired by TTL
-                elif status is None or rec.status is status:
+                elif (status is None or rec.status is status) and (tenant is None or rec.tenant == tenant):
                     out.append(rec)
             if gone:
                 async with self._io("list") as r:
