@@ -120,6 +120,31 @@ class ClaudeConfig(_Strict):
     total_timeout: float | None = Field(default=None, gt=0)
     exit_timeout: float = Field(default=10.0, gt=0)
     max_turns: int | None = Field(default=None, ge=1)
+    # quota scheduling (docs/claude.md "Quota" and "Scheduling on the quota")
+    account: str = Field(
+        default="default", min_length=1, description="Name of the subscription the CLI is logged into; quota state is kept per account"
+    )
+    on_quota_exhausted: Literal["wait", "fallback", "fail"] = Field(
+        default="wait",
+        description="A background/auto max/* task whose usage window is used up: wait for the reset, run on quota_fallback, or fail",
+    )
+    quota_fallback: str | None = Field(
+        default=None, description='Model for on_quota_exhausted = "fallback" (e.g. an API route such as anthropic/claude-sonnet-4-5)'
+    )
+    allow_overage: bool = Field(
+        default=True, description="false: stop before a call would spend extra usage (overage) once a window is used up"
+    )
+    slowdown_at: float = Field(
+        default=0.9, ge=0, le=1, description="Above this utilization of any window, run at most slowdown_concurrency max/* calls (1 = never)"
+    )
+    slowdown_concurrency: int = Field(default=1, ge=1, description="max/* calls at once above slowdown_at")
+
+    @field_validator("quota_fallback")
+    @classmethod
+    def _fallback_not_max(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.strip().split("/", 1)[0] == "max"):
+            raise ValueError("quota_fallback must name a model outside max/* (e.g. an API route), or be left out")
+        return value.strip() if value else value
 
 
 class LocalConfig(_Strict):

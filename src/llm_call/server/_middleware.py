@@ -41,7 +41,9 @@ access_log = logging.getLogger("llm_call.server.access")
 _log = logging.getLogger("llm_call.server")
 
 #: paths served without an API key (nothing secret there)
-PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          # the dashboard's static files (the page then calls the API with a key)
+                          "/ui", "/ui/", "/ui/app.js", "/ui/app.css"})
 #: paths not counted against a key's requests in flight
 _UNLIMITED = PUBLIC_PATHS | {"/metrics"}
 _QUIET = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})

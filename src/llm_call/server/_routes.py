@@ -1,4 +1,4 @@
-"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the Responses and task routers."""
+"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the Responses, task, route-status and /ui routers."""
 
 from __future__ import annotations
 
@@ -90,7 +90,11 @@ def register(app: FastAPI, state: ServerState) -> None:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     from ._responses import register as register_responses
+    from ._route_status import register as register_route_status
     from ._tasks import register as register_tasks
+    from ._ui import register as register_ui
 
     register_responses(app, state)
     register_tasks(app, state)
+    register_route_status(app, state)
+    register_ui(app)

@@ -133,6 +133,7 @@ class TaskManager(TaskExecutor):
                 except TaskStoreError:
                     _log.exception("could not release tasks at close; recovery will re-queue them")
             await asyncio.gather(*list(self._bg), return_exceptions=True)
+            self._quota.detach()
             if self._owns_store:
                 await self.store.close()
         self._executing = False
@@ -345,9 +346,17 @@ class TaskManager(TaskExecutor):
         return outcome_of(await self.status(task_id))
 
     async def list_tasks(
-        self, status: TaskStatus | str | None = None, limit: int = 100, *, tenant: str | None = None
+        self,
+        status: TaskStatus | str | None = None,
+        limit: int = 100,
+        *,
+        before: str | None = None,
+        route: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskRecord]:
-        """Tasks, newest first, optionally of one status; with ``tenant`` only that tenant's."""
+        """Tasks, newest first, optionally of one status; ``before`` (a task id) gives the next
+        page, ``route`` (a glob on the model after aliases) filters, ``tenant`` keeps only that
+        tenant's."""
         self._check_open()
         if isinstance(status, str):
             try:
@@ -357,8 +366,8 @@ class TaskManager(TaskExecutor):
                     f"unknown task status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
                 ) from None
         if tenant is not None:
-            return await self.store.list_tasks(status=status, limit=limit, tenant=tenant)
-        return await self.store.list_tasks(status=status, limit=limit)
+            return await self.store.list_tasks(status=status, limit=limit, before=before, route=route, tenant=tenant)
+        return await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
 
     async def workers_alive(self) -> list[WorkerInfo]:
         """Workers (and servers, managers) with a recent heartbeat."""

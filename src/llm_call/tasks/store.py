@@ -299,9 +299,17 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
     async def list_tasks(
-        self, *, status: TaskStatus | None = None, limit: int = 100, tenant: str | None = None
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskRecord]:
-        """Newest first; with ``tenant``, only that tenant's tasks (None: everyone's)."""
+        """Newest first. ``before`` (a task id) pages: only tasks created before that one (none
+        when it is unknown); ``route`` is a glob on the task's route (the model after aliases);
+        with ``tenant``, only that tenant's tasks (None: everyone's)."""
         ...
 
     async def counts(self) -> dict[str, int]:
