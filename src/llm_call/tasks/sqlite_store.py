@@ -499,15 +499,32 @@ class SQLiteTaskStore:
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._read(lambda c: self._get(c, task_id))
 
-    async def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
-        if status is None:
-            rows = self._read(lambda c: c.execute(f"SELECT {_COLS} FROM tasks ORDER BY seq DESC LIMIT ?", (limit,)).fetchall())
-        else:
-            rows = self._read(
-                lambda c: c.execute(
-                    f"SELECT {_COLS} FROM tasks WHERE status = ? ORDER BY seq DESC LIMIT ?", (status.value, limit)
-                ).fetchall()
-            )
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
+    ) -> list[TaskRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if route is not None:
+            where.append("route GLOB ?")
+            args.append(route)
+        if before is not None:
+            # an unknown cursor (deleted by retention) pages from the end: nothing is older
+            where.append("seq < coalesce((SELECT seq FROM tasks WHERE id = ?), 0)")
+            args.append(before)
+        sql = f"SELECT {_COLS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        rows = self._read(lambda c: c.execute(sql, args).fetchall())
         return [_record(r) for r in rows]
 
     async def queued_count(self, route_pattern: str) -> int:
@@ -539,6 +556,16 @@ class SQLiteTaskStore:
             )
 
         await self._write(op)
+
+    async def put_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Shared state every process sees (the Claude quota), in the ``meta`` table."""
+        text = _dumps(value)
+        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text)).rowcount)
+
+    async def read_meta(self, prefix: str) -> dict[str, dict[str, Any]]:
+        sql = "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?"
+        rows = self._read(lambda c: c.execute(sql, (len(prefix), prefix)).fetchall())
+        return {k: _loads(v) for k, v in rows}
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM workers WHERE id = ?", (worker_id,)) and None)

@@ -295,9 +295,15 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
     async def list_tasks(
-        self, *, status: TaskStatus | None = None, limit: int = 100
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
     ) -> list[TaskRecord]:
-        """Newest first."""
+        """Newest first. ``before`` (a task id) pages: only tasks created before that one (none
+        when it is unknown); ``route`` is a glob on the task's route (the model after aliases)."""
         ...
 
     async def counts(self) -> dict[str, int]:
