@@ -351,11 +351,15 @@ async def _whole(resp: LLMResponse) -> AsyncIterator[Chunk]:
     yield Chunk(model=resp.model, finish_reason=finish, usage=resp.usage, attempt=len(resp.attempts) or 1)
 
 
-async def _record(state: ServerState, response_id: str) -> TaskRecord:
+async def _record(state: ServerState, request: Request, response_id: str) -> TaskRecord:
+    """The background response, if the caller's key may see it (404 as for an unknown id otherwise)."""
+    caller = request.scope["llm_call"].caller
     try:
-        rec: TaskRecord = await manager(state).status(task_id_of(response_id))
+        rec: TaskRecord | None = await manager(state).status(task_id_of(response_id))
     except TaskNotFound:
-        raise HTTPFailure(404, f"no response with id {response_id!r}", param="response_id", code="response_not_found") from None
+        rec = None
+    if rec is None or not caller.may_see(rec.tenant):
+        raise HTTPFailure(404, f"no response with id {response_id!r}", param="response_id", code="response_not_found")
     return rec
 
 
@@ -391,7 +395,7 @@ def register(app: FastAPI, state: ServerState) -> None:
             return _json(response_from_answer(resp, info.id, req))
         args["_meta"] = {"kind": "response", **response_meta(req)}
         mgr = manager(state)
-        task_id = await mgr.submit(args, priority=req.priority)
+        task_id = await mgr.submit(args, priority=req.priority, tenant=info.caller.tenant)
         info.task_id = task_id
         rec = await mgr.status(task_id)
         if req.stream:
@@ -411,7 +415,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         stream: bool = Query(default=False, description="Follow the response as Server-Sent Events"),
         starting_after: int | None = Query(default=None, ge=0, description="With stream: resume after this sequence_number"),
     ) -> Response:
-        rec = await _record(state, response_id)
+        rec = await _record(state, request, response_id)
         request.scope["llm_call"].task_id = rec.id
         if stream:
             request.scope["llm_call"].stream = True
@@ -423,7 +427,7 @@ def register(app: FastAPI, state: ServerState) -> None:
 
     @app.post("/v1/responses/{response_id}/cancel", tags=["responses"], summary="Cancel a background response", response_model=None)
     async def cancel_response(request: Request, response_id: str) -> Response:
-        rec = await _record(state, response_id)
+        rec = await _record(state, request, response_id)
         request.scope["llm_call"].task_id = rec.id
         if not rec.status.is_final:
             rec = await manager(state).cancel(rec.id)
