@@ -58,8 +58,8 @@ from ..errors import (
     RateLimited,
 )
 from ..types import Chunk, Response, Usage
+from ._claude_plan import LOGIN_HINT, NAME
 from ._claude_quota import QUOTA, block_of, exhausted_error, record_rate_limit_event
-from .claude_cli import LOGIN_HINT, NAME
 
 __all__ = ["RunState", "result_error"]
 
