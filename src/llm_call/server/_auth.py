@@ -1,7 +1,8 @@
 """API keys and the per-key limit on requests in flight.
 
 Keys come from ``[server] api_keys`` or ``LLM_CALL_API_KEYS`` (comma list, mapped by config.py).
-A presented ``Authorization: Bearer <key>`` is hashed and compared with the SHA-256 of every
+A presented ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``, as Anthropic clients send
+it) is hashed and compared with the SHA-256 of every
 configured key using :func:`hmac.compare_digest`, all of them every time, so the time taken says
 nothing about which key or how much of it matched. Keys are identified in logs and metrics only
 as ``key1``, ``key2``... (their position in the list), never by value.
@@ -35,6 +36,10 @@ class KeyAuth:
         scheme, _, token = authorization.partition(b" ")
         if scheme.lower() != b"bearer":
             return None
+        return self.identify_key(token)
+
+    def identify_key(self, token: bytes) -> str | None:
+        """The id of a bare key (the ``x-api-key`` header of Anthropic clients), or None."""
         presented = hashlib.sha256(token.strip()).digest()
         found: str | None = None
         for digest, key_id in zip(self._digests, self._ids, strict=True):

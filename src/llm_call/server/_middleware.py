@@ -20,12 +20,13 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from ._anthropic import anthropic_error
 from ._errors import HTTPFailure, error_body
 
 if TYPE_CHECKING:
     from ._state import ServerState
 
-__all__ = ["GatewayMiddleware", "RequestInfo", "access_log"]
+__all__ = ["MESSAGES_PREFIX", "GatewayMiddleware", "RequestInfo", "access_log"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -43,6 +44,8 @@ _UNLIMITED = PUBLIC_PATHS | {"/metrics"}
 _QUIET = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 _ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+#: paths of the Anthropic Messages API: errors in Anthropic's shape, keys also as ``x-api-key``
+MESSAGES_PREFIX = "/v1/messages"
 
 
 class RequestInfo:
@@ -86,9 +89,12 @@ class GatewayMiddleware:
         authorization: bytes | None = None
         length: bytes | None = None
         given_id: bytes | None = None
+        api_key: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                api_key = value
             elif name == b"content-length":
                 length = value
             elif name == b"x-request-id":
@@ -111,20 +117,24 @@ class GatewayMiddleware:
             await send(message)
 
         path: str = scope["path"]
+        anthropic = path.startswith(MESSAGES_PREFIX)
         template: str | None = None
         acquired: str | None = None
         state.metrics.in_flight.inc()
         try:
             if state.auth.enabled and path not in PUBLIC_PATHS:
-                key_id = state.auth.identify(authorization)
+                if authorization is not None:
+                    key_id = state.auth.identify(authorization)
+                else:
+                    key_id = None if api_key is None else state.auth.identify_key(api_key)
                 if key_id is None:
                     info.error = "invalid_api_key"
                     message = (
-                        "missing API key: send the header 'Authorization: Bearer <key>'"
-                        if authorization is None
+                        "missing API key: send the header 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+                        if authorization is None and api_key is None
                         else "invalid API key"
                     )
-                    await _answer(send_with_id, 401, error_body(message, code="invalid_api_key"),
+                    await _answer(send_with_id, 401, _error(anthropic, 401, message, code="invalid_api_key"),
                                   [(b"www-authenticate", b"Bearer")])
                     return
                 info.key_id = key_id
@@ -135,11 +145,11 @@ class GatewayMiddleware:
                 except ValueError:
                     declared = -1
                 if declared < 0:
-                    await _answer(send_with_id, 400, error_body("invalid Content-Length header", code="invalid_request"))
+                    await _answer(send_with_id, 400, _error(anthropic, 400, "invalid Content-Length header", code="invalid_request"))
                     return
                 if declared > limit:
                     info.error = "request_too_large"
-                    await _answer(send_with_id, 413, _too_large(limit).encode())
+                    await _answer(send_with_id, 413, _error(anthropic, 413, _too_large(limit).message))
                     return
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = _counting(receive, limit)
@@ -149,7 +159,9 @@ class GatewayMiddleware:
                     await _answer(
                         send_with_id,
                         429,
-                        error_body(
+                        _error(
+                            anthropic,
+                            429,
                             f"too many requests in flight for this API key (limit {state.limiter.limit}); "
                             "retry when some have finished",
                             type="rate_limit_error",
@@ -178,8 +190,8 @@ class GatewayMiddleware:
             await _answer(
                 send_with_id,
                 500,
-                error_body(f"internal server error ({type(exc).__name__}); request id {request_id}",
-                           type="server_error", code="internal_error"),
+                _error(anthropic, 500, f"internal server error ({type(exc).__name__}); request id {request_id}",
+                       type="server_error", code="internal_error"),
             )
         finally:
             if acquired is not None:
@@ -193,6 +205,13 @@ class GatewayMiddleware:
             level = logging.DEBUG if path in _QUIET else logging.INFO
             if access_log.isEnabledFor(level):
                 access_log.log(level, _log_line(info, scope, template, status or 499, elapsed))
+
+
+def _error(anthropic: bool, status: int, message: str, type: str = "invalid_request_error", code: str | None = None) -> bytes:
+    """An error body in the OpenAI shape, or Anthropic's for the Messages API."""
+    if anthropic:
+        return json.dumps(anthropic_error(status, message), ensure_ascii=False).encode()
+    return error_body(message, type=type, code=code)
 
 
 def _too_large(limit: int) -> HTTPFailure:
