@@ -149,7 +149,7 @@ class GatewayMiddleware:
                     return
                 if declared > limit:
                     info.error = "request_too_large"
-                    await _answer(send_with_id, 413, _error(anthropic, 413, _too_large(limit).message))
+                    await _answer(send_with_id, 413, _error(anthropic, 413, _too_large(limit).message, code="request_too_large"))
                     return
             elif scope["method"] in ("POST", "PUT", "PATCH"):
                 receive = _counting(receive, limit)
