@@ -366,6 +366,8 @@ async def test_any_gguf_path_works(gguf: Path, tmp_path: Path) -> None:
         ({"seed": "x"}, "seed"),
         ({"top_p": "high"}, "top_p"),
         ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "local route (local/*, llama-cpp-python) does not support tool calling"),
+        ({"tool_choice": "required"}, "does not support tool calling"),
     ],
 )
 async def test_bad_options_are_usage_errors_naming_them(options: dict[str, Any], message: str) -> None:

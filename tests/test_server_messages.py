@@ -264,3 +264,24 @@ def test_unknown_anthropic_fields_refused(serve_llm: Any) -> None:
                                                       "mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]})
     assert r.status_code == 400
     assert r.json()["error"]["type"] == "invalid_request_error" and "mcp_servers" in r.json()["error"]["message"]
+
+
+def test_streamed_tool_use_reassembled_by_sdk(serve_llm: Any) -> None:
+    call = ToolCall("get_weather", {"city": "Paris", "unit": "celsius"}, id="call_7")
+    served = serve_llm([Reply(text="Checking.", tool_calls=[call]), Reply(tool_calls=[call])])
+    with _client(served).messages.stream(model="up/x", max_tokens=100, tools=[WEATHER], messages=HI) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[0].text == "Checking."  # type: ignore[union-attr]
+    tool = final.content[1]
+    assert tool.type == "tool_use" and tool.id == "call_7" and tool.name == "get_weather"
+    assert tool.input == {"city": "Paris", "unit": "celsius"}
+
+    status, events = _post_stream(served, {"model": "up/x", "max_tokens": 100, "tools": [WEATHER], "messages": HI})
+    assert status == 200
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert starts == [{"type": "tool_use", "id": "call_7", "name": "get_weather", "input": {}}]
+    fragments = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"]
+    assert len(fragments) > 1 and json.loads("".join(fragments)) == {"city": "Paris", "unit": "celsius"}
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"

@@ -50,7 +50,10 @@ from .types import (
     TaskEvent,
     TaskRecord,
     TaskStatus,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    assemble_tool_calls,
 )
 
 if TYPE_CHECKING:
@@ -89,6 +92,8 @@ __all__ = [
     "TaskPending",
     "TaskRecord",
     "TaskStatus",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "UsageError",
     "ValidationExhausted",
@@ -96,6 +101,7 @@ __all__ = [
     "__version__",
     "acall",
     "acall_config",
+    "assemble_tool_calls",
     "astream",
     "call",
     "call_config",

@@ -26,6 +26,9 @@ backoff with full jitter, ``uniform(0, min(max_delay, base_delay * 2**(n-1)))``.
 Fallbacks (``fallbacks=[models]``): when a model's transient retries are exhausted, or its
 breaker is open, the next model is tried, with a ``fallback`` progress event and an attempt
 record. Other failures (auth, bad request) are raised at once: another model would not fix them.
+A :class:`~llm_call.errors.QuotaExhausted` (a ``max/*`` subscription window used up) is never
+retried in the call (the reset is minutes or hours away) and does not count for the breaker; it
+goes to the next fallback, or to the caller.
 
 Circuit breakers, one per route key, shared by every call in the process: ``breaker_threshold``
 consecutive transient failures within ``breaker_window`` seconds open it; while open, calls fail
@@ -66,7 +69,14 @@ from ._retry_policy import (
     wait_retry_after,
 )
 from ._streams import closing
-from .errors import CircuitOpen, ProviderError, ProviderTimeout, error_to_dict, is_transient
+from .errors import (
+    CircuitOpen,
+    ProviderError,
+    ProviderTimeout,
+    QuotaExhausted,
+    error_to_dict,
+    is_transient,
+)
 from .types import Attempt, Chunk, Request, Response
 
 if TYPE_CHECKING:
@@ -281,8 +291,10 @@ class _Route:
         """Tell the breaker how a call ended. ``caller_limited``: the caller set the call's
         time limit, so a timeout measures the caller's patience, not the route's health, and
         does not count (one client with tiny timeouts must not open the breaker for all)."""
-        if self.breaker is None or isinstance(exc, CircuitOpen):
-            return  # CircuitOpen came from the breaker itself: no call was made
+        if self.breaker is None or isinstance(exc, CircuitOpen | QuotaExhausted):
+            # CircuitOpen came from the breaker itself (no call was made); a used-up
+            # subscription window says nothing about the route's health
+            return
         if caller_limited and isinstance(exc, ProviderTimeout):
             self.breaker.record_abandoned()
         elif is_transient(exc):
@@ -326,7 +338,10 @@ async def _wait_or_fall_back(
 ) -> bool:
     """After a failed call: wait and return True (retry ``model``), return False (fall back to
     ``next_model``), or re-raise ``exc`` (not retryable, or retries and fallbacks used up)."""
-    delay = None if isinstance(exc, CircuitOpen) else route.next_delay(calls, started, exc, deadline_at)
+    # a used-up subscription window resets in minutes or hours: fall back or raise, never sleep
+    # in the call (tasks wait in the queue instead; see claude.on_quota_exhausted)
+    stop_now = isinstance(exc, CircuitOpen | QuotaExhausted)
+    delay = None if stop_now else route.next_delay(calls, started, exc, deadline_at)
     if delay is None:
         if next_model is not None and (is_transient(exc) or isinstance(exc, CircuitOpen)):
             emit("fallback", from_model=model, to_model=next_model, reason=_reason(exc))

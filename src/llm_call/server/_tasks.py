@@ -3,7 +3,9 @@
 ==========================================  ==============================================
 ``POST /v1/tasks``                           submit (202, the task record); idempotent with
                                              ``idempotency_key``
-``GET /v1/tasks?status=&limit=``             list, newest first
+``GET /v1/tasks?status=&model=&before=``     list, newest first; ``model`` is a glob on the
+                                             route, ``before`` the ``next_before`` of the
+                                             previous page (``has_more`` says there is one)
 ``GET /v1/tasks/{id}``                       the record: status, progress, result, error
 ``GET /v1/tasks/{id}/events``                SSE, ``id:`` = the event's seq; resume with the
                                              ``Last-Event-ID`` header or ``?after=N``;
@@ -135,12 +137,28 @@ def register(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/tasks", tags=["tasks"], summary="List tasks, newest first", response_model=None)
     async def list_tasks(
         status: str | None = Query(default=None, description=f"One of: {_STATUSES}"),
+        model: str | None = Query(
+            default=None, max_length=200, description="Only tasks whose route (the model after aliases) matches this glob"
+        ),
+        before: str | None = Query(
+            default=None, max_length=100, description="A task id: the page of tasks created before it (next_before of the last page)"
+        ),
         limit: int = Query(default=100, ge=1, le=1000),
     ) -> Response:
         if status is not None and status not in {s.value for s in TaskStatus}:
             raise HTTPFailure(400, f"unknown task status {status!r}; one of {_STATUSES}", param="status")
-        records = await manager(state).list_tasks(status, limit)
-        return _json({"object": "list", "data": [task_body(r) for r in records]})
+        # one more than asked says whether there is a next page
+        records = await manager(state).list_tasks(status, limit + 1, before=before or None, route=model or None)
+        page = records[:limit]
+        has_more = len(records) > limit
+        return _json(
+            {
+                "object": "list",
+                "data": [task_body(r) for r in page],
+                "has_more": has_more,
+                "next_before": page[-1].id if has_more else None,
+            }
+        )
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"], summary="A task's record", response_model=None)
     async def get_task(request: Request, task_id: str) -> Response:

@@ -336,10 +336,14 @@ return 1
 RELEASE = r"""
 local worker = ARGV[3]
 local done = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
-  local r = redis.call('HMGET', rk(id), 'status', 'worker', 'lane', 'created_at', 'attempts', 'priority', 'route')
-  if r[1] == 'running' and r[2] == worker then
+  local r = redis.call('HMGET', rk(id), 'status', 'worker', 'lane', 'created_at', 'attempts', 'priority', 'route', 'cancel')
+  if r[1] == 'running' and r[2] == worker and r[8] == '1' then
+    -- cancelled while running: it ends cancelled and never starts again
+    finalize(id, 'running', 'cancelled', 'cancelled', '{"was":"running","worker":' .. cjson.encode(worker) .. '}',
+      tmpl(ARGV[4], id), '', 'aborted', 'cancelled')
+  elseif r[1] == 'running' and r[2] == worker then
     local attempts = math.max(tonumber(r[5] or '1') - 1, 0)
     local lane = lane_name(r[6], '', r[7])
     drop_leases(id)

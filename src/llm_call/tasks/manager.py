@@ -133,6 +133,7 @@ class TaskManager(TaskExecutor):
                 except TaskStoreError:
                     _log.exception("could not release tasks at close; recovery will re-queue them")
             await asyncio.gather(*list(self._bg), return_exceptions=True)
+            self._quota.detach()
             if self._owns_store:
                 await self.store.close()
         self._executing = False
@@ -339,8 +340,16 @@ class TaskManager(TaskExecutor):
         """The task's Response; its typed error if it failed; TaskPending if not finished."""
         return outcome_of(await self.status(task_id))
 
-    async def list_tasks(self, status: TaskStatus | str | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Tasks, newest first, optionally of one status."""
+    async def list_tasks(
+        self,
+        status: TaskStatus | str | None = None,
+        limit: int = 100,
+        *,
+        before: str | None = None,
+        route: str | None = None,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally of one status; ``before`` (a task id) gives the next
+        page, ``route`` (a glob on the model after aliases) filters."""
         self._check_open()
         if isinstance(status, str):
             try:
@@ -349,7 +358,7 @@ class TaskManager(TaskExecutor):
                 raise UsageError(
                     f"unknown task status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
                 ) from None
-        return await self.store.list_tasks(status=status, limit=limit)
+        return await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
 
     async def workers_alive(self) -> list[WorkerInfo]:
         """Workers (and servers, managers) with a recent heartbeat."""

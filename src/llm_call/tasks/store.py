@@ -201,6 +201,7 @@ class RecoveryReport:
 
     requeued: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # running, cancel requested, worker dead
     reassigned: list[str] = field(default_factory=list)  # queued tasks of dead owners
     dead_workers: list[str] = field(default_factory=list)
 
@@ -294,9 +295,15 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
     async def list_tasks(
-        self, *, status: TaskStatus | None = None, limit: int = 100
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
     ) -> list[TaskRecord]:
-        """Newest first."""
+        """Newest first. ``before`` (a task id) pages: only tasks created before that one (none
+        when it is unknown); ``route`` is a glob on the task's route (the model after aliases)."""
         ...
 
     async def counts(self) -> dict[str, int]:

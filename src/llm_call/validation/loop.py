@@ -28,6 +28,11 @@ only; routes that report none count as 0 and a warning is logged), token (``budg
 time (``deadline_s``) budgets are checked; a spent budget raises :class:`BudgetExceeded` with
 every attempt so far. Running out of attempts raises :class:`ValidationExhausted`.
 
+Tool calls: an answer that asks for tools (``tool_calls``, for callers that pass ``tools=``) is
+a step of the conversation, not the answer, so it is returned at once without running the
+validators (``extra["validation"] == "skipped: tool_calls"``, ``parsed`` stays ``None``). The
+caller runs the tools and calls again with the same ``validate=``; the final text is validated.
+
 On success the provider's response is returned with ``attempts`` (every answer, judge and failed
 provider call), ``usage`` and ``cost_usd`` summed over all of them, ``parsed`` from the
 validators and ``extra["passed_attempt"]``.
@@ -57,6 +62,9 @@ from ._specs import parse_specs
 
 if TYPE_CHECKING:
     from ..client import CallOptions
+
+#: ``extra["validation"]`` of an answer that asked for tools (validators judge the final text)
+TOOL_STEP = "skipped: tool_calls"
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "resume_validated", "run_validated", "stream_validated"]
 
@@ -277,8 +285,8 @@ class _Run:
     def add_feedback_message(self) -> None:
         self.messages.append({"role": "user", "content": self._pending_feedback})
 
-    def success(self, response: Response, ctx: ValidationContext, n: int) -> Response:
-        if ctx.has_parsed:
+    def success(self, response: Response, ctx: ValidationContext | None, n: int) -> Response:
+        if ctx is not None and ctx.has_parsed:
             response.parsed = ctx.parsed
         response.attempts = self.records
         records = self.records
@@ -334,6 +342,10 @@ async def _loop(run: _Run) -> Response:
         for record in response.attempts:
             run.records.append(record)
             run.charge(record)
+        if response.tool_calls:
+            run.record_answer(response.attempts[-1], response.text, [])
+            response.extra["validation"] = TOOL_STEP
+            return run.success(response, None, n)
         verdicts, ctx = await run.validate(response.text, n, response)
         feedback = run.record_answer(response.attempts[-1], response.text, verdicts)
         if feedback is None:
@@ -401,6 +413,7 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
         request_n = run.request_for(n)
         parts: list[str] = []
         final: Chunk | None = None
+        tool_step = False
         started = time.perf_counter()
         try:
             inner = stream_with_retries(
@@ -414,6 +427,8 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
                         continue
                     if chunk.text:
                         parts.append(chunk.text)
+                    if chunk.tool_calls:
+                        tool_step = True
                     yield chunk
         except ProviderTimeout as exc:
             if run.deadline_passed():
@@ -429,6 +444,11 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
         )
         run.records.append(record)
         run.charge(record)
+        if tool_step:
+            run.record_answer(record, text, [])
+            final.data = {**(final.data or {}), "passed_attempt": n, "attempts": run.attempt_dicts(), "validation": TOOL_STEP}
+            yield final
+            return
         verdicts, ctx = await run.validate(text, n, None)
         feedback = run.record_answer(record, text, verdicts)
         if feedback is None:
