@@ -83,3 +83,49 @@ def test_inline_schema_still_validates(serve_llm: Any) -> None:
     r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "validation": [spec]}, timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == '{"a": 1}'
+
+
+CATASTROPHIC = "^((.)*)*!$"  # exponential in Python's re: hours on a few dozen characters
+
+
+def test_catastrophic_regex_fails_as_validation_while_another_client_is_served(serve_llm: Any) -> None:
+    from llm_call.testing import Reply
+
+    served = serve_llm(default=Reply(text="a" * 30_000))
+    outcome: dict[str, httpx.Response] = {}
+
+    def attack() -> None:
+        outcome["attack"] = httpx.post(
+            served.base_url + "/chat/completions",
+            json={"model": "up/x", "messages": HI, "validation": [f"regex:{CATASTROPHIC}", {"type": "schema", "params": {"schema": {"type": "string", "pattern": CATASTROPHIC}}}], "max_attempts": 2},
+            timeout=30,
+        )
+
+    import threading
+
+    thread = threading.Thread(target=attack)
+    thread.start()
+    try:
+        for _ in range(3000):  # until the attacker's answer arrived and its validation started
+            if served.upstream.requests:
+                break
+            threading.Event().wait(0.01)
+        other = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI}, timeout=30)
+        assert other.status_code == 200
+        assert other.json()["choices"][0]["message"]["content"] == "a" * 30_000
+    finally:
+        thread.join(60)
+    attack_response = outcome["attack"]
+    assert attack_response.status_code == 502
+    assert attack_response.json()["error"]["code"] == "ValidationExhausted"
+
+
+@pytest.mark.parametrize("pattern", [r"(a)\1", "a(?=b)", "(?<!x)y"])
+def test_regex_syntax_re2_lacks_is_422_naming_the_fix(serve_llm: Any, pattern: str) -> None:
+    served = serve_llm()
+    for spec in (f"regex:{pattern}", {"type": "schema", "params": {"schema": {"type": "string", "pattern": pattern}}}):
+        r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "validation": [spec]})
+        assert r.status_code == 422
+        message = r.json()["error"]["message"]
+        assert "RE2" in message and "backreferences" in message and "lookaround" in message
+    assert not served.upstream.requests

@@ -84,7 +84,7 @@ def _agent(**kw: Any) -> Validator:
 
 def _schema(**kw: Any) -> Validator:
     schema, source = kw["schema"]
-    return b.JsonSchema(schema, source=source)
+    return b.JsonSchema(schema, source=source, linear_regex=True)
 
 
 SPECS: tuple[Spec, ...] = (
@@ -101,11 +101,11 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec(
         "regex",
-        "The answer matches a regular expression.",
-        lambda pattern, flags="", mode="search": b.Regex(pattern, flags=flags, mode=mode),
+        "The answer matches a regular expression (RE2: linear time).",
+        lambda pattern, flags="", mode="search": b.Regex(pattern, flags=flags, mode=mode, engine="re2"),
         (
-            Param("pattern", required=True, help="Python regular expression"),
-            Param("flags", default="", help="letters: i (ignore case), m, s, x, a"),
+            Param("pattern", required=True, help="regular expression (RE2 syntax: linear time; no backreferences or lookaround)"),
+            Param("flags", default="", help="letters: i (ignore case), m (multi-line), s (dot matches newline)"),
             Param("mode", default="search", help="search (anywhere), full (whole answer) or match (at start)"),
         ),
         "pattern",
