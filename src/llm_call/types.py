@@ -27,6 +27,30 @@ __all__ = [
     "assemble_tool_calls",
 ]
 
+#: keyword options of a call consumed by llm_call's own layers; every other keyword goes to the
+#: provider (an alias's bundled options are split the same way)
+CALL_OPTION_NAMES = frozenset(
+    {
+        "validate",
+        "response_model",
+        "max_attempts",
+        "escalate",
+        "fallbacks",
+        "tools_after",
+        "tools_mcp_config",
+        "human_after",
+        "budget_usd",
+        "budget_tokens",
+        "deadline_s",
+        "mode",
+        "progress",
+        "long_running",
+        "retry",
+        "idempotency_key",
+        "priority",
+    }
+)
+
 #: An OpenAI-shaped chat message: ``{"role": "user", "content": "hi"}``; content may be a list of
 #: parts (``{"type": "text", ...}``, ``{"type": "image_url", ...}``).
 Message = dict[str, Any]
