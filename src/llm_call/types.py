@@ -426,6 +426,9 @@ class TaskRecord:
     worker: str | None = None  # the worker running it (status running)
     owner: str | None = None  # the manager reserved to run it; None: any worker
     cancel_requested: bool = False
+    #: who submitted it through the server: the API key's tenant id (a hash, never the key);
+    #: None for tasks of a server without keys and of library/CLI callers
+    tenant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

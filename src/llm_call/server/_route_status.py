@@ -44,8 +44,8 @@ _COUNT_CAP = 1000
 def _breaker_of(route: str, state: ServerState, cache: dict[str, str | None]) -> str | None:
     if route in cache:
         return cache[route]
+    from .._retry import breaker_key
     from ..providers.router import resolve
-    from ..retry import breaker_key
 
     try:
         key: str | None = breaker_key(resolve(route, state.settings))
@@ -118,7 +118,7 @@ def route_rows(
 def register(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/routes", tags=["tasks"], summary="Per-route running and queued tasks, limits and breaker states", response_model=None)
     async def list_routes() -> Response:
-        from ..retry import health
+        from .._retry import health
 
         mgr = manager(state)
         running = await mgr.list_tasks(TaskStatus.RUNNING, _COUNT_CAP)
