@@ -34,7 +34,7 @@ What a call does:
   status the CLI reports maps like an HTTP status (429 -> RateLimited, 529 ->
   ProviderHTTPError(status=529), transient for the retry layer); "Not logged in" -> AuthError.
 - **Quota** (subscription mode): every ``rate_limit_event`` updates the account's quota state
-  (:mod:`._claude_quota`); a call is refused before it starts while a window is used up
+  (:mod:`.claude_quota`); a call is refused before it starts while a window is used up
   (``QuotaExhausted`` naming the window, ``retry_after`` until its reset) and slowed above
   ``claude.slowdown_at``. docs/claude.md describes the scheduling built on it.
 
@@ -385,7 +385,7 @@ class ClaudeCLIProvider:
 
         from ._claude_messages import RunState
         from ._claude_process import CLIRun, Limits
-        from ._claude_quota import Admission, admit
+        from .claude_quota import Admission, admit
 
         plan = plan_call(self._cfg, request)
         loop = asyncio.get_running_loop()
