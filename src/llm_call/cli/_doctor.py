@@ -54,7 +54,7 @@ def _find_cli(settings: Settings) -> tuple[str | None, str]:
     import shutil
 
     from ..errors import ConfigError
-    from ..providers.claude_cli import bundled_cli_path, resolve_cli_path
+    from ..providers._claude_plan import bundled_cli_path, resolve_cli_path
 
     if settings.claude.cli_path:
         try:
