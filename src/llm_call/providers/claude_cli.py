@@ -70,13 +70,25 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Message, Request, Response
+from ._claude_content import Content, render_content
 from .base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
-    from ._claude_process import CLIRun
+    from ._claude_messages import RunState
+    from ._claude_pool import ClaudePool
+    from ._claude_process import CLIRun, Limits
 
-__all__ = ["CallPlan", "ClaudeCLIProvider", "bundled_cli_path", "plan_call", "render_prompt", "resolve_cli_path"]
+__all__ = [
+    "CallPlan",
+    "ClaudeCLIProvider",
+    "bundled_cli_path",
+    "plan_call",
+    "pool_state",
+    "render_content",
+    "render_prompt",
+    "resolve_cli_path",
+]
 
 _log = logging.getLogger("llm_call.providers.claude_cli")
 
@@ -96,45 +108,8 @@ _STDERR_LINES = 40
 # -- the request as a CLI call ------------------------------------------------------------
 
 
-def _part_text(part: Any, where: str) -> str:
-    if isinstance(part, str):
-        return part
-    if not isinstance(part, dict):
-        raise UsageError(f"{where}: a content part must be a dict, not {type(part).__name__}")
-    kind = part.get("type")
-    if kind in ("text", "input_text"):
-        return str(part.get("text", ""))
-    if kind in ("image_url", "image", "input_image"):
-        raise UsageError(
-            f"{where} contains an image: the max/* route (Claude Code CLI) takes text only",
-            hint="send images through an API route such as anthropic/claude-... (LiteLLM)",
-        )
-    raise UsageError(f"{where}: content part type {kind!r} is not supported by the max/* route")
-
-
-def _message_text(message: Message, where: str) -> str:
-    content = message.get("content")
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        text = "".join(_part_text(p, where) for p in content)
-    else:
-        raise UsageError(f"{where}: content must be a string or a list of parts")
-    calls = message.get("tool_calls")
-    if calls:
-        rendered = [
-            f"[called tool {c.get('function', {}).get('name')} with {c.get('function', {}).get('arguments')}]"
-            for c in calls
-            if isinstance(c, dict)
-        ]
-        text = "\n".join([text, *rendered]) if text else "\n".join(rendered)
-    return text
-
-
 def render_prompt(messages: list[Message]) -> tuple[str | None, str]:
-    """``(system prompt, prompt)`` for the CLI from an OpenAI-shaped conversation.
+    """``(system prompt, prompt)`` for the CLI from a text-only OpenAI-shaped conversation.
 
     System and developer messages become the system prompt. One user message is the prompt as
     is. Earlier turns are rendered as a delimited transcript before the latest user message::
@@ -151,37 +126,13 @@ def render_prompt(messages: list[Message]) -> tuple[str | None, str]:
         Continue the conversation above. The user's latest message:
 
         What is my name?
+
+    A conversation with images raises :class:`UsageError`; :func:`render_content` keeps them.
     """
-    system: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for i, m in enumerate(messages):
-        role = m.get("role")
-        text = _message_text(m, f"messages[{i}]")
-        if role in ("system", "developer"):
-            if text:
-                system.append(text)
-        else:
-            name = m.get("name") if role == "tool" else None
-            turns.append((f"{role} {name}" if name else str(role), text))
-    if not turns:
-        raise UsageError("the conversation has no user message")
-    last_role, last_text = turns[-1]
-    if last_role != "user":
-        raise UsageError(
-            f"the conversation ends with a {last_role.split()[0]} message: the max/* route answers "
-            "a user message (client-side tool calls and assistant prefill are not supported)"
-        )
-    system_prompt = "\n\n".join(system) if system else None
-    if len(turns) == 1:
-        return system_prompt, last_text
-    history = "\n".join(
-        f'<turn role="{role}">\n{text}\n</turn>' for role, text in turns[:-1]
-    )
-    prompt = (
-        f"<conversation_history>\n{history}\n</conversation_history>\n\n"
-        f"Continue the conversation above. The user's latest message:\n\n{last_text}"
-    )
-    return system_prompt, prompt
+    system_prompt, content = render_content(messages)
+    if not isinstance(content, str):
+        raise UsageError("render_prompt takes text only; the conversation has images (use render_content)")
+    return system_prompt, content
 
 
 def _str_list(value: Any, name: str) -> list[str]:
@@ -197,11 +148,13 @@ class CallPlan:
     """Everything one CLI run needs, checked before any process starts."""
 
     model: str
-    prompt: str
+    prompt: Content  # the user message: text, or text and image blocks
     system_prompt: str | None
     cwd: str | None  # None: a fresh temporary workspace
     sdk_options: dict[str, Any]  # keyword arguments of ClaudeAgentOptions (cwd excluded)
     timeout: float | None
+    #: True when a warm pooled process may serve the call (it needs no workspace of its own)
+    poolable: bool = False
 
 
 def _mcp_servers(value: Any) -> dict[str, Any]:
@@ -222,7 +175,7 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
     model = request.model.strip()
     if not model or any(c.isspace() for c in model):
         raise UsageError(f"invalid Claude model name {request.model!r}", hint="use max/sonnet, max/opus, max/haiku or max/<model id>")
-    system_prompt, prompt = render_prompt(request.messages)
+    system_prompt, prompt = render_content(request.messages, allow_image_urls=cfg.image_urls)
     opts = dict(request.options)
     unknown = sorted(k for k, v in opts.items() if k not in OPTIONS and k not in _IGNORED and v is not None)
     if unknown:
@@ -298,7 +251,30 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
             raise UsageError(f"cwd {str(cwd)!r} is not an existing directory")
         cwd = str(path.resolve())
     timeout = request.timeout if request.timeout is not None else cfg.total_timeout
-    return CallPlan(model, prompt, system_prompt, cwd, kw, timeout)
+    # a call that touches files (built-in tools, extra dirs, a given cwd), resumes a session or
+    # caps its spend (the CLI counts per process) gets a fresh process in a fresh workspace
+    poolable = not (
+        cwd is not None
+        or builtin
+        or "add_dirs" in kw
+        or "resume" in kw
+        or "max_budget_usd" in kw
+        or ("mcp_servers" in kw and not cfg.pool_mcp)
+    )
+    return CallPlan(model, prompt, system_prompt, cwd, kw, timeout, poolable)
+
+
+def pool_state() -> dict[str, Any]:
+    """The warm CLI pools of this process, summed: processes, idle, busy, started, replaced ...
+
+    Cheap, and imports no SDK (the server reads it for ``GET /v1/claude/pool`` and metrics)::
+
+        >>> pool_state()["processes"]
+        0
+    """
+    from ._claude_pool import pool_state as state
+
+    return state()
 
 
 def bundled_cli_path() -> str | None:
@@ -351,6 +327,7 @@ class ClaudeCLIProvider:
             weakref.WeakKeyDictionary()
         )
         self._runs: set[CLIRun] = set()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClaudePool] = weakref.WeakKeyDictionary()
 
     def _slot(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -382,25 +359,29 @@ class ClaudeCLIProvider:
         try:
             stderr: deque[str] = deque(maxlen=_STDERR_LINES)
             state = RunState(plan.model, self._cfg.use_api_key, stderr)
-            with _workspace(plan.cwd) as cwd:
-                options = ClaudeAgentOptions(cwd=cwd, stderr=stderr.append, **plan.sdk_options)
-                limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
-                run = CLIRun(plan.prompt, options, limits, provider=NAME, model=plan.model)
-                self._runs.add(run)
-                try:
-                    async with run:
-                        try:
-                            async for msg in run.messages():
-                                for chunk in state.handle(msg):
-                                    yield chunk
-                        except LLMCallError:
-                            raise
-                        except Exception as exc:
-                            raise state.translate(exc) from exc
-                finally:
-                    self._runs.discard(run)
-                    if stderr:
-                        _log.debug("Claude CLI stderr (last lines): %s", " | ".join(stderr))
+            limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
+            if plan.poolable and self._cfg.pool_size > 0:
+                async for chunk in self._pooled(plan, limits, state, stderr):
+                    yield chunk
+            else:
+                with _workspace(plan.cwd) as cwd:
+                    options = ClaudeAgentOptions(cwd=cwd, stderr=stderr.append, **plan.sdk_options)
+                    run = CLIRun(plan.prompt, options, limits, provider=NAME, model=plan.model)
+                    self._runs.add(run)
+                    try:
+                        async with run:
+                            try:
+                                async for msg in run.messages():
+                                    for chunk in state.handle(msg):
+                                        yield chunk
+                            except LLMCallError:
+                                raise
+                            except Exception as exc:
+                                raise state.translate(exc) from exc
+                    finally:
+                        self._runs.discard(run)
+                        if stderr:
+                            _log.debug("Claude CLI stderr (last lines): %s", " | ".join(stderr))
             error = state.error()
             if error is not None:
                 raise error
@@ -410,6 +391,43 @@ class ClaudeCLIProvider:
             yield response
         finally:
             slot.release()
+
+    def _pool(self) -> ClaudePool:
+        from ._claude_pool import ClaudePool
+        from ._claude_worker import PooledCLI
+
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None or pool.closed:
+            pool = self._pools[loop] = ClaudePool(self._cfg, PooledCLI.start)
+        return pool
+
+    async def _pooled(
+        self, plan: CallPlan, limits: Limits, state: RunState, stderr: deque[str]
+    ) -> AsyncGenerator[Chunk, None]:
+        """The call through a warm pooled process (see :mod:`._claude_pool`)."""
+        from ._claude_pool import pool_key
+        from ._claude_worker import pooled_messages
+
+        messages = pooled_messages(
+            self._pool(),
+            pool_key(plan.sdk_options),
+            plan.sdk_options,
+            plan.prompt,
+            limits,
+            provider=NAME,
+            model=plan.model,
+            stderr=stderr,
+        )
+        async with contextlib.aclosing(messages):
+            try:
+                async for msg in messages:
+                    for chunk in state.handle(msg):
+                        yield chunk
+            except LLMCallError:
+                raise
+            except Exception as exc:
+                raise state.translate(exc) from exc
 
     async def complete(self, request: Request) -> Response:
         async with contextlib.aclosing(self._events(request)) as events:
@@ -443,9 +461,16 @@ class ClaudeCLIProvider:
         raise MalformedResponse("Claude CLI run ended without a response", provider=NAME, model=request.model)
 
     async def aclose(self) -> None:
-        """Terminate CLI processes still running (on this event loop)."""
+        """Terminate CLI processes still running (on this event loop), pooled ones included."""
         runs, self._runs = list(self._runs), set()
         loop = asyncio.get_running_loop()
+        pools = list(self._pools.items())
+        self._pools.clear()
+        for pool_loop, pool in pools:
+            if pool_loop is loop:
+                await pool.aclose()
+            else:
+                pool.kill_now()
         for run in runs:
             if run.loop is loop:
                 await run.aclose()
