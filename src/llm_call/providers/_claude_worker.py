@@ -124,12 +124,15 @@ class PooledCLI:
             pass
         return 0.0
 
-    def drain(self) -> list[Any]:
-        """Lines written while no call was reading (normally none)."""
-        items = []
+    def drain(self) -> bool:
+        """Drop lines written while no call was reading (normally none); False if it exited."""
         while not self._queue.empty():
-            items.append(self._queue.get_nowait())
-        return items
+            item = self._queue.get_nowait()
+            if not isinstance(item, dict):
+                self._queue.put_nowait(item)
+                return False
+            _log.debug("Claude CLI pool: dropping a line written between calls: %.200r", item)
+        return True
 
     async def send(self, content: Content) -> None:
         message = {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
@@ -184,6 +187,7 @@ class PooledCLI:
         if reader is not None and not reader.done():
             reader.cancel()
             await asyncio.wait({reader}, timeout=_REAP_WAIT)
+        self._queue.put_nowait(_EXIT)  # a call still reading (shutdown) sees the end at once
         try:
             async with asyncio.timeout(_REAP_WAIT * 3):
                 await self._transport.close()
@@ -211,6 +215,23 @@ def _timeout(kind: str, limits: Limits, provider: str, model: str) -> ProviderTi
     )
 
 
+async def _take(pool: ClaudePool, key: str, sdk_options: dict[str, Any], provider: str, model: str) -> PooledCLI:
+    """A warm process whose stdout is still open (one that died idle is replaced)."""
+    for _ in range(3):
+        worker = await pool.acquire(key, sdk_options)
+        assert isinstance(worker, PooledCLI)
+        if worker.drain():
+            return worker
+        await pool.discard(worker, "died")
+    raise ProviderFailed(
+        "Claude CLI processes started for the pool exit before serving a call",
+        hint="run the CLI by hand (claude -p hi) to see why it exits",
+        subtype="pool_process_died",
+        provider=provider,
+        model=model,
+    )
+
+
 async def pooled_messages(
     pool: ClaudePool,
     key: str,
@@ -228,18 +249,10 @@ async def pooled_messages(
     and the SDK's own errors (the caller translates them). The process goes back to the pool
     only after a good result and a confirmed reset.
     """
-    worker = await pool.acquire(key, sdk_options)
-    assert isinstance(worker, PooledCLI)
+    worker = await _take(pool, key, sdk_options, provider, model)
     loop = asyncio.get_running_loop()
     outcome = "cancelled"
     try:
-        for item in worker.drain():
-            _log.debug("Claude CLI pool: dropping a line written between calls: %.200r", item)
-            if not isinstance(item, dict):
-                raise ProviderFailed(
-                    "a pooled Claude CLI process ended between calls", subtype="pool_process_died",
-                    provider=provider, model=model,
-                )
         worker.calls += 1
         await worker.send(content)
         while True:
@@ -269,6 +282,10 @@ async def pooled_messages(
                 yield message
                 return
             yield message
+    except Exception:
+        if outcome == "cancelled":
+            outcome = "error"  # the SDK's parser or the pipe failed
+        raise
     finally:
         stderr.extend(worker.stderr)
         if outcome == "served":
