@@ -143,7 +143,7 @@ def test_binary_file_is_config_error(tmp_path: Path) -> None:
 def test_env_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path / "c.toml", 'default_model = "openai/file"\n')
     monkeypatch.setenv("LLM_CALL_DEFAULT_MODEL", "openai/env")
-    monkeypatch.setenv("LLM_CALL_API_KEYS", "k1, k2,")
+    monkeypatch.setenv("LLM_CALL_API_KEYS", "k1, k2")
     monkeypatch.setenv("LLM_CALL_TASKS", str(tmp_path / "tasks.db"))
     monkeypatch.setenv("LLM_CALL_CLAUDE_USE_API_KEY", "yes")
     settings = load_settings(path)

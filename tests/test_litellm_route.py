@@ -29,7 +29,7 @@ from llm_call import (
     StreamInterrupted,
     UsageError,
 )
-from llm_call.testing import Fault, Reply, ScriptedLLMServer
+from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 pytest.importorskip("litellm")
@@ -77,6 +77,25 @@ async def test_litellm_stream(srv: ScriptedLLMServer) -> None:
     assert last.finish_reason == "stop"
     assert last.usage is not None and last.usage.completion_tokens == 3
     assert srv.requests[0].stream
+
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+async def test_tool_calls_through_litellm_answer_and_stream(srv: ScriptedLLMServer) -> None:
+    call = ToolCall("get_weather", {"city": "Oslo"}, id="toolu_1")
+    srv.add(Reply(tool_calls=[call]), Reply(tool_calls=[call]))
+    resp = await llm_call.acall(MODEL, "weather?", tools=[WEATHER], max_tokens=50)
+    assert resp.finish_reason == "tool_calls"
+    assert [(c.id, c.name, c.parsed_arguments()) for c in resp.tool_calls] == [("toolu_1", "get_weather", {"city": "Oslo"})]
+    assert srv.requests[0].tools[0]["name"] == "get_weather"  # LiteLLM sent it in Anthropic's shape
+    chunks = await collect(prompt="weather?", tools=[WEATHER], max_tokens=50)
+    calls = llm_call.assemble_tool_calls(d for c in chunks for d in c.tool_calls)
+    assert [(c.id, c.name, c.parsed_arguments()) for c in calls] == [("toolu_1", "get_weather", {"city": "Oslo"})]
+    assert chunks[-1].finish_reason == "tool_calls"
 
 
 async def test_openai_compatible_provider_through_litellm_with_api_base(srv: ScriptedLLMServer) -> None:

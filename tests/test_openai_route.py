@@ -120,9 +120,43 @@ async def test_tool_calls_are_returned(srv: ScriptedLLMServer) -> None:
     srv.add(Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"}, id="call_1")]))
     resp = await llm_call.acall("openai/m", "weather?", tools=[{"type": "function", "function": {"name": "get_weather"}}])
     assert resp.finish_reason == "tool_calls"
-    assert resp.tool_calls is not None
-    assert resp.tool_calls[0]["function"]["name"] == "get_weather"
+    assert resp.tool_calls == [llm_call.ToolCall(id="call_1", name="get_weather", arguments='{"city": "Oslo"}')]
     assert srv.requests[0].tools[0]["function"]["name"] == "get_weather"
+
+
+async def test_streamed_tool_calls_arrive_as_deltas_and_assemble(srv: ScriptedLLMServer) -> None:
+    srv.add(
+        Reply(
+            tool_calls=[
+                ToolCall("get_weather", {"city": "Oslo"}, id="call_1"),
+                ToolCall("get_time", {"tz": "Europe/Oslo"}, id="call_2"),
+            ]
+        )
+    )
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    chunks = [c async for c in llm_call.astream("openai/m", "weather?", tools=tools, tool_choice="auto")]
+    deltas = [d for c in chunks for d in c.tool_calls]
+    assert len(deltas) > 2  # fragments, as the upstream streamed them
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert llm_call.assemble_tool_calls(deltas) == [
+        llm_call.ToolCall("call_1", "get_weather", '{"city": "Oslo"}'),
+        llm_call.ToolCall("call_2", "get_time", '{"tz": "Europe/Oslo"}'),
+    ]
+    body = srv.requests[0].body
+    assert body["tools"] == tools and body["tool_choice"] == "auto"
+
+
+async def test_tool_results_are_sent_back_in_openai_format(srv: ScriptedLLMServer) -> None:
+    call = llm_call.ToolCall("call_1", "get_weather", '{"city": "Oslo"}')
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [call.to_openai()]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    resp = await llm_call.acall("openai/m", messages=messages, parallel_tool_calls=False)
+    assert resp.text == "default answer" and resp.tool_calls == []
+    assert srv.requests[0].body["messages"] == messages
+    assert srv.requests[0].body["parallel_tool_calls"] is False
 
 
 async def test_claude_only_option_is_a_usage_error(srv: ScriptedLLMServer) -> None:

@@ -470,7 +470,7 @@ async def test_cancel_reaches_the_worker_running_the_task(cluster: Cluster, http
     body = await wait_until(running, 20, "the task to run")
     assert body["worker"] in {w.worker_id for w in cluster.workers}
     await wait_until(lambda: established_to(cluster.slow_port) > 0, 20, "the worker's HTTP call")
-    async with http.post(f"{cluster.server_url}/v1/tasks/{task_id}/cancel") as resp:
+    async with http.post(f"{cluster.server_url}/v1/tasks/{task_id}/cancel", json={}) as resp:
         assert resp.status == 200
 
     async def cancelled() -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ import httpx
 import openai
 import pytest
 
+from llm_call.errors import ConfigError
 from llm_call.server._auth import KeyAuth, KeyLimiter, is_loopback
 from support.llm_server import serve_llm
 
@@ -73,7 +74,9 @@ def test_key_auth_identifies_keys() -> None:
     assert auth.identify(b"alpha") is None
     assert auth.identify(None) is None
     assert not KeyAuth([]).enabled
-    assert KeyAuth([""]).identify(b"Bearer ") is None
+    with pytest.raises(ConfigError, match="blank"):
+        KeyAuth([""])
+    assert KeyAuth(["x"], admin_keys=["y"]).caller(b"Bearer y").admin  # type: ignore[union-attr]
 
 
 def test_key_limiter_counts_in_flight() -> None:

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from llm_call.testing import Fault, Reply
+from llm_call.testing import Fault, Reply, ToolCall
 from support.llm_server import Served, serve_llm
 
 __all__ = ["serve_llm"]
@@ -63,6 +63,63 @@ def test_streaming_text_reassembled_with_usage_chunk(serve_llm: Any) -> None:
     assert "".join(parts) == "one two three four five"
     assert finish == "stop"
     assert usage is not None and usage.completion_tokens == 5
+
+
+WEATHER = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+def test_tool_calls_non_streamed(serve_llm: Any) -> None:
+    served = serve_llm([Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"}, id="call_9")])])
+    answer = served.client().chat.completions.create(
+        model="up/x", messages=HI, tools=[WEATHER], tool_choice="required", parallel_tool_calls=False
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    assert choice.message.tool_calls is not None
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.type, call.function.name) == ("call_9", "function", "get_weather")
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    sent = served.upstream.requests[-1].body
+    assert sent["tools"] == [WEATHER] and sent["tool_choice"] == "required" and sent["parallel_tool_calls"] is False
+
+
+def test_streamed_tool_calls_reach_the_client(serve_llm: Any) -> None:
+    calls = [ToolCall("get_weather", {"city": "Oslo"}, id="call_1"), ToolCall("get_weather", {"city": "Rome"}, id="call_2")]
+    served = serve_llm([Reply(text="Let me check.", tool_calls=calls)])
+    client = served.client()
+    with client.chat.completions.stream(model="up/x", messages=HI, tools=[WEATHER]) as stream:
+        final = stream.get_final_completion()
+    message = final.choices[0].message
+    assert final.choices[0].finish_reason == "tool_calls"
+    assert message.content == "Let me check."
+    assert message.tool_calls is not None
+    got = [(c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls]
+    assert got == [("call_1", "get_weather", {"city": "Oslo"}), ("call_2", "get_weather", {"city": "Rome"})]
+
+
+def test_streamed_tool_call_deltas_are_fragments_in_openai_format(serve_llm: Any) -> None:
+    served = serve_llm([Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"}, id="call_1")])])
+    body = {"model": "up/x", "messages": HI, "stream": True, "tools": [WEATHER]}
+    with httpx.stream("POST", served.base_url + "/chat/completions", json=body) as r:
+        events = _sse_events(r.read().decode())
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    deltas = [d for c in chunks for ch in c["choices"] for d in ch["delta"].get("tool_calls", [])]
+    assert deltas[0] == {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+    assert all(set(d) == {"index", "function"} for d in deltas[1:]) and len(deltas) > 2
+    assert json.loads("".join(d["function"]["arguments"] for d in deltas)) == {"city": "Oslo"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_client_tools_on_the_claude_cli_route_are_400_saying_why(serve_llm: Any) -> None:
+    served = serve_llm()
+    with pytest.raises(openai.BadRequestError, match="runs its own tools"):
+        served.client().chat.completions.create(model="max/sonnet", messages=HI, tools=[WEATHER])
+    assert served.upstream.requests == []
 
 
 def test_stream_ends_with_done_marker(serve_llm: Any) -> None:

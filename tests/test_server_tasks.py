@@ -111,7 +111,7 @@ def test_cancel_running_task_ends_its_event_stream(serve_llm: Any) -> None:
     served = serve_llm([Reply(fault=Fault.hang())])
     task_id = httpx.post(f"{served.base_url}/tasks", json={"model": "up/x", "prompt": "hang"}).json()["id"]
     assert _wait_status(served, task_id, ("running",))["status"] == "running"
-    r = httpx.post(f"{served.base_url}/tasks/{task_id}/cancel")
+    r = httpx.post(f"{served.base_url}/tasks/{task_id}/cancel", json={})
     assert r.status_code == 200
     assert r.json()["status"] == "cancelled"
     kinds = [k for _, k, _ in _events(served, task_id)]
@@ -168,7 +168,7 @@ def test_bad_task_submissions(serve_llm: Any, body: dict[str, Any], status: int,
 def test_unknown_task_is_404(serve_llm: Any) -> None:
     served = serve_llm()
     assert httpx.get(f"{served.base_url}/tasks/tk_x").status_code == 404
-    assert httpx.post(f"{served.base_url}/tasks/tk_x/cancel").status_code == 404
+    assert httpx.post(f"{served.base_url}/tasks/tk_x/cancel", json={}).status_code == 404
 
 
 def test_api_keys_are_not_in_the_task_store(serve_llm: Any, tmp_path: Any) -> None:

@@ -17,9 +17,9 @@ from llm_call import (
     UsageError,
     ValidationExhausted,
 )
-from llm_call.client import build_request
+from llm_call._request import build_request
 from llm_call.retry import ManualClock
-from llm_call.testing import Fault, Reply, ScriptedLLMServer
+from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 from llm_call.types import Chunk, Request, Response, Usage
 from llm_call.validation import resume_validated
 from support.progress import recorder
@@ -58,6 +58,34 @@ async def test_invalid_json_then_valid_sends_conversation_with_feedback(srv: Scr
     assert kinds == ["attempt", "validation_failed", "attempt"]
     assert events[0][1] == {"number": 1, "model": "openai/m"}
     assert events[1][1]["attempt"] == 1 and "JSON" in events[1][1]["feedback"]
+
+
+async def test_a_tool_call_answer_is_returned_unvalidated_then_the_final_text_is_validated(
+    srv: ScriptedLLMServer,
+) -> None:
+    srv.add(Reply(tool_calls=[ToolCall("lookup", {"q": "2+2"}, id="call_1")]), Reply(text="four"), Reply(text='{"a": 4}'))
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    step = await llm_call.acall("openai/m", "2+2 as JSON", tools=tools, validate=["json"])
+    assert [c.name for c in step.tool_calls] == ["lookup"]
+    assert step.extra["validation"] == "skipped: tool_calls" and step.parsed is None
+    assert len(srv.requests) == 1  # no feedback retry for a tool step
+    messages = [
+        {"role": "user", "content": "2+2 as JSON"},
+        {"role": "assistant", "content": None, "tool_calls": [c.to_openai() for c in step.tool_calls]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+    ]
+    final = await llm_call.acall("openai/m", messages=messages, tools=tools, validate=["json"])
+    assert final.parsed == {"a": 4} and final.extra["passed_attempt"] == 2
+
+
+async def test_a_streamed_tool_call_answer_is_not_retried_by_validation(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(tool_calls=[ToolCall("lookup", {"q": "x"}, id="call_1")]))
+    chunks = [c async for c in llm_call.astream("openai/m", "go", tools=[], validate=["json"])]
+    assert not any(c.event == "retry" for c in chunks)
+    assert [c.name for c in llm_call.assemble_tool_calls(d for c in chunks for d in c.tool_calls)] == ["lookup"]
+    assert chunks[-1].finish_reason == "tool_calls"
+    assert chunks[-1].data is not None and chunks[-1].data["validation"] == "skipped: tool_calls"
+    assert len(srv.requests) == 1
 
 
 async def test_always_invalid_exhausts_with_every_attempt_recorded(srv: ScriptedLLMServer) -> None:

@@ -50,13 +50,16 @@ from .types import (
     TaskEvent,
     TaskRecord,
     TaskStatus,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    assemble_tool_calls,
 )
 
 if TYPE_CHECKING:
+    from ._retry import health
     from .client import acall, astream, call, stream
     from .legacy import acall_config, call_config
-    from .retry import health
 
 __version__ = "0.1.0"
 
@@ -89,6 +92,8 @@ __all__ = [
     "TaskPending",
     "TaskRecord",
     "TaskStatus",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "UsageError",
     "ValidationExhausted",
@@ -96,6 +101,7 @@ __all__ = [
     "__version__",
     "acall",
     "acall_config",
+    "assemble_tool_calls",
     "astream",
     "call",
     "call_config",
@@ -108,7 +114,7 @@ _LAZY = {
     "astream": ("client", "astream"),
     "call": ("client", "call"),
     "stream": ("client", "stream"),
-    "health": ("retry", "health"),
+    "health": ("_retry", "health"),
     "acall_config": ("legacy", "acall_config"),
     "call_config": ("legacy", "call_config"),
 }

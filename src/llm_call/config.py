@@ -6,7 +6,8 @@ An unknown key or a bad value raises :class:`~llm_call.errors.ConfigError` namin
 key path (``aliases.fast.modle: unknown key``); nothing falls back to defaults silently.
 
 Environment overrides (applied after the file): ``LLM_CALL_DEFAULT_MODEL``, ``LLM_CALL_TASKS``
-(task store path or ``redis://`` URL), ``LLM_CALL_API_KEYS`` (server keys, comma list),
+(task store path or ``redis://`` URL), ``LLM_CALL_API_KEYS`` and ``LLM_CALL_ADMIN_KEYS`` (server keys,
+comma lists; a blank item is an error),
 ``LLM_CALL_CLAUDE_CLI``, ``LLM_CALL_CLAUDE_USE_API_KEY``, ``LLM_CALL_CLAUDE_POOL_SIZE``. Provider keys stay in their own
 variables (``OPENAI_API_KEY`` ...) and are read when a call needs them.
 
@@ -133,6 +134,31 @@ class ClaudeConfig(_Strict):
     image_urls: bool = Field(
         default=False, description="Pass remote image URLs on to the CLI (default: only inline base64 images)"
     )
+    # quota scheduling (docs/claude.md "Quota" and "Scheduling on the quota")
+    account: str = Field(
+        default="default", min_length=1, description="Name of the subscription the CLI is logged into; quota state is kept per account"
+    )
+    on_quota_exhausted: Literal["wait", "fallback", "fail"] = Field(
+        default="wait",
+        description="A background/auto max/* task whose usage window is used up: wait for the reset, run on quota_fallback, or fail",
+    )
+    quota_fallback: str | None = Field(
+        default=None, description='Model for on_quota_exhausted = "fallback" (e.g. an API route such as anthropic/claude-sonnet-4-5)'
+    )
+    allow_overage: bool = Field(
+        default=True, description="false: stop before a call would spend extra usage (overage) once a window is used up"
+    )
+    slowdown_at: float = Field(
+        default=0.9, ge=0, le=1, description="Above this utilization of any window, run at most slowdown_concurrency max/* calls (1 = never)"
+    )
+    slowdown_concurrency: int = Field(default=1, ge=1, description="max/* calls at once above slowdown_at")
+
+    @field_validator("quota_fallback")
+    @classmethod
+    def _fallback_not_max(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or value.strip().split("/", 1)[0] == "max"):
+            raise ValueError("quota_fallback must name a model outside max/* (e.g. an API route), or be left out")
+        return value.strip() if value else value
 
 
 class LocalConfig(_Strict):
@@ -189,16 +215,58 @@ class TasksConfig(_Strict):
 
 
 class ServerConfig(_Strict):
-    """``llm-call serve``."""
+    """``llm-call serve``. See docs/security.md for what each protection is for."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    api_keys: list[str] = Field(default_factory=list)
+    api_keys: list[str] = Field(
+        default_factory=list, description="Bearer keys; each key sees only its own tasks. Required off loopback"
+    )
+    admin_keys: list[str] = Field(
+        default_factory=list, description="Bearer keys that see and control every key's tasks"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header names accepted besides localhost, 127.0.0.1 and [::1] (\"*\": any)",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed cross-origin requests (CORS is off when empty)"
+    )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
-    max_concurrent_per_key: int = Field(default=256, ge=1)
+    max_concurrent_per_key: int = Field(
+        default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
+    )
     request_timeout: float = Field(default=600.0, gt=0)
     grace_period: float = Field(default=30.0, ge=0)
     debug: bool = False
+
+    @field_validator("api_keys", "admin_keys")
+    @classmethod
+    def _no_blank_keys(cls, v: list[str]) -> list[str]:
+        for i, key in enumerate(v):
+            if not key.strip():
+                raise ValueError(
+                    f"item {i} is a blank key, which would leave the server open; remove it or set a real key"
+                )
+        return v
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not name.strip() or "/" in name:
+                raise ValueError(f"{name!r} is not a host name (give names like \"llm.example.org\", no scheme or path)")
+        return [name.strip().lower() for name in v]
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: give scheme://host[:port] without a path, e.g. \"http://localhost:3000\""
+                )
+        return [o.rstrip("/") for o in v]
 
 
 class Settings(_Strict):
@@ -241,7 +309,8 @@ class Settings(_Strict):
                     headers[name] = "***"
             ep["base_url"] = _URL_PASSWORD.sub(r"\1***@", ep["base_url"])
         server = data.get("server", {})
-        server["api_keys"] = ["***" for _ in server.get("api_keys", [])]
+        for key in ("api_keys", "admin_keys"):
+            server[key] = ["***" for _ in server.get(key, [])]
         for section, key in (("tasks", "store"), ("openai", "base_url")):
             value = data.get(section, {}).get(key)
             if isinstance(value, str):
@@ -271,13 +340,26 @@ def _env_bool(name: str, value: str) -> bool:
     raise ConfigError(f"environment variable {name}={value!r} is not a boolean (use 1 or 0)")
 
 
+def _env_keys(name: str, value: str) -> list[str]:
+    """A comma list of keys; a blank item (``a,,b``, a trailing comma, only spaces) is an error:
+    a server that counts it as a key but cannot match it would run without auth."""
+    keys = [k.strip() for k in value.split(",")]
+    if not all(keys):
+        raise ConfigError(
+            f"environment variable {name} has a blank key (an empty item in {value!r}); "
+            "give comma-separated keys with no empty items, or unset it"
+        )
+    return keys
+
+
 def _apply_env(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> None:
     if v := env.get("LLM_CALL_DEFAULT_MODEL"):
         data["default_model"] = v
     if v := env.get("LLM_CALL_TASKS"):
         data.setdefault("tasks", {})["store"] = v
-    if v := env.get("LLM_CALL_API_KEYS"):
-        data.setdefault("server", {})["api_keys"] = [k.strip() for k in v.split(",") if k.strip()]
+    for name, key in (("LLM_CALL_API_KEYS", "api_keys"), ("LLM_CALL_ADMIN_KEYS", "admin_keys")):
+        if v := env.get(name):
+            data.setdefault("server", {})[key] = _env_keys(name, v)
     if v := env.get("LLM_CALL_CLAUDE_CLI"):
         data.setdefault("claude", {})["cli_path"] = v
     if (v := env.get("LLM_CALL_CLAUDE_USE_API_KEY")) is not None:

@@ -9,6 +9,8 @@
     │   ├── AuthError                 401/403, missing key, "Not logged in" (never retried)
     │   ├── ModelNotFound             404 / unknown model at the provider (never retried)
     │   ├── RateLimited(retry_after)  429 (transient)
+    │   │   └── QuotaExhausted(window, resets_at)  a subscription usage window is used up
+    │   │                             (max/*): not retried in the call; tasks wait, fall back or fail
     │   ├── ProviderHTTPError(status, body)   other HTTP status; 5xx/408/529 transient
     │   ├── ProviderTimeout           connect/read/total/idle timeout (transient)
     │   ├── ProviderConnectionError   refused, reset, DNS (transient)
@@ -51,6 +53,7 @@ __all__ = [
     "ProviderHTTPError",
     "ProviderTimeout",
     "QueueFull",
+    "QuotaExhausted",
     "RateLimited",
     "StreamInterrupted",
     "TaskCancelled",
@@ -131,6 +134,17 @@ class RateLimited(ProviderError):
 
     _fields: tuple[str, ...] = ("provider", "model", "retry_after")
     retry_after: float | None
+
+
+class QuotaExhausted(RateLimited):
+    """A subscription usage window (``window``: ``five_hour``, ``seven_day``, ...) is used up
+    until ``resets_at`` (epoch seconds); ``retry_after`` is the seconds until then. The retry
+    layer does not wait hours inside a call: it falls back (``fallbacks=``) or raises; background
+    tasks follow ``claude.on_quota_exhausted`` (docs/claude.md)."""
+
+    _fields: tuple[str, ...] = ("provider", "model", "retry_after", "window", "resets_at")
+    window: str | None
+    resets_at: float | None
 
 
 class ProviderHTTPError(ProviderError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import enum
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -20,8 +21,35 @@ __all__ = [
     "TaskEvent",
     "TaskRecord",
     "TaskStatus",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
+    "assemble_tool_calls",
 ]
+
+#: keyword options of a call consumed by llm_call's own layers; every other keyword goes to the
+#: provider (an alias's bundled options are split the same way)
+CALL_OPTION_NAMES = frozenset(
+    {
+        "validate",
+        "response_model",
+        "max_attempts",
+        "escalate",
+        "fallbacks",
+        "tools_after",
+        "tools_mcp_config",
+        "human_after",
+        "budget_usd",
+        "budget_tokens",
+        "deadline_s",
+        "mode",
+        "progress",
+        "long_running",
+        "retry",
+        "idempotency_key",
+        "priority",
+    }
+)
 
 #: An OpenAI-shaped chat message: ``{"role": "user", "content": "hi"}``; content may be a list of
 #: parts (``{"type": "text", ...}``, ``{"type": "image_url", ...}``).
@@ -54,6 +82,109 @@ class Usage:
             self.prompt_tokens + other.prompt_tokens,
             self.completion_tokens + other.completion_tokens,
         )
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """A function call the model asked for (the answer ends with ``finish_reason="tool_calls"``).
+
+    ``arguments`` is the JSON text exactly as the model produced it (it may be invalid JSON: parse
+    it yourself, or use :meth:`parsed_arguments`). Send the result back as a ``{"role": "tool",
+    "tool_call_id": call.id, "content": ...}`` message after the assistant message
+    ``{"role": "assistant", "content": None, "tool_calls": [call.to_openai()]}``.
+
+    Example::
+
+        resp = await llm_call.acall("openai/gpt-4o-mini", "Weather in Oslo?", tools=[WEATHER_TOOL])
+        for call in resp.tool_calls:
+            print(call.name, call.parsed_arguments())
+    """
+
+    id: str
+    name: str
+    arguments: str = "{}"
+
+    def parsed_arguments(self) -> Any:
+        """``json.loads(arguments)``; raises ``ValueError`` when the model wrote invalid JSON."""
+        import json
+
+        return json.loads(self.arguments or "{}")
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI chat ``tool_calls`` entry."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "arguments": self.arguments}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ToolCall:
+        """From :meth:`to_dict` or from an OpenAI ``tool_calls`` entry (``{"function": {...}}``)."""
+        fn = data.get("function")
+        if isinstance(fn, dict):
+            name, args = fn.get("name"), fn.get("arguments")
+        else:
+            name, args = data.get("name"), data.get("arguments")
+        if args is None:
+            args = "{}"
+        elif not isinstance(args, str):
+            import json
+
+            args = json.dumps(args, ensure_ascii=False)
+        return cls(id=str(data.get("id") or ""), name=str(name or ""), arguments=args)
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of a streamed tool call (as in OpenAI's ``delta.tool_calls``).
+
+    ``index`` tells the calls of one answer apart; the first fragment of a call has its ``id``
+    and ``name``, later ones append to ``arguments``. :func:`assemble_tool_calls` joins them.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+    def to_openai(self) -> dict[str, Any]:
+        """The OpenAI ``delta.tool_calls`` entry."""
+        d: dict[str, Any] = {"index": self.index}
+        fn: dict[str, Any] = {"arguments": self.arguments}
+        if self.id is not None:
+            d["id"] = self.id
+            d["type"] = "function"
+        if self.name is not None:
+            fn["name"] = self.name
+        d["function"] = fn
+        return d
+
+
+def assemble_tool_calls(deltas: Iterable[ToolCallDelta]) -> list[ToolCall]:
+    """Join streamed fragments into complete calls, ordered by index.
+
+    Example::
+
+        deltas = []
+        async for chunk in llm_call.astream(model, prompt, tools=[...]):
+            deltas.extend(chunk.tool_calls)
+        calls = llm_call.assemble_tool_calls(deltas)
+    """
+    parts: dict[int, list[Any]] = {}
+    for d in deltas:
+        entry = parts.get(d.index)
+        if entry is None:
+            entry = parts[d.index] = [None, None, []]
+        if d.id:
+            entry[0] = d.id
+        if d.name:
+            entry[1] = d.name if entry[1] is None else entry[1] + d.name
+        if d.arguments:
+            entry[2].append(d.arguments)
+    return [
+        ToolCall(id=e[0] or f"call_{i}", name=e[1] or "", arguments="".join(e[2]) or "{}")
+        for i, e in sorted(parts.items())
+    ]
 
 
 @dataclass(slots=True)
@@ -96,6 +227,9 @@ class Response:
 
     ``model`` is the model that answered (after aliases, fallbacks and escalation), ``raw`` the
     provider's payload, ``attempts`` the record of every model call made for this answer.
+    ``tool_calls`` holds the functions the model asked to call (``finish_reason="tool_calls"``;
+    ``text`` is then often empty). ``finish_reason`` is ``"stop"``, ``"length"``,
+    ``"tool_calls"``, ``"content_filter"`` or what the provider said.
     """
 
     text: str
@@ -107,7 +241,7 @@ class Response:
     attempts: list[Attempt] = field(default_factory=list)
     parsed: Any = None
     finish_reason: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. session_id, num_turns
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +259,7 @@ class Response:
             "attempts": [a.to_dict() for a in self.attempts],
             "parsed": parsed,
             "finish_reason": self.finish_reason,
-            "tool_calls": self.tool_calls,
+            "tool_calls": [c.to_dict() for c in self.tool_calls],
             "extra": self.extra,
         }
 
@@ -141,7 +275,7 @@ class Response:
             attempts=[Attempt.from_dict(a) for a in data.get("attempts") or []],
             parsed=data.get("parsed"),
             finish_reason=data.get("finish_reason"),
-            tool_calls=data.get("tool_calls"),
+            tool_calls=[ToolCall.from_dict(c) for c in data.get("tool_calls") or []],
             extra=dict(data.get("extra") or {}),
         )
 
@@ -150,9 +284,11 @@ class Response:
 class Chunk:
     """A piece of a streamed answer.
 
-    ``text`` is the delta. ``attempt`` numbers the attempt the chunk belongs to (a validation
+    ``text`` is the delta; ``tool_calls`` the tool-call fragments it carries (join them with
+    :func:`assemble_tool_calls`). ``attempt`` numbers the attempt the chunk belongs to (a validation
     retry starts a new attempt, announced by a chunk with ``event="retry"``). The last chunk of a
-    stream has ``finish_reason`` and, when known, ``usage``. ``event`` marks non-text progress
+    stream has ``finish_reason`` (``"tool_calls"`` when the model asked for tools) and, when
+    known, ``usage``. ``event`` marks non-text progress
     (``"retry"``, ``"tool_started"``, ``"tool_finished"``) with details in ``data``.
     """
 
@@ -163,6 +299,7 @@ class Chunk:
     usage: Usage | None = None
     event: str | None = None
     data: dict[str, Any] | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -170,7 +307,9 @@ class Request:
     """A fully resolved request as it reaches a provider.
 
     ``model`` is the route string (``openai/gpt-4o``, ``max/sonnet``); providers read the part
-    they need. ``options`` holds provider options (``stop``, ``seed``, ``mcp_config``, ...).
+    they need. ``options`` holds provider options (``stop``, ``seed``, ``mcp_config``, and the
+    OpenAI tool options ``tools``, ``tool_choice``, ``parallel_tool_calls``, ...). Messages may
+    carry assistant ``tool_calls`` and ``{"role": "tool", "tool_call_id": ...}`` results.
     """
 
     model: str
@@ -287,6 +426,9 @@ class TaskRecord:
     worker: str | None = None  # the worker running it (status running)
     owner: str | None = None  # the manager reserved to run it; None: any worker
     cancel_requested: bool = False
+    #: who submitted it through the server: the API key's tenant id (a hash, never the key);
+    #: None for tasks of a server without keys and of library/CLI callers
+    tenant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

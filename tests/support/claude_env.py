@@ -5,7 +5,8 @@
 inside the CLI (``CLAUDE_CODE_MAX_RETRIES=0``), and a unique marker variable that every process
 of the test inherits, so :meth:`ClaudeEnv.processes` finds leftovers (orphans included)
 without seeing other people's processes. :meth:`ClaudeEnv.use_server` sends the CLI to a
-:class:`~llm_call.testing.ScriptedLLMServer` with an API key.
+:class:`~llm_call.testing.ScriptedLLMServer` with an API key, :meth:`ClaudeEnv.use_subscription`
+in subscription mode (the only mode in which the CLI reports the quota).
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ class ClaudeEnv:
         self.monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_base_url)
         self.monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
         self.monkeypatch.setenv("LLM_CALL_CLAUDE_USE_API_KEY", "1")
+
+    def use_subscription(self, srv: ScriptedLLMServer) -> None:
+        """Send the CLI to ``srv`` in subscription mode (``CLAUDE_CODE_OAUTH_TOKEN``, no API key):
+        only then does it turn ``anthropic-ratelimit-unified-*`` headers into rate_limit_event lines."""
+        self.monkeypatch.setenv("ANTHROPIC_BASE_URL", srv.anthropic_base_url)
+        self.monkeypatch.setenv("CLAUDE_CODE_OAUTH_TOKEN", "x")
+        self.monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+        self.monkeypatch.delenv("LLM_CALL_CLAUDE_USE_API_KEY", raising=False)
 
     def mcp_files(self, name: str = "files") -> dict[str, Any]:
         """An ``mcp_config`` with the real MCP files server under ``name``."""

@@ -11,16 +11,6 @@ from ._common import EXIT_FAILED, EXIT_USAGE, fail, load, reporting_errors, stat
 
 __all__ = ["register"]
 
-NO_KEYS_MESSAGE = (
-    "refusing to serve on {host} without API keys: anyone who can reach that address could use your "
-    "models and credentials.\n"
-    "Set keys with the environment variable LLM_CALL_API_KEYS=key1,key2 or in llm_call.toml:\n"
-    "    [server]\n"
-    '    api_keys = ["a-long-random-key"]\n'
-    "or bind to 127.0.0.1 (the default)."
-)
-
-
 async def _check_store(location: str | None) -> None:
     """Open and close the task store now, so an unusable one is a clean error (exit 2) rather
     than a traceback from the server's startup."""
@@ -54,11 +44,11 @@ def register(app: typer.Typer) -> None:
             settings.server.host = host
         if port is not None:
             settings.server.port = port
-        from ..server._auth import is_loopback
+        from ..server._auth import is_loopback, no_keys_message
 
         bind = settings.server.host
-        if not is_loopback(bind) and not settings.server.api_keys:
-            fail(NO_KEYS_MESSAGE.format(host=bind), EXIT_USAGE)
+        if not is_loopback(bind) and not (settings.server.api_keys or settings.server.admin_keys):
+            fail(no_keys_message(bind), EXIT_USAGE)
         with reporting_errors():
             asyncio.run(_check_store(settings.tasks.store))
         from ..server import serve as run_server

@@ -3,7 +3,8 @@
 :class:`RunState` follows one run: text deltas of top-level turns become :class:`Chunk` s, tool
 use becomes ``tool_started``/``tool_finished`` progress events (and chunks), the CLI's own
 API retries ``retry_wait`` events (``source="claude_cli"``), the ``init``
-message gives the session id and working directory, and the ``result`` message the answer.
+message gives the session id and working directory, the ``result`` message the answer, and ``rate_limit_event`` the subscription's quota
+(:func:`~._claude_quota.record_rate_limit_event`).
 :func:`result_error` is the one place where a CLI result becomes an error:
 
 ==========================================  ==============================================
@@ -13,6 +14,7 @@ result                                      error
 ``error_during_execution``, other ``error*``
 "Not logged in" / authentication_failed     AuthError (hint: ``claude /login``)
 API status 401/403, 404, 429                AuthError, ModelNotFound, RateLimited
+429 with the subscription's window rejected QuotaExhausted(window, retry_after until the reset)
 other API status (500, 529 ...)             ProviderHTTPError(status) (5xx/529 transient)
 anything else with ``is_error``             ProviderFailed
 ==========================================  ==============================================
@@ -34,6 +36,7 @@ from claude_agent_sdk import (
     CLIJSONDecodeError,
     CLINotFoundError,
     ProcessError,
+    RateLimitEvent,
     ResultMessage,
     StreamEvent,
     SystemMessage,
@@ -55,6 +58,7 @@ from ..errors import (
     RateLimited,
 )
 from ..types import Chunk, Response, Usage
+from ._claude_quota import QUOTA, block_of, exhausted_error, record_rate_limit_event
 from .claude_cli import LOGIN_HINT, NAME
 
 __all__ = ["RunState", "result_error"]
@@ -104,8 +108,9 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", 
 class RunState:
     """What one CLI run has said so far; turns SDK messages into chunks and the Response."""
 
-    def __init__(self, model: str, use_api_key: bool, stderr: deque[str]) -> None:
+    def __init__(self, model: str, use_api_key: bool, stderr: deque[str], account: str = "default") -> None:
         self.model = model
+        self.account = account
         self.shown_model = f"{NAME}/{model}"
         self.use_api_key = use_api_key
         self.stderr = stderr
@@ -167,6 +172,8 @@ class RunState:
                     status=data.get("error_status"),
                     delay_s=None if delay is None else delay / 1000,
                 )
+        elif isinstance(msg, RateLimitEvent):
+            record_rate_limit_event(msg.rate_limit_info.raw, self.account)
         elif isinstance(msg, ResultMessage):
             self.result = msg
 
@@ -187,7 +194,16 @@ class RunState:
     def error(self) -> ProviderError | None:
         if self.result is None:
             return None
-        return result_error(self.result, self.assistant_error, self.model, use_api_key=self.use_api_key)
+        error = result_error(self.result, self.assistant_error, self.model, use_api_key=self.use_api_key)
+        if isinstance(error, RateLimited):
+            # the subscription refused: name the window and the time it resets
+            block = block_of(QUOTA.get(self.account), allow_overage=False)
+            if block is not None:
+                quota = exhausted_error(block, self.account, self.model)
+                return type(quota)(
+                    f"{quota.message} ({error.message})", hint=quota.hint, **quota.field_values()
+                )
+        return error
 
     def translate(self, exc: Exception) -> LLMCallError:
         """A typed error for an exception of the SDK (or the process)."""

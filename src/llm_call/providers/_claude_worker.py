@@ -16,8 +16,8 @@ result, a dead process, the caller cancelling or closing early) the process tree
 and replaced.
 
 ``rate_limit_event`` lines reach :class:`~._claude_messages.RunState` as SDK
-``RateLimitEvent`` objects, like those of a one-shot run; :data:`RATE_LIMIT_HOOK` (None until
-the quota module sets it) also receives each raw line.
+``RateLimitEvent`` objects, like those of a one-shot run, so pooled calls update the quota
+state (:func:`~._claude_quota.record_rate_limit_event`) too.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import logging
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from claude_agent_sdk import ClaudeAgentOptions, ResultMessage
@@ -48,12 +48,10 @@ from ._claude_process import (
     terminate,
 )
 
-__all__ = ["RATE_LIMIT_HOOK", "PooledCLI", "pooled_messages"]
+__all__ = ["PooledCLI", "pooled_messages"]
 
 _log = logging.getLogger("llm_call.providers.claude_cli")
 
-#: called with every raw ``rate_limit_event`` line a pooled process writes (quota tracking)
-RATE_LIMIT_HOOK: Callable[[dict[str, Any]], None] | None = None
 _REAP_WAIT = 5.0
 _STDERR_LINES = 40
 
@@ -271,8 +269,6 @@ async def pooled_messages(
                     "the pooled Claude CLI process exited without a result" + (f": {tail}" if tail else ""),
                     subtype="exit_code", provider=provider, model=model,
                 ) from None
-            if line.get("type") == "rate_limit_event" and RATE_LIMIT_HOOK is not None:
-                RATE_LIMIT_HOOK(line)
             message = parse_message(line)
             if message is None:
                 continue

@@ -33,6 +33,10 @@ What a call does:
   exit, a missing result or corrupt stdout raise typed errors (``result_error``); an API
   status the CLI reports maps like an HTTP status (429 -> RateLimited, 529 ->
   ProviderHTTPError(status=529), transient for the retry layer); "Not logged in" -> AuthError.
+- **Quota** (subscription mode): every ``rate_limit_event`` updates the account's quota state
+  (:mod:`._claude_quota`); a call is refused before it starts while a window is used up
+  (``QuotaExhausted`` naming the window, ``retry_after`` until its reset) and slowed above
+  ``claude.slowdown_at``. docs/claude.md describes the scheduling built on it.
 
 Options (``acall(..., option=value)``): ``mcp_config``, ``allowed_tools``, ``disallowed_tools``,
 ``cwd``, ``permission_mode``, ``resume`` (a session id), ``max_turns``, ``max_budget_usd``,
@@ -170,6 +174,21 @@ def _mcp_servers(value: Any) -> dict[str, Any]:
     return servers
 
 
+def _refuse_client_tools(opts: dict[str, Any]) -> None:
+    """Client-defined function tools cannot reach the CLI: it runs its own tools in its own loop.
+
+    With no tools given, ``tool_choice``/``parallel_tool_calls`` mean nothing and are dropped.
+    """
+    if opts.get("tools"):
+        raise UsageError(
+            "the max/* route (Claude Code CLI) runs its own tools and cannot return calls of "
+            "client-defined tools: remove tools/tool_choice, or use an API route (anthropic/..., openai/...)",
+            hint="the CLI's own tools are chosen with allowed_tools=[...] and mcp_config={...}",
+        )
+    for key in ("tools", "tool_choice", "parallel_tool_calls"):
+        opts.pop(key, None)
+
+
 def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | None = None) -> CallPlan:
     """Check ``request`` and turn it into a :class:`CallPlan`. Raises UsageError/ConfigError."""
     model = request.model.strip()
@@ -177,6 +196,7 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
         raise UsageError(f"invalid Claude model name {request.model!r}", hint="use max/sonnet, max/opus, max/haiku or max/<model id>")
     system_prompt, prompt = render_content(request.messages, allow_image_urls=cfg.image_urls)
     opts = dict(request.options)
+    _refuse_client_tools(opts)
     unknown = sorted(k for k, v in opts.items() if k not in OPTIONS and k not in _IGNORED and v is not None)
     if unknown:
         raise UsageError(
@@ -342,6 +362,7 @@ class ClaudeCLIProvider:
 
         from ._claude_messages import RunState
         from ._claude_process import CLIRun, Limits
+        from ._claude_quota import Admission, admit
 
         plan = plan_call(self._cfg, request)
         loop = asyncio.get_running_loop()
@@ -356,9 +377,11 @@ class ClaudeCLIProvider:
                 provider=NAME,
                 model=plan.model,
             ) from None
+        admission = Admission(None)
         try:
+            admission = await admit(self._cfg, plan.model)  # QuotaExhausted, or a slowdown slot
             stderr: deque[str] = deque(maxlen=_STDERR_LINES)
-            state = RunState(plan.model, self._cfg.use_api_key, stderr)
+            state = RunState(plan.model, self._cfg.use_api_key, stderr, self._cfg.account)
             limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
             if plan.poolable and self._cfg.pool_size > 0:
                 async for chunk in self._pooled(plan, limits, state, stderr):
@@ -390,6 +413,7 @@ class ClaudeCLIProvider:
                 response.extra.pop("cwd", None)  # the temporary workspace is gone
             yield response
         finally:
+            admission.release()
             slot.release()
 
     def _pool(self) -> ClaudePool:

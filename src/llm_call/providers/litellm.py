@@ -42,7 +42,7 @@ from ..errors import (
     StreamInterrupted,
     UsageError,
 )
-from ..types import Chunk, Request, Response, Usage
+from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
 from .base import CLAUDE_ONLY_OPTIONS
 
 __all__ = ["LiteLLMProvider", "import_litellm"]
@@ -185,7 +185,7 @@ class LiteLLMProvider:
             latency_s=latency,
             raw=result.model_dump() if hasattr(result, "model_dump") else None,
             finish_reason=getattr(choice, "finish_reason", None),
-            tool_calls=[t.model_dump() for t in tool_calls] if tool_calls else None,
+            tool_calls=[ToolCall.from_dict(t.model_dump()) for t in tool_calls or ()],
         )
 
     async def stream(self, request: Request) -> AsyncIterator[Chunk]:
@@ -205,7 +205,12 @@ class LiteLLMProvider:
                         usage = Usage(int(u.prompt_tokens or 0), int(u.completion_tokens or 0))
                     for choice in chunk.choices or ():
                         piece = getattr(choice.delta, "content", None)
-                        if piece:
+                        calls = getattr(choice.delta, "tool_calls", None)
+                        if calls:
+                            if piece:
+                                parts.append(piece)
+                            yield Chunk(text=piece or "", model=request.model, tool_calls=_tool_deltas(calls))
+                        elif piece:
                             parts.append(piece)
                             yield Chunk(text=piece, model=request.model)
                         if choice.finish_reason:
@@ -225,6 +230,23 @@ class LiteLLMProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _tool_deltas(calls: list[Any]) -> list[ToolCallDelta]:
+    """LiteLLM's ``delta.tool_calls`` objects as ToolCallDelta."""
+    out = []
+    for i, c in enumerate(calls):
+        fn = getattr(c, "function", None)
+        index = getattr(c, "index", None)
+        out.append(
+            ToolCallDelta(
+                i if index is None else int(index),
+                getattr(c, "id", None),
+                getattr(fn, "name", None),
+                getattr(fn, "arguments", None) or "",
+            )
+        )
+    return out
 
 
 def _text(exc: BaseException) -> str:

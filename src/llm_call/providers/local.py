@@ -28,7 +28,9 @@ Options (``request.options``): ``stop``, ``seed`` (negative: random; the seed us
 ``Response.extra["seed"]``), ``top_p``, ``top_k``, ``min_p``,
 ``typical_p``, ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty`` and
 ``response_format`` (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
-{"schema": ...}}``, enforced by a grammar). Anything else is a :class:`UsageError`.
+{"schema": ...}}``, enforced by a grammar). Anything else is a :class:`UsageError`; so are
+``tools``/``tool_choice``: the local route does not do tool calling (an empty ``tools`` list is
+accepted and means none).
 
 Example::
 
@@ -279,6 +281,14 @@ class LocalProvider:
                 f"option {claude[0]!r} is not supported by the local route "
                 "(it applies to max/* models served by the Claude Code CLI)",
             )
+        if options.get("tools") or options.get("tool_choice") not in (None, "none"):
+            raise UsageError(
+                "the local route (local/*, llama-cpp-python) does not support tool calling: "
+                "its models answer text only; remove tools/tool_choice",
+                hint="ask for JSON with response_format (a grammar enforces it), or use an API route for tools",
+            )
+        for key in ("tools", "tool_choice", "parallel_tool_calls"):
+            options.pop(key, None)
         unknown = sorted(set(options) - _KNOWN)
         if unknown:
             raise UsageError(

@@ -54,7 +54,7 @@ from ..errors import (
     StreamInterrupted,
     UsageError,
 )
-from ..types import Chunk, Request, Response, Usage
+from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
 from .base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
@@ -68,6 +68,18 @@ _DEFAULT_BASE = "https://api.openai.com/v1"
 #: options only the Claude route understands; elsewhere they are an error, not silently dropped
 _DROP = frozenset({"progress"})
 _MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
+
+
+def _tool_deltas(calls: list[dict[str, Any]]) -> list[ToolCallDelta]:
+    """``delta.tool_calls`` entries as ToolCallDelta (a missing index means the entry's position)."""
+    out = []
+    for i, c in enumerate(calls):
+        fn = c.get("function") or {}
+        args = fn.get("arguments")
+        if args is not None and not isinstance(args, str):
+            raise TypeError("tool call arguments are not a string")
+        out.append(ToolCallDelta(int(c.get("index", i)), c.get("id"), fn.get("name"), args or ""))
+    return out
 
 _loads: Callable[[bytes], Any]
 try:
@@ -115,11 +127,13 @@ def _usage(data: Any) -> Usage:
 
 
 class _StreamState:
-    __slots__ = ("done", "finish", "model", "parts", "usage")
+    __slots__ = ("calls", "done", "finish", "model", "parts", "pending", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
         self.parts: list[str] = []
+        self.pending: list[ToolCallDelta] = []  # tool-call fragments of the current event
+        self.calls = 0  # tool-call fragments seen in all
         self.finish: str | None = None
         self.usage: Usage | None = None
         self.done = False
@@ -425,7 +439,7 @@ class OpenAICompatProvider:
                 latency_s=latency,
                 raw=data,
                 finish_reason=choice.get("finish_reason"),
-                tool_calls=message.get("tool_calls"),
+                tool_calls=[ToolCall.from_dict(c) for c in message.get("tool_calls") or ()],
             )
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
@@ -450,7 +464,10 @@ class OpenAICompatProvider:
                 if "text/event-stream" not in ctype:
                     # some servers ignore stream=true and answer JSON: accept a whole answer
                     whole = self._parse(await resp.read(), ctype, model, 0.0)
-                    yield Chunk(text=whole.text, model=whole.model)
+                    deltas = [
+                        ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole.tool_calls)
+                    ]
+                    yield Chunk(text=whole.text, model=whole.model, tool_calls=deltas)
                     yield Chunk(model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage)
                     return
                 try:
@@ -464,7 +481,9 @@ class OpenAICompatProvider:
                             if not line.startswith(b"data:"):
                                 continue  # blank separators, comments, event: and id: lines
                             piece = self._event(line, st, model)
-                            if piece:
+                            if st.pending:
+                                yield self._tool_chunk(piece, st)
+                            elif piece:
                                 yield Chunk(text=piece, model=st.model)
                             elif st.done:
                                 break
@@ -473,7 +492,9 @@ class OpenAICompatProvider:
                     else:
                         if buf:  # a last line without its newline
                             piece = self._event(buf, st, model)
-                            if piece:
+                            if st.pending:
+                                yield self._tool_chunk(piece, st)
+                            elif piece:
                                 yield Chunk(text=piece, model=st.model)
                 except asyncio.CancelledError:
                     resp.close()
@@ -500,6 +521,12 @@ class OpenAICompatProvider:
             # the answer is complete; only the connection is lost
             _log.debug("%s: error after [DONE], closing the connection: %r", self.name, exc)
             resp.close()
+
+    @staticmethod
+    def _tool_chunk(piece: str | None, st: _StreamState) -> Chunk:
+        deltas, st.pending = st.pending, []
+        st.calls += len(deltas)
+        return Chunk(text=piece or "", model=st.model, tool_calls=deltas)
 
     def _interrupted(self, st: _StreamState, model: str, why: str) -> StreamInterrupted:
         return StreamInterrupted(
@@ -539,7 +566,11 @@ class OpenAICompatProvider:
             if u:
                 st.usage = _usage(u)
             for choice in choices or ():
-                piece = choice.get("delta", {}).get("content")
+                delta = choice.get("delta") or {}
+                piece = delta.get("content")
+                calls = delta.get("tool_calls")
+                if calls:
+                    st.pending.extend(_tool_deltas(calls))
                 if piece:
                     if not isinstance(piece, str):
                         raise TypeError("content is not a string")

@@ -32,6 +32,7 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..errors import LLMCallError
+from ._auth import check_public_bind
 from ._chat import ClientGone, chat_completions, handle_chat
 from ._errors import HTTPFailure, failure_for, pydantic_failure
 from ._middleware import GatewayMiddleware
@@ -163,6 +164,11 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
     ``settings`` default to the process-wide ones; ``task_manager`` is for tests and embedding
     (by default the lifespan creates one on ``settings.tasks.store``).
 
+    Raises ConfigError when ``settings.server.host`` is not a loopback address and no API keys
+    are set (the public-bind rule of ``llm-call serve``), or a key is blank. Whatever address the
+    app is then run on, a server without keys answers only requests that arrive on a loopback
+    address (403 otherwise).
+
     Example::
 
         import uvicorn
@@ -174,7 +180,8 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
         from ..config import get_settings
 
         settings = get_settings()
-    state = ServerState.from_settings(settings)
+    state = ServerState.from_settings(settings)  # ConfigError for a blank key
+    check_public_bind(settings.server.host, state.auth)
     state.tasks = task_manager
 
     @asynccontextmanager

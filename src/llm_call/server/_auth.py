@@ -1,10 +1,17 @@
-"""API keys and the per-key limit on requests in flight.
+"""API keys, who a key is (its tenant), the public-bind rule and the per-key in-flight limit.
 
-Keys come from ``[server] api_keys`` or ``LLM_CALL_API_KEYS`` (comma list, mapped by config.py).
-A presented ``Authorization: Bearer <key>`` is hashed and compared with the SHA-256 of every
-configured key using :func:`hmac.compare_digest`, all of them every time, so the time taken says
-nothing about which key or how much of it matched. Keys are identified in logs and metrics only
-as ``key1``, ``key2``... (their position in the list), never by value.
+Keys come from ``[server] api_keys`` / ``admin_keys`` or ``LLM_CALL_API_KEYS`` /
+``LLM_CALL_ADMIN_KEYS`` (comma lists, mapped by config.py). A blank key is a ConfigError
+wherever it comes from: counted as "keys set" but never matched, it would leave a public server
+open. A presented ``Authorization: Bearer <key>`` is hashed and compared with the SHA-256 of
+every configured key using :func:`hmac.compare_digest`, all of them every time, so the time taken
+says nothing about which key or how much of it matched. Keys are identified in logs and metrics
+only as ``key1``, ``key2``... / ``admin1``... (their position in the list), never by value.
+
+Each key is a **tenant**: the tasks and background responses it creates are recorded with
+``tenant_of(key)`` (``k_`` + 16 hex digits of the key's SHA-256: stable across restarts and
+reordering of the list, and not the key), and it sees only those. An admin key sees every
+tenant's. Without keys there is one tenant (``None``), as before keys existed.
 """
 
 from __future__ import annotations
@@ -13,34 +20,93 @@ import hashlib
 import hmac
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["KeyAuth", "KeyLimiter", "is_loopback"]
+from ..errors import ConfigError
+
+__all__ = [
+    "ANONYMOUS",
+    "OPEN",
+    "Caller",
+    "KeyAuth",
+    "KeyLimiter",
+    "check_public_bind",
+    "is_loopback",
+    "local_address_is_public",
+    "no_keys_message",
+    "tenant_of",
+]
+
+
+def tenant_of(key: str) -> str:
+    """The tenant id recorded on a key's tasks: a short hash of the key, never the key."""
+    return "k_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who made a request: ``key_id`` for logs, ``tenant`` for the task store (None: the single
+    tenant of a server without keys), ``admin``: sees every tenant's tasks."""
+
+    key_id: str
+    tenant: str | None
+    admin: bool
+
+    def may_see(self, tenant: str | None) -> bool:
+        return self.admin or tenant == self.tenant
+
+
+#: the caller of a server without keys: one tenant, sees everything (as before keys existed)
+OPEN = Caller("anonymous", None, True)
+#: a request without a key to a public path of a server with keys: sees no one's tasks
+ANONYMOUS = Caller("anonymous", "-", False)
 
 
 class KeyAuth:
     """Checks bearer tokens against the configured keys in constant time."""
 
-    def __init__(self, keys: Sequence[str]) -> None:
-        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys if k]
-        self._ids = [f"key{i + 1}" for i in range(len(self._digests))]
+    def __init__(self, keys: Sequence[str], admin_keys: Sequence[str] = ()) -> None:
+        for source, group in (("server.api_keys", keys), ("server.admin_keys", admin_keys)):
+            for i, key in enumerate(group):
+                if not key.strip():
+                    raise ConfigError(
+                        f"{source}[{i}] is a blank API key, which would leave the server open",
+                        hint="remove it or set a real key",
+                    )
+        admins = set(admin_keys)
+        entries: list[tuple[bytes, Caller]] = []
+        for i, key in enumerate(k for k in keys if k not in admins):
+            entries.append((hashlib.sha256(key.encode()).digest(), Caller(f"key{i + 1}", tenant_of(key), False)))
+        for i, key in enumerate(admin_keys):
+            entries.append((hashlib.sha256(key.encode()).digest(), Caller(f"admin{i + 1}", tenant_of(key), True)))
+        self._entries = entries
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return bool(self._entries)
 
-    def identify(self, authorization: bytes | None) -> str | None:
-        """The id of the key in an ``Authorization`` header value, or None if it matches none."""
+    def caller(self, authorization: bytes | None) -> Caller | None:
+        """Who the ``Authorization`` header value belongs to, or None if it matches no key."""
         if authorization is None:
             return None
         scheme, _, token = authorization.partition(b" ")
         if scheme.lower() != b"bearer":
             return None
-        presented = hashlib.sha256(token.strip()).digest()
-        found: str | None = None
-        for digest, key_id in zip(self._digests, self._ids, strict=True):
+        token = token.strip()
+        if not token:
+            return None
+        presented = hashlib.sha256(token).digest()
+        found: Caller | None = None
+        for digest, caller in self._entries:
             if hmac.compare_digest(presented, digest):
-                found = key_id
+                found = caller
         return found
+
+    def identify(self, authorization: bytes | None) -> str | None:
+        """The id of the key in an ``Authorization`` header value, or None if it matches none."""
+        caller = self.caller(authorization)
+        return None if caller is None else caller.key_id
 
 
 class KeyLimiter:
@@ -77,3 +143,28 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False
+
+
+def no_keys_message(host: str) -> str:
+    return (
+        f"refusing to serve on {host} without API keys: anyone who can reach that address could use your "
+        "models and credentials.\n"
+        "Set keys with the environment variable LLM_CALL_API_KEYS=key1,key2 or in llm_call.toml:\n"
+        "    [server]\n"
+        '    api_keys = ["a-long-random-key"]\n'
+        "or bind to 127.0.0.1 (the default)."
+    )
+
+
+def check_public_bind(host: str, auth: KeyAuth) -> None:
+    """The public-bind rule: a non-loopback address needs keys (ConfigError otherwise)."""
+    if not auth.enabled and not is_loopback(host):
+        raise ConfigError(no_keys_message(host))
+
+
+def local_address_is_public(server: Any) -> bool:
+    """Whether the ASGI ``scope["server"]`` (the address a connection came in on) is not loopback:
+    an app bound to ``0.0.0.0`` by whoever runs it still sees which interface each request used."""
+    if not isinstance(server, (tuple, list)) or not server:
+        return False  # a Unix socket, or a server that does not say: local
+    return not is_loopback(str(server[0]))

@@ -62,20 +62,24 @@ def manager(state: ServerState) -> Any:
     return mgr
 
 
-async def store_check(state: ServerState) -> tuple[bool, str]:
-    """Readiness of the task store: a count query within a few seconds."""
+async def store_check(state: ServerState) -> tuple[bool, str, str]:
+    """Readiness of the task store: a count query within a few seconds.
+
+    Returns ``(ok, reason, detail)``: ``reason`` names no path or URL (keyless ``/health`` shows
+    it), ``detail`` does (for callers with a key, and the log)."""
     mgr = state.tasks
     if mgr is None or getattr(mgr, "closed", False):
-        return False, "task manager not running"
+        return False, "task manager not running", "task manager not running"
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
             await mgr.store.counts()
     except TimeoutError:
-        return False, f"task store {mgr.store.url} did not answer within {_CHECK_TIMEOUT_S:g} s"
+        reason = f"task store did not answer within {_CHECK_TIMEOUT_S:g} s"
+        return False, reason, f"task store {mgr.store.url} did not answer within {_CHECK_TIMEOUT_S:g} s"
     except LLMCallError as exc:
         _log.warning("task store check failed: %s", exc)
-        return False, f"task store {mgr.store.url}: {exc}"
-    return True, str(mgr.store.url)
+        return False, f"task store failed ({type(exc).__name__}; see the server log)", f"task store {mgr.store.url}: {exc}"
+    return True, "ok", str(mgr.store.url)
 
 
 async def task_counts(state: ServerState) -> tuple[dict[str, int], int] | None:

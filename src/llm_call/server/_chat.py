@@ -26,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from ..client import acall, astream
-from ..errors import LLMCallError, StreamInterrupted
+from ..errors import LLMCallError, MalformedResponse, StreamInterrupted
 from ..types import Attempt, Chunk, Usage
 from ._errors import HTTPFailure, failure_for
 from ._schemas import PASSTHROUGH, ChatCompletionRequest, call_options, parse_json_body
@@ -103,7 +103,7 @@ def llm_call_extra(resp: LLMResponse) -> dict[str, Any]:
 def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": resp.text}
     if resp.tool_calls:
-        message["tool_calls"] = resp.tool_calls
+        message["tool_calls"] = [c.to_openai() for c in resp.tool_calls]
         if not resp.text:
             message["content"] = None
     finish = resp.finish_reason or ("tool_calls" if resp.tool_calls else "stop")
@@ -261,6 +261,7 @@ async def _sse(
     finish: str | None = None
     usage: Usage | None = None
     role_sent = False
+    tool_deltas = 0
     attempt = 1
     chunk: Chunk | None = first
     try:
@@ -271,11 +272,16 @@ async def _sse(
             else:
                 if chunk.model:
                     base["model"] = chunk.model
-                if chunk.text or not role_sent:
+                if chunk.text or chunk.tool_calls or not role_sent:
                     delta: dict[str, Any] = {"content": chunk.text}
                     if not role_sent:
                         delta["role"] = "assistant"
                         role_sent = True
+                    if chunk.tool_calls:
+                        delta["tool_calls"] = [d.to_openai() for d in chunk.tool_calls]
+                        tool_deltas += len(chunk.tool_calls)
+                        if not chunk.text:
+                            delta["content"] = None
                     yield _event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
                 if chunk.finish_reason:
                     finish = chunk.finish_reason
@@ -287,6 +293,10 @@ async def _sse(
                 chunk = None
         if finish is None:
             raise StreamInterrupted("the stream ended without a finish reason", model=requested)
+        if finish == "tool_calls" and not tool_deltas:
+            raise MalformedResponse(
+                "the model's stream finished with tool_calls but carried no tool call", model=requested
+            )
         info.attempts = attempt
         state.metrics.observe_usage(str(base["model"]), usage)
         yield _event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})

@@ -1,8 +1,10 @@
 """The gateway: one pure ASGI middleware in front of every route.
 
 In one pass over the request headers it assigns the request id (``X-Request-ID`` if the client
-sent a sane one), checks the API key (401), the declared body size (413) and the key's requests
-in flight (429); it counts bytes of bodies sent without a length (413 when too many), records the
+sent a sane one), checks the Host header (421), answers CORS preflights of configured origins,
+refuses a keyless server's requests that arrive on a public address (403), checks the API key
+(401), the JSON content type of request bodies (415; ``_browser.py``), the declared body size
+(413) and the key's requests in flight (429); it counts bytes of bodies sent without a length (413 when too many), records the
 Prometheus request metrics, writes the one structured log line per request, and answers 500 in
 the OpenAI error shape (logged with its traceback) if a route fails in an unexpected way.
 
@@ -20,6 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public
+from ._browser import BODY_METHODS, content_type_message, host_message
 from ._errors import HTTPFailure, error_body
 
 if TYPE_CHECKING:
@@ -37,7 +41,9 @@ access_log = logging.getLogger("llm_call.server.access")
 _log = logging.getLogger("llm_call.server")
 
 #: paths served without an API key (nothing secret there)
-PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          # the dashboard's static files (the page then calls the API with a key)
+                          "/ui", "/ui/", "/ui/app.js", "/ui/app.css"})
 #: paths not counted against a key's requests in flight
 _UNLIMITED = PUBLIC_PATHS | {"/metrics"}
 _QUIET = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
@@ -48,11 +54,13 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 class RequestInfo:
     """What a route tells the gateway about its request (for the log line and metrics)."""
 
-    __slots__ = ("attempts", "error", "id", "key_id", "model", "prompt", "stream", "task_id")
+    __slots__ = ("attempts", "caller", "error", "id", "key_id", "model", "prompt", "stream", "task_id")
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
         self.key_id = "anonymous"
+        #: who is asking: their tenant and whether they see every tenant's tasks
+        self.caller: Caller = OPEN
         self.model: str | None = None
         self.attempts: int | None = None
         self.stream = False
@@ -86,6 +94,10 @@ class GatewayMiddleware:
         authorization: bytes | None = None
         length: bytes | None = None
         given_id: bytes | None = None
+        host: bytes | None = None
+        content_type: bytes | None = None
+        origin: bytes | None = None
+        preflight = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
@@ -93,6 +105,14 @@ class GatewayMiddleware:
                 length = value
             elif name == b"x-request-id":
                 given_id = value
+            elif name == b"host":
+                host = value
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"access-control-request-method":
+                preflight = True
         request_id = new_request_id()
         if given_id is not None:
             text = given_id.decode("latin-1")
@@ -100,24 +120,49 @@ class GatewayMiddleware:
                 request_id = text
         info = RequestInfo(request_id)
         scope["llm_call"] = info
-        id_header = (b"x-request-id", request_id.encode())
+        rules = state.browser
+        extra_headers = [(b"x-request-id", request_id.encode())]
+        if rules.origin_allowed(origin):
+            assert origin is not None
+            extra_headers += rules.response_headers(origin)
         status = 0
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), id_header]
+                message["headers"] = [*message.get("headers", ()), *extra_headers]
             await send(message)
 
         path: str = scope["path"]
         template: str | None = None
         acquired: str | None = None
         state.metrics.in_flight.inc()
+        method: str = scope["method"]
         try:
-            if state.auth.enabled and path not in PUBLIC_PATHS:
-                key_id = state.auth.identify(authorization)
-                if key_id is None:
+            if not rules.host_ok(host):
+                assert host is not None
+                info.error = "host_not_allowed"
+                await _answer(send_with_id, 421, error_body(host_message(host), code="host_not_allowed"))
+                return
+            if method == "OPTIONS" and preflight and rules.origin_allowed(origin):
+                assert origin is not None
+                headers = [(b"x-request-id", request_id.encode()), *rules.preflight_headers(origin)]
+                status = 204
+                await send({"type": "http.response.start", "status": 204, "headers": headers})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            if not state.auth.enabled and local_address_is_public(scope.get("server")):
+                info.error = "no_api_keys"
+                await _answer(send_with_id, 403, error_body(
+                    "this server has no API keys (server.api_keys) and answers only on loopback addresses; "
+                    "set keys to serve other machines", code="no_api_keys"))
+                return
+            if state.auth.enabled and (path not in PUBLIC_PATHS or authorization is not None):
+                caller = state.auth.caller(authorization)
+                if caller is None and path in PUBLIC_PATHS:
+                    pass  # a wrong key on a public path: served as without a key
+                elif caller is None:
                     info.error = "invalid_api_key"
                     message = (
                         "missing API key: send the header 'Authorization: Bearer <key>'"
@@ -127,7 +172,15 @@ class GatewayMiddleware:
                     await _answer(send_with_id, 401, error_body(message, code="invalid_api_key"),
                                   [(b"www-authenticate", b"Bearer")])
                     return
-                info.key_id = key_id
+                else:
+                    info.caller = caller
+                    info.key_id = caller.key_id
+            elif state.auth.enabled:
+                info.caller = ANONYMOUS  # a public path without a key: sees nothing of anyone's
+            if method in BODY_METHODS and not rules.json_ok(content_type):
+                info.error = "unsupported_media_type"
+                await _answer(send_with_id, 415, error_body(content_type_message(content_type), code="unsupported_media_type"))
+                return
             limit = state.settings.server.max_body_bytes
             if length is not None:
                 try:
@@ -141,7 +194,7 @@ class GatewayMiddleware:
                     info.error = "request_too_large"
                     await _answer(send_with_id, 413, _too_large(limit).encode())
                     return
-            elif scope["method"] in ("POST", "PUT", "PATCH"):
+            elif method in ("POST", "PUT", "PATCH"):
                 receive = _counting(receive, limit)
             if path not in _UNLIMITED:
                 if not state.limiter.acquire(info.key_id):
@@ -159,7 +212,7 @@ class GatewayMiddleware:
                     )
                     return
                 acquired = info.key_id
-            fast = self.fast_routes.get((scope["method"], path))
+            fast = self.fast_routes.get((method, path))
             if fast is not None:
                 template = path
                 await fast(scope, receive, send_with_id)

@@ -221,11 +221,15 @@ def response_from_answer(resp: LLMResponse, request_id: str, req: ResponsesReque
     return body
 
 
-async def _record(state: ServerState, response_id: str) -> TaskRecord:
+async def _record(state: ServerState, request: Request, response_id: str) -> TaskRecord:
+    """The background response, if the caller's key may see it (404 as for an unknown id otherwise)."""
+    caller = request.scope["llm_call"].caller
     try:
-        rec: TaskRecord = await manager(state).status(task_id_of(response_id))
+        rec: TaskRecord | None = await manager(state).status(task_id_of(response_id))
     except TaskNotFound:
-        raise HTTPFailure(404, f"no response with id {response_id!r}", param="response_id", code="response_not_found") from None
+        rec = None
+    if rec is None or not caller.may_see(rec.tenant):
+        raise HTTPFailure(404, f"no response with id {response_id!r}", param="response_id", code="response_not_found")
     return rec
 
 
@@ -261,19 +265,19 @@ def register(app: FastAPI, state: ServerState) -> None:
             return _json(response_from_answer(resp, info.id, req))
         args["_meta"] = {"kind": "response", "instructions": req.instructions, "metadata": req.metadata}
         mgr = manager(state)
-        task_id = await mgr.submit(args, priority=req.priority)
+        task_id = await mgr.submit(args, priority=req.priority, tenant=info.caller.tenant)
         info.task_id = task_id
         return _json(response_from_task(await mgr.status(task_id)))
 
     @app.get("/v1/responses/{response_id}", tags=["responses"], summary="Retrieve a background response", response_model=None)
     async def retrieve_response(request: Request, response_id: str) -> Response:
-        rec = await _record(state, response_id)
+        rec = await _record(state, request, response_id)
         request.scope["llm_call"].task_id = rec.id
         return _json(response_from_task(rec))
 
     @app.post("/v1/responses/{response_id}/cancel", tags=["responses"], summary="Cancel a background response", response_model=None)
     async def cancel_response(request: Request, response_id: str) -> Response:
-        rec = await _record(state, response_id)
+        rec = await _record(state, request, response_id)
         request.scope["llm_call"].task_id = rec.id
         if not rec.status.is_final:
             rec = await manager(state).cancel(rec.id)

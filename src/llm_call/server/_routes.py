@@ -1,4 +1,4 @@
-"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the Responses and task routers."""
+"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the Responses, task, route-status and /ui routers."""
 
 from __future__ import annotations
 
@@ -60,15 +60,17 @@ def register(app: FastAPI, state: ServerState) -> None:
                           param="model", code="model_not_found")
 
     @app.get("/health", tags=["health"], summary="Liveness and readiness (including the task store)")
-    async def health() -> JSONResponse:
+    async def health(request: Request) -> JSONResponse:
         """200 when the server can take work, 503 with the failing check otherwise.
-        ``live`` is always true while the process answers."""
+        ``live`` is always true while the process answers. Without a key it names no path, URL
+        or setting; a request with a valid key (on a server with keys) gets the details."""
         checks: dict[str, Any] = {}
         ready = True
         from ._background import store_check
 
-        ok, detail = await store_check(state)
-        checks["store"] = {"ok": ok, "detail": detail}
+        ok, reason, detail = await store_check(state)
+        detailed = state.auth.enabled and request.scope["llm_call"].key_id != "anonymous"
+        checks["store"] = {"ok": ok, "detail": detail if detailed else reason}
         ready = ready and ok
         body = {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, "checks": checks}
         return JSONResponse(body, status_code=200 if ready else 503)
@@ -88,7 +90,11 @@ def register(app: FastAPI, state: ServerState) -> None:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     from ._responses import register as register_responses
+    from ._route_status import register as register_route_status
     from ._tasks import register as register_tasks
+    from ._ui import register as register_ui
 
     register_responses(app, state)
     register_tasks(app, state)
+    register_route_status(app, state)
+    register_ui(app)

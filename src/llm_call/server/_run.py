@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import uvicorn
 
 from ._app import create_app
+from ._auth import check_public_bind
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -94,6 +95,8 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     """Serve until SIGTERM/SIGINT. Returns False when the server could not start (port in use...)."""
     configure_logging(settings.server.debug)
     app = create_app(settings)
+    if host is not None:
+        check_public_bind(host, app.state.llm_call.auth)
     overrides: dict[str, Any] = {}
     if host is not None:
         overrides["host"] = host

@@ -189,50 +189,27 @@ def parse_json_body(model: type[BaseModel], raw: bytes) -> Any:
 
 
 def check_specs(specs: list[Any] | None) -> None:
-    """Parse validation specs now, so a bad one is a 422 naming it before any model call."""
+    """Parse validation specs now, so a bad one is a 422 naming it before any model call.
+
+    Parsed with file reads refused: a spec that would read a server file (``schema:@path`` in
+    any spelling, string or dict form) gets the same message whatever the path, so a client can
+    neither read files nor learn which exist. A spec that parses here reads no file later either.
+    """
     if not specs:
         return
-    for i, spec in enumerate(specs):
-        if _refers_to_file(spec):
-            raise HTTPFailure(
-                422,
-                f"validation[{i}] refers to a file on the server ('@...'); send the schema inline as JSON",
-                param=f"validation.{i}",
-                code="invalid_validation_spec",
-            )
     try:
-        from ..validation import parse_specs
+        from ..validation import FILES_REFUSED, parse_spec
     except ImportError as exc:
         raise HTTPFailure(400, f"validation is not available in this build: {exc}", param="validation") from None
     for i, spec in enumerate(specs):
         try:
-            parse_specs([spec])
+            parse_spec(spec, allow_files=False)
         except UsageError as exc:
-            raise HTTPFailure(
-                422,
-                f"validation[{i}] {spec!r} is not a valid validation spec: {exc}",
-                param=f"validation.{i}",
-                code="invalid_validation_spec",
-            ) from None
-
-
-def _refers_to_file(spec: Any) -> bool:
-    if isinstance(spec, str):
-        return ":@" in spec or "=@" in spec
-    if isinstance(spec, dict):
-        return any(isinstance(v, str) and v.lstrip().startswith("@") for v in _walk_values(spec))
-    return False
-
-
-def _walk_values(data: Any) -> list[Any]:
-    if isinstance(data, dict):
-        out: list[Any] = []
-        for v in data.values():
-            out.extend(_walk_values(v))
-        return out
-    if isinstance(data, list):
-        return [x for v in data for x in _walk_values(v)]
-    return [data]
+            if exc.message == FILES_REFUSED:
+                message = f"validation[{i}]: {FILES_REFUSED}"
+            else:
+                message = f"validation[{i}] {spec!r} is not a valid validation spec: {exc}"
+            raise HTTPFailure(422, message, param=f"validation.{i}", code="invalid_validation_spec") from None
 
 
 def call_options(extras: LLMCallExtras) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._auth import KeyAuth, KeyLimiter
+from ._browser import BrowserRules
 from ._metrics import ServerMetrics
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ class ServerState:
     settings: Settings
     auth: KeyAuth
     limiter: KeyLimiter
+    browser: BrowserRules
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
     #: the TaskManager (llm_call.tasks), started by the app's lifespan; None until then
     tasks: Any = None
@@ -32,6 +34,7 @@ class ServerState:
         server = settings.server
         return cls(
             settings=settings,
-            auth=KeyAuth(server.api_keys),
+            auth=KeyAuth(server.api_keys, server.admin_keys),
             limiter=KeyLimiter(server.max_concurrent_per_key),
+            browser=BrowserRules(server.allowed_hosts, server.cors_origins, server.host),
         )

@@ -24,8 +24,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._pipeline import execute as execute_call
 from .._progress import ProgressListener, listening
-from ..client import _execute
 from ..errors import (
     HumanReviewNeeded,
     LLMCallError,
@@ -36,6 +36,7 @@ from ..errors import (
     error_to_dict,
 )
 from ..types import Response, TaskRecord, TaskStatus
+from ._quota import QuotaScheduler, is_max_route
 from ._spec import jsonable, rebuild, response_dict
 from .store import EventIn, Outcome, TaskStore, WorkerInfo, final_record
 
@@ -138,6 +139,7 @@ class TaskExecutor:
         self._max_executions = 3
         self._retention_s = 7 * 86400.0
         self._info: WorkerInfo | None = None
+        self._quota = QuotaScheduler()  # max/* scheduling on the subscription's quota
         self._route_cache: dict[str, str] = {}
         self._patterns_cache: dict[str, tuple[str, ...]] = {}  # route -> its route-limit patterns
         self._owned_queued: set[str] = set()  # submitted here for this manager, not started yet
@@ -184,6 +186,7 @@ class TaskExecutor:
                 id=self.worker_id, kind=self.kind, claims=self.claims, concurrency=self._limit
             )
             await self.store.heartbeat(self._info)
+            self._quota.start(self.settings.claude, self.store)
             await self._recover()
             try:
                 await self.store.cleanup(time.time() - self._retention_s)
@@ -285,12 +288,13 @@ class TaskExecutor:
         only: dict[str, Any] = {} if self.routes is None else {"routes": self.routes}
         patterns = list(self._route_limits)
         full = [p for p in patterns if self._route_count[p] >= self._route_limits[p]]
+        hold = self._quota.hold()  # max/* routes while the subscription's quota blocks calls
         for i, pattern in enumerate(patterns):
-            free = self._limit - len(self._running)
-            cap = min(self._route_limits[pattern] - self._route_count[pattern], free)
+            room = min(self._route_limits[pattern] - self._route_count[pattern], self._limit - len(self._running))
+            cap = self._quota.cap(pattern, self._route_count[pattern], room, hold)
             if cap <= 0:
                 continue
-            exclude = list(dict.fromkeys([*patterns[:i], *full]))
+            exclude = list(dict.fromkeys([*patterns[:i], *full, *hold]))
             for rec in await self.store.claim(
                 self.worker_id, limit=cap, include=pattern, exclude=exclude, claim_all=claim_all, **only
             ):
@@ -298,7 +302,7 @@ class TaskExecutor:
                 started += 1
         free = self._limit - len(self._running)
         if free > 0:
-            for rec in await self.store.claim(self.worker_id, limit=free, exclude=patterns, claim_all=claim_all, **only):
+            for rec in await self.store.claim(self.worker_id, limit=free, exclude=patterns + hold, claim_all=claim_all, **only):
                 self._start(rec)
                 started += 1
         return started
@@ -341,7 +345,7 @@ class TaskExecutor:
                     return await resume_validated(
                         request, opts, history=resume["history"], reply=resume["reply"], attempts=resume.get("attempts")
                     )
-                return await _execute(request, opts)
+                return await execute_call(request, opts)
 
     async def _settle(self, run: _Run, spec: dict[str, Any] | None, work: Awaitable[Response] | None = None) -> None:
         """Run the stored call (``spec``) or await a running one (``work``) and record the
@@ -354,12 +358,14 @@ class TaskExecutor:
                 if spec is None:
                     assert work is not None
                     response = await work
+                elif self._quota.active and is_max_route(run.route) and "_resume" not in spec:
+                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run))
                 elif run.patterns or "_resume" in spec:
                     response = await self._run_call(run, spec)
                 else:  # the common case, inline: one coroutine less per task
                     request, opts = rebuild(spec)
                     with listening(self._sink(run)):
-                        response = await _execute(request, opts)
+                        response = await execute_call(request, opts)
             except asyncio.CancelledError:
                 if not run.cancel_requested:
                     raise  # shutdown: close() puts the task back in the queue
@@ -483,8 +489,10 @@ class TaskExecutor:
         if kind == "attempt":
             prog["attempt"] = data.get("number", int(prog.get("attempt") or 0) + 1)
             prog["model"] = data.get("model")
-        elif kind in ("escalated", "fallback"):
+        elif kind in ("escalated", "fallback", "quota_fallback"):
             prog["model"] = data.get("to_model")
+        elif kind in ("quota_wait", "quota_resume"):  # visible in the record while it waits
+            prog["waiting"] = {k: data.get(k) for k in ("reason", "window", "until")} if kind == "quota_wait" else None
         elif kind == "chunk":
             text = data.get("text")
             run.chars = int(data["chars"]) if "chars" in data else run.chars + (len(text) if isinstance(text, str) else 0)
@@ -544,10 +552,12 @@ class TaskExecutor:
         report = await self.store.recover(
             max_executions=self._max_executions, stale_after=max(self._heartbeat_s * STALE_BEATS, 1.0)
         )
-        if report.requeued or report.interrupted or report.reassigned:
+        if report.requeued or report.interrupted or report.cancelled or report.reassigned:
             _log.warning(
-                "recovered tasks of dead worker(s) %s: %d re-queued, %d interrupted, %d queued handed over",
-                report.dead_workers, len(report.requeued), len(report.interrupted), len(report.reassigned),
+                "recovered tasks of dead worker(s) %s: %d re-queued, %d interrupted, %d cancelled, "
+                "%d queued handed over",
+                report.dead_workers, len(report.requeued), len(report.interrupted), len(report.cancelled),
+                len(report.reassigned),
             )
             self._wake.set()
 
@@ -567,6 +577,7 @@ class TaskExecutor:
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
             try:
+                await self._quota.refresh()
                 if self._running:
                     for task_id in await self.store.cancel_requests(self.worker_id):
                         run = self._running.get(task_id)

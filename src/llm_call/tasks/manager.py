@@ -133,6 +133,7 @@ class TaskManager(TaskExecutor):
                 except TaskStoreError:
                     _log.exception("could not release tasks at close; recovery will re-queue them")
             await asyncio.gather(*list(self._bg), return_exceptions=True)
+            self._quota.detach()
             if self._owns_store:
                 await self.store.close()
         self._executing = False
@@ -159,10 +160,12 @@ class TaskManager(TaskExecutor):
         priority: int | None = None,
         progress: ProgressListener | None = None,
         reserve: bool = True,
+        tenant: str | None = None,
     ) -> str:
         """Queue a call (acall keyword arguments as a dict) and return its task id once durable.
 
-        With an ``idempotency_key`` already used, the existing task's id comes back. ``progress``
+        With an ``idempotency_key`` already used (by the same ``tenant``: the server passes the
+        API key's, see ``TaskRecord.tenant``), the existing task's id comes back. ``progress``
         (in this process) sees the task's events as ``progress(kind, data)``. ``reserve=False``
         leaves the task to any worker that claims unowned tasks (``claims="all"``, this manager
         included) instead of reserving it for this manager.
@@ -179,6 +182,7 @@ class TaskManager(TaskExecutor):
             priority=priority if priority is not None else opts.priority,
             progress=progress if progress is not None else opts.progress,
             reserve=reserve,
+            tenant=tenant,
         )
 
     async def submit_spec(
@@ -189,6 +193,7 @@ class TaskManager(TaskExecutor):
         priority: int = 0,
         progress: ProgressListener | None = None,
         reserve: bool = True,
+        tenant: str | None = None,
     ) -> str:
         """Queue an already checked spec (see ``tasks._spec.call_spec``)."""
         self._check_open()
@@ -200,6 +205,7 @@ class TaskManager(TaskExecutor):
             priority=int(priority or 0),
             idempotency_key=idempotency_key,
             owner=self.worker_id if self._executing and reserve else None,
+            tenant=tenant,
             request_json=getattr(spec, "json", None) or None,
         )
         may_start = self._may_start_now(task)
@@ -339,8 +345,18 @@ class TaskManager(TaskExecutor):
         """The task's Response; its typed error if it failed; TaskPending if not finished."""
         return outcome_of(await self.status(task_id))
 
-    async def list_tasks(self, status: TaskStatus | str | None = None, limit: int = 100) -> list[TaskRecord]:
-        """Tasks, newest first, optionally of one status."""
+    async def list_tasks(
+        self,
+        status: TaskStatus | str | None = None,
+        limit: int = 100,
+        *,
+        before: str | None = None,
+        route: str | None = None,
+        tenant: str | None = None,
+    ) -> list[TaskRecord]:
+        """Tasks, newest first, optionally of one status; ``before`` (a task id) gives the next
+        page, ``route`` (a glob on the model after aliases) filters, ``tenant`` keeps only that
+        tenant's."""
         self._check_open()
         if isinstance(status, str):
             try:
@@ -349,7 +365,9 @@ class TaskManager(TaskExecutor):
                 raise UsageError(
                     f"unknown task status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
                 ) from None
-        return await self.store.list_tasks(status=status, limit=limit)
+        if tenant is not None:
+            return await self.store.list_tasks(status=status, limit=limit, before=before, route=route, tenant=tenant)
+        return await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
 
     async def workers_alive(self) -> list[WorkerInfo]:
         """Workers (and servers, managers) with a recent heartbeat."""

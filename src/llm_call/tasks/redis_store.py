@@ -324,12 +324,13 @@ class RedisTaskStore:
         got = await self._run(
             "submit", task.id, task.idempotency_key or "", task.priority, task.owner or "", task.route,
             dumps(task.request), repr(task.created_at), dumps({"route": task.route, "priority": task.priority}),
-            self._job_json(task.id, f"{self.prefix}|new", "queued"),
+            self._job_json(task.id, f"{self.prefix}|new", "queued"), task.tenant or "",
         )
         if got[0]:
             rec = TaskRecord(
                 id=task.id, status=TaskStatus.QUEUED, request=task.request, route=task.route, priority=task.priority,
                 idempotency_key=task.idempotency_key, created_at=task.created_at, owner=got[2] or None,
+                tenant=task.tenant,
             )
             return rec, True
         return await self._must_get(got[1]), False
@@ -394,7 +395,7 @@ class RedisTaskStore:
         return bool(done)
 
     async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
-        done: list[str] = list(await self._run("release", worker_id, *task_ids)) if task_ids else []
+        done: list[str] = list(await self._run("release", worker_id, CANCELLED, *task_ids)) if task_ids else []
         await self._run("move_owner", worker_id, "")
         return done
 
@@ -473,13 +474,29 @@ class RedisTaskStore:
             h = await r.hgetall(f"{self.prefix}:t:{task_id}")
         return record(h) if h else None
 
-    async def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
+        tenant: str | None = None,
+    ) -> list[TaskRecord]:
+        """See the protocol. A tenant's list is the index filtered by tenant (no index per tenant)."""
         key = f"{self.prefix}:all" if status is None else f"{self.prefix}:s:{status.value}"
+        top = "+inf"
+        if before is not None:
+            async with self._io("list") as r:
+                score = await r.zscore(f"{self.prefix}:all", before)
+            if score is None:
+                return []  # an unknown cursor (expired): nothing is older
+            top = f"({float(score)!r}"
         out: list[TaskRecord] = []
         start = 0
         while len(out) < limit:
             async with self._io("list") as r:
-                ids = await r.zrevrange(key, start, start + limit - 1)
+                ids = await r.zrevrangebyscore(key, top, "-inf", start=start, num=limit)
             if not ids:
                 break
             start += len(ids)
@@ -487,7 +504,11 @@ class RedisTaskStore:
             for task_id, rec in zip(ids, await self._records(ids), strict=True):
                 if rec is None:
                     gone.append(task_id)  # expired by TTL
-                elif status is None or rec.status is status:
+                elif (
+                    (status is None or rec.status is status)
+                    and (route is None or fnmatch.fnmatchcase(rec.route, route))
+                    and (tenant is None or rec.tenant == tenant)
+                ):
                     out.append(rec)
             if gone:
                 async with self._io("list") as r:
@@ -535,6 +556,16 @@ class RedisTaskStore:
             pipe.zrem(f"{self.prefix}:workers:hb", worker_id)
             await pipe.execute()
 
+    async def put_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Shared state every process sees (the Claude quota): one hash field per key."""
+        async with self._io("put meta") as r:
+            await r.hset(f"{self.prefix}:meta", key, dumps(value))
+
+    async def read_meta(self, prefix: str) -> dict[str, dict[str, Any]]:
+        async with self._io("read meta") as r:
+            raw = await r.hgetall(f"{self.prefix}:meta")
+        return {k: json.loads(v) for k, v in raw.items() if k.startswith(prefix)}
+
     async def _registry(self) -> list[WorkerInfo]:
         async with self._io("workers") as r:
             raw = await r.hgetall(f"{self.prefix}:workers")
@@ -566,8 +597,10 @@ class RedisTaskStore:
         def note(task_id: str, outcome: str) -> None:
             if outcome == "requeued":
                 report.requeued.append(task_id)
-            elif outcome in ("interrupted", "cancelled"):
+            elif outcome == "interrupted":
                 report.interrupted.append(task_id)
+            elif outcome == "cancelled":
+                report.cancelled.append(task_id)
 
         # 1. the engine: SAQ's sweep re-queues (or aborts) jobs whose heartbeat went stale
         for lane in await self._lanes():

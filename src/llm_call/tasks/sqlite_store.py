@@ -53,7 +53,7 @@ _log = logging.getLogger("llm_call.tasks")
 
 _COLS = (
     "id, status, request, route, priority, idempotency_key, created_at, started_at, finished_at, "
-    "attempts, progress, result, error, worker, owner, cancel_requested"
+    "attempts, progress, result, error, worker, owner, cancel_requested, tenant"
 )
 _FINAL_SQL = "('succeeded', 'failed', 'cancelled', 'interrupted')"
 _BUSY_TIMEOUT_S = 30.0
@@ -64,6 +64,15 @@ _dumps = dumps
 
 def _loads(text: str | None) -> Any:
     return None if text is None else loads(text)
+
+
+def _same_key(conn: sqlite3.Connection, task: NewTask) -> Sequence[Any] | None:
+    """The task of the same tenant with ``task``'s idempotency key, if any."""
+    row: Sequence[Any] | None = conn.execute(
+        f"SELECT {_COLS} FROM tasks WHERE coalesce(tenant, '') = ? AND idempotency_key = ?",
+        (task.tenant or "", task.idempotency_key),
+    ).fetchone()
+    return row
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
@@ -84,6 +93,7 @@ def _record(row: Sequence[Any]) -> TaskRecord:
         worker=row[13],
         owner=row[14],
         cancel_requested=bool(row[15]),
+        tenant=row[16],
     )
 
 
@@ -129,6 +139,28 @@ class SQLiteTaskStore:
             conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (task_id, row[0], kind, _dumps(data), at))
 
     @staticmethod
+    def _cancelled_error(task_id: str) -> str:
+        return _dumps(error_to_dict(TaskCancelled(f"task {task_id} was cancelled", task_id=task_id)))
+
+    def _finish_cancelled(
+        self, conn: sqlite3.Connection, task_id: str, data: dict[str, Any], now: float,
+        error: Callable[[str], str], *, worker: str | None = None,
+    ) -> bool:
+        """End a running task whose cancellation was requested as ``cancelled`` (inside a write
+        transaction). A cancelled task never starts again: recovery and release come here
+        before they would put it back in the queue."""
+        sql = "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ?, worker = NULL " \
+              "WHERE id = ? AND status = 'running' AND cancel_requested = 1"
+        params: list[Any] = [now, error(task_id), task_id]
+        if worker is not None:
+            sql += " AND worker = ?"
+            params.append(worker)
+        if conn.execute(sql + " RETURNING id", params).fetchone() is None:
+            return False
+        self._event(conn, task_id, "cancelled", {"was": "running", **data}, now)
+        return True
+
+    @staticmethod
     def _get(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
         row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
         return None if row is None else _record(row)
@@ -143,13 +175,13 @@ class SQLiteTaskStore:
     def _submit_op(self, task: NewTask, request: str, created_data: str) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool]]:
         def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             if task.idempotency_key is not None:
-                row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                row = _same_key(conn, task)
                 if row is not None:
                     return _record(row), False
             conn.execute(
-                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, created_at, event_seq) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1)",
-                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, task.created_at),
+                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, created_at, event_seq, "
+                "tenant) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, task.created_at, task.tenant),
             )
             conn.execute("INSERT INTO events VALUES (?, 1, 'queued', ?, ?)", (task.id, created_data, task.created_at))
             return self._new_record(task, TaskStatus.QUEUED), True
@@ -170,14 +202,15 @@ class SQLiteTaskStore:
             if conn.execute(f"SELECT 1 FROM tasks WHERE {where} LIMIT 1", params).fetchone() is not None:
                 return submit_op(conn)  # others wait: queue it behind them
             if task.idempotency_key is not None:
-                row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                row = _same_key(conn, task)
                 if row is not None:
                     return _record(row), False
             now = time.time()
             conn.execute(
                 "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
-                "created_at, started_at, event_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2)",
-                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at, now),
+                "created_at, started_at, event_seq, tenant) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2, ?)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at,
+                 now, task.tenant),
             )
             conn.executemany(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
@@ -199,6 +232,7 @@ class SQLiteTaskStore:
             idempotency_key=task.idempotency_key,
             created_at=task.created_at,
             owner=task.owner,
+            tenant=task.tenant,
             **extra,
         )
 
@@ -209,8 +243,9 @@ class SQLiteTaskStore:
         def op(conn: sqlite3.Connection) -> TaskRecord:
             conn.execute(
                 "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
-                "created_at, started_at, event_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2)",
-                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at, now),
+                "created_at, started_at, event_seq, tenant) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2, ?)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at,
+                 now, task.tenant),
             )
             conn.executemany(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
@@ -261,7 +296,7 @@ class SQLiteTaskStore:
             now = time.time()
             rows = conn.execute(
                 "UPDATE tasks SET status = 'running', worker = ?, attempts = attempts + 1, started_at = ?, "
-                "cancel_requested = 0, event_seq = event_seq + 1 "
+                "event_seq = event_seq + 1 "
                 f"WHERE seq IN (SELECT seq FROM tasks WHERE {where} ORDER BY priority DESC, seq LIMIT ?) "
                 f"RETURNING seq, event_seq, {_COLS}",
                 [worker_id, now, *params, limit],
@@ -298,10 +333,14 @@ class SQLiteTaskStore:
     async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
         ids = list(task_ids)
 
+        cancelled_error = self._cancelled_error
+
         def op(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             done = []
             for task_id in ids:
+                if self._finish_cancelled(conn, task_id, {"worker": worker_id}, now, cancelled_error, worker=worker_id):
+                    continue
                 row = conn.execute(
                     "UPDATE tasks SET status = 'queued', worker = NULL, owner = NULL, started_at = NULL, "
                     "attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? AND status = 'running' RETURNING id",
@@ -473,15 +512,36 @@ class SQLiteTaskStore:
     async def get(self, task_id: str) -> TaskRecord | None:
         return self._read(lambda c: self._get(c, task_id))
 
-    async def list_tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskRecord]:
-        if status is None:
-            rows = self._read(lambda c: c.execute(f"SELECT {_COLS} FROM tasks ORDER BY seq DESC LIMIT ?", (limit,)).fetchall())
-        else:
-            rows = self._read(
-                lambda c: c.execute(
-                    f"SELECT {_COLS} FROM tasks WHERE status = ? ORDER BY seq DESC LIMIT ?", (status.value, limit)
-                ).fetchall()
-            )
+    async def list_tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
+        tenant: str | None = None,
+    ) -> list[TaskRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
+        if route is not None:
+            where.append("route GLOB ?")
+            args.append(route)
+        if before is not None:
+            # an unknown cursor (deleted by retention) pages from the end: nothing is older
+            where.append("seq < coalesce((SELECT seq FROM tasks WHERE id = ?), 0)")
+            args.append(before)
+        sql = f"SELECT {_COLS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        rows = self._read(lambda c: c.execute(sql, args).fetchall())
         return [_record(r) for r in rows]
 
     async def queued_count(self, route_pattern: str) -> int:
@@ -513,6 +573,16 @@ class SQLiteTaskStore:
             )
 
         await self._write(op)
+
+    async def put_meta(self, key: str, value: dict[str, Any]) -> None:
+        """Shared state every process sees (the Claude quota), in the ``meta`` table."""
+        text = _dumps(value)
+        await self._write(lambda c: c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, text)).rowcount)
+
+    async def read_meta(self, prefix: str) -> dict[str, dict[str, Any]]:
+        sql = "SELECT key, value FROM meta WHERE substr(key, 1, ?) = ?"
+        rows = self._read(lambda c: c.execute(sql, (len(prefix), prefix)).fetchall())
+        return {k: _loads(v) for k, v in rows}
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._write(lambda c: c.execute("DELETE FROM workers WHERE id = ?", (worker_id,)) and None)
@@ -546,10 +616,14 @@ class SQLiteTaskStore:
             ).fetchall():
                 if worker in alive:
                     continue
+                data = {"dead_worker": worker, "executions": attempts}
+                if self._finish_cancelled(conn, task_id, data, now, self._cancelled_error):
+                    report.cancelled.append(task_id)
+                    continue
                 if attempts < max_executions:
                     conn.execute(
-                        "UPDATE tasks SET status = 'queued', worker = NULL, owner = ?, started_at = NULL, "
-                        "cancel_requested = 0 WHERE id = ?",
+                        "UPDATE tasks SET status = 'queued', worker = NULL, owner = ?, started_at = NULL "
+                        "WHERE id = ?",
                         (adopter, task_id),
                     )
                     self._event(conn, task_id, "requeued", {"dead_worker": worker, "executions": attempts}, now)

@@ -96,6 +96,8 @@ class NewTask:
     priority: int = 0
     idempotency_key: str | None = None
     owner: str | None = None
+    #: the API key's tenant (server submits); idempotency keys are unique per tenant
+    tenant: str | None = None
     id: str = field(default_factory=new_task_id)
     created_at: float = field(default_factory=time.time)
     #: ``request`` already encoded as JSON, when the caller has it (a store may use it)
@@ -156,6 +158,7 @@ def final_record(rec: TaskRecord, outcome: Outcome, progress: dict[str, Any], wo
         worker=worker,
         owner=rec.owner,
         cancel_requested=False,
+        tenant=rec.tenant,
     )
 
 
@@ -201,6 +204,7 @@ class RecoveryReport:
 
     requeued: list[str] = field(default_factory=list)
     interrupted: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)  # running, cancel requested, worker dead
     reassigned: list[str] = field(default_factory=list)  # queued tasks of dead owners
     dead_workers: list[str] = field(default_factory=list)
 
@@ -218,7 +222,8 @@ class TaskStore(Protocol):
     async def close(self) -> None: ...
 
     async def submit(self, task: NewTask) -> tuple[TaskRecord, bool]:
-        """Create a queued task; with an existing ``idempotency_key`` return that task instead.
+        """Create a queued task; with an ``idempotency_key`` already used by the same ``tenant``
+        return that task instead (another tenant's use of the key does not count).
 
         Returns ``(record, created)``.
         """
@@ -294,9 +299,17 @@ class TaskStore(Protocol):
     async def get(self, task_id: str) -> TaskRecord | None: ...
 
     async def list_tasks(
-        self, *, status: TaskStatus | None = None, limit: int = 100
+        self,
+        *,
+        status: TaskStatus | None = None,
+        limit: int = 100,
+        before: str | None = None,
+        route: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskRecord]:
-        """Newest first."""
+        """Newest first. ``before`` (a task id) pages: only tasks created before that one (none
+        when it is unknown); ``route`` is a glob on the task's route (the model after aliases);
+        with ``tenant``, only that tenant's tasks (None: everyone's)."""
         ...
 
     async def counts(self) -> dict[str, int]:

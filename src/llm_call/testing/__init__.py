@@ -11,7 +11,8 @@
 
 Each chat request plays the next matching :class:`Reply` of the script: text, tool calls, or a
 :class:`Fault` (HTTP status, connection reset, malformed/HTML/truncated body, a stream cut
-short, a hang), after ``latency`` seconds and with ``chunk_delay`` between stream chunks.
+short, a hang), after ``latency`` seconds and with ``chunk_delay`` between stream chunks, with
+the reply's extra ``headers`` (e.g. :func:`unified_ratelimit_headers`, a subscription's quota).
 Every request is recorded in :attr:`ScriptedLLMServer.requests` as a :class:`RecordedRequest`.
 
 Example::
@@ -51,6 +52,7 @@ from llm_call.testing._script import (
     ReplyLike,
     Script,
     ToolCall,
+    unified_ratelimit_headers,
 )
 from llm_call.testing._server import ScriptedLLMServer
 
@@ -63,4 +65,5 @@ __all__ = [
     "Script",
     "ScriptedLLMServer",
     "ToolCall",
+    "unified_ratelimit_headers",
 ]

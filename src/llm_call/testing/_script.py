@@ -25,6 +25,7 @@ __all__ = [
     "ToolCall",
     "content_text",
     "split_words",
+    "unified_ratelimit_headers",
 ]
 
 #: The fault kinds a :class:`Fault` can play.
@@ -146,7 +147,9 @@ class Reply:
     ``text`` is the answer; ``chunks`` the explicit stream pieces (default: ``text`` split into
     word-sized pieces). A reply is used for a request when ``match_model`` (exact or fnmatch
     glob) and ``match_text`` (substring of the last user message's text) match, at most
-    ``times`` times (``None``: unlimited).
+    ``times`` times (``None``: unlimited). ``headers`` are added to the response, whatever it
+    is (an answer, a stream or an HTTP fault), e.g. the subscription's
+    ``anthropic-ratelimit-unified-*`` headers (:func:`unified_ratelimit_headers`).
 
     >>> Reply.from_dict({"text": "hi", "times": 2})
     Reply(text='hi', ..., times=2)  # doctest: +SKIP
@@ -164,6 +167,7 @@ class Reply:
     match_model: str | None = None
     match_text: str | None = None
     times: int | None = 1
+    headers: dict[str, str] = field(default_factory=dict)
     _cache: tuple[str, list[str], list[str], int] | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -237,6 +241,8 @@ class Reply:
             d["fault"] = Fault.from_dict(fault)
         if d.get("chunks") is not None:
             d["chunks"] = [str(c) for c in d["chunks"]]
+        if "headers" in d:
+            d["headers"] = {str(k): str(v) for k, v in (d["headers"] or {}).items()}
         return cls(**d)
 
 
@@ -340,6 +346,51 @@ class RecordedRequest:
         if isinstance(body, dict) and isinstance(body.get("tools"), list):
             return list(body["tools"])
         return []
+
+
+def unified_ratelimit_headers(
+    status: str = "allowed",
+    *,
+    claim: str = "five_hour",
+    reset: float | None = None,
+    five_hour: tuple[float, float, str] | None = None,
+    seven_day: tuple[float, float, str] | None = None,
+    overage_status: str | None = "rejected",
+    overage_reset: float | None = None,
+    overage_disabled_reason: str | None = "org_level_disabled",
+    overage_in_use: bool = False,
+) -> dict[str, str]:
+    """The ``anthropic-ratelimit-unified-*`` headers a Claude subscription's API answers with
+    (the Claude Code CLI in subscription mode turns them into ``rate_limit_event`` lines).
+
+    ``five_hour``/``seven_day`` are ``(utilization 0..1, reset epoch seconds, status)``;
+    ``status`` is ``allowed``, ``allowed_warning`` or ``rejected``. ``reset`` defaults to the
+    reset of the ``claim`` window. Use them as ``Reply(text="hi", headers=...)`` or with a
+    ``Fault.http(429)`` to reject a call.
+    """
+    windows = {"5h": five_hour, "7d": seven_day}
+    claimed = {"five_hour": five_hour, "seven_day": seven_day}.get(claim)
+    if reset is None and claimed is not None:
+        reset = claimed[1]
+    p = "anthropic-ratelimit-unified-"
+    h = {p + "status": status, p + "representative-claim": claim}
+    if reset is not None:
+        h[p + "reset"] = str(int(reset))
+    for short, window in windows.items():
+        if window is not None:
+            util, at, st = window
+            h[f"{p}{short}-utilization"] = str(util)
+            h[f"{p}{short}-reset"] = str(int(at))
+            h[f"{p}{short}-status"] = st
+    if overage_status is not None:
+        h[p + "overage-status"] = overage_status
+    if overage_reset is not None:
+        h[p + "overage-reset"] = str(int(overage_reset))
+    if overage_disabled_reason is not None and overage_status == "rejected":
+        h[p + "overage-disabled-reason"] = overage_disabled_reason
+    if overage_in_use:
+        h[p + "overage-in-use"] = "true"
+    return h
 
 
 def content_text(content: Any) -> str:

@@ -311,7 +311,7 @@ class ScriptedLLMServer:
             await asyncio.sleep(reply.latency)
         fault = reply.fault
         if fault is not None and fault.kind not in ("cut_stream", "truncated_json"):
-            return await _play_fault(request, api, fault)
+            return await _play_fault(request, api, fault, reply.headers)
         n = next(_ids)
         shown_model = reply.model or model
         prompt = reply.prompt_tokens
@@ -326,7 +326,9 @@ class ScriptedLLMServer:
             else:
                 head, items, tail = _anthropic_stream(reply, shown_model, n, prompt, completion)
             cut = fault.after_chunks if fault is not None and fault.kind == "cut_stream" else None
-            return await _send_stream(request, head, items, tail, reply.chunk_delay, cut)
+            return await _send_stream(
+                request, head, items, tail, reply.chunk_delay, cut, reply.headers
+            )
         if api == "openai":
             data = _openai_completion(reply, shown_model, n, prompt, completion)
         else:
@@ -334,13 +336,21 @@ class ScriptedLLMServer:
         payload = json.dumps(data)
         if fault is not None:  # truncated_json, or cut_stream on a non-stream request
             payload = fault.body if fault.body is not None else payload[: len(payload) // 2]
-        return web.Response(text=payload, content_type=_JSON)
+        return web.Response(text=payload, content_type=_JSON, headers=reply.headers or None)
 
 
 # -- faults ------------------------------------------------------------------------------
 
 
-async def _play_fault(request: web.BaseRequest, api: str, fault: Fault) -> web.StreamResponse:
+async def _play_fault(
+    request: web.BaseRequest, api: str, fault: Fault, headers: dict[str, str]
+) -> web.StreamResponse:
+    resp = await _fault_response(request, api, fault)
+    resp.headers.update(headers)
+    return resp
+
+
+async def _fault_response(request: web.BaseRequest, api: str, fault: Fault) -> web.StreamResponse:
     kind = fault.kind
     if kind == "status":
         if fault.body is None:
@@ -387,8 +397,9 @@ async def _send_stream(
     tail: str,
     delay: float,
     cut: int | None,
+    headers: dict[str, str],
 ) -> web.StreamResponse:
-    resp = web.StreamResponse(headers=_SSE_HEADERS)
+    resp = web.StreamResponse(headers={**_SSE_HEADERS, **headers} if headers else _SSE_HEADERS)
     await resp.prepare(request)
     try:
         if cut is not None:

@@ -44,10 +44,11 @@ from ._builtin import (
     PythonCode,
     Regex,
 )
-from ._specs import describe_validators, parse_spec, parse_specs
+from ._specs import FILES_REFUSED, describe_validators, parse_spec, parse_specs
 from .loop import resume_validated, run_validated, stream_validated
 
 __all__ = [
+    "FILES_REFUSED",
     "AgentValidator",
     "Contains",
     "FieldPresent",

@@ -28,6 +28,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import inspect
 import json
 import re
@@ -270,11 +272,52 @@ def as_validator(obj: Any) -> Validator:
     raise UsageError(f"{obj!r} is not a validator (expected a spec string, dict, Validator or callable)")
 
 
+#: answers at least this long are checked by ``cpu_bound`` validators on a worker thread
+OFF_LOOP_CHARS = 20_000
+#: how long a validator on a worker thread may take before the answer fails with feedback saying so
+OFF_LOOP_TIMEOUT_S = 10.0
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _validator_pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _pool
+    if _pool is None:  # its own threads: a slow check never starves the loop's default executor
+        _pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="llm_call-validate")
+    return _pool
+
+
 async def run_validator(validator: Validator, text: str, context: ValidationContext) -> Verdict:
-    """Run one validator (sync or async) and name its verdict."""
+    """Run one validator (sync or async) and name its verdict.
+
+    A ``cpu_bound`` validator (regex, JSON Schema, Python parse) given a long answer runs on a
+    worker thread, bounded by :data:`OFF_LOOP_TIMEOUT_S`, so the event loop keeps serving other
+    requests; one that overruns is a failed verdict saying so (typed, never a silent pass).
+    """
+    if len(text) >= OFF_LOOP_CHARS and getattr(validator, "cpu_bound", False):
+        return await _run_off_loop(validator, text, context)
     result = validator.validate(text, context)
     if result.__class__ is Verdict and result.validator:  # the built-ins' fast path
         return result  # type: ignore[return-value]
+    if inspect.isawaitable(result):
+        result = await result
+    if not isinstance(result, Verdict) or not result.validator:
+        result = interpret_result(result, validator.name)
+    return result
+
+
+async def _run_off_loop(validator: Validator, text: str, context: ValidationContext) -> Verdict:
+    future = asyncio.get_running_loop().run_in_executor(_validator_pool(), validator.validate, text, context)
+    try:
+        async with asyncio.timeout(OFF_LOOP_TIMEOUT_S):
+            result = await future
+    except TimeoutError:
+        return Verdict(
+            False,
+            f"the {validator.name} check did not finish within {OFF_LOOP_TIMEOUT_S:g} s on this answer "
+            f"({len(text)} characters); give a shorter answer",
+            {"timeout_s": OFF_LOOP_TIMEOUT_S},
+            validator.name,
+        )
     if inspect.isawaitable(result):
         result = await result
     if not isinstance(result, Verdict) or not result.validator:

@@ -85,9 +85,12 @@ class JsonSchema:
 
     name = "json_schema"
     expensive = False
+    cpu_bound = True
     max_errors = 5
 
-    def __init__(self, schema: dict[str, Any] | bool, *, source: str | None = None) -> None:
+    def __init__(self, schema: dict[str, Any] | bool, *, source: str | None = None, linear_regex: bool = False) -> None:
+        """``linear_regex=True`` (schemas from validation specs): ``pattern`` and
+        ``patternProperties`` run on RE2, as regex specs do."""
         from jsonschema import exceptions, validators
 
         if not isinstance(schema, dict | bool):
@@ -98,6 +101,10 @@ class JsonSchema:
         except exceptions.SchemaError as exc:
             where = f" in {source}" if source else ""
             raise UsageError(f"invalid JSON Schema{where}: {exc.message}") from None
+        if linear_regex:
+            from ._re2 import re2_schema_class
+
+            cls = re2_schema_class(cls, schema)
         self.schema = schema
         self._validator = cls(schema)
 
@@ -163,20 +170,36 @@ def _flags(flags: str | int) -> int:
 
 
 class Regex:
-    """The answer matches ``pattern``: ``mode`` is ``search`` (anywhere), ``full`` or ``match``."""
+    """The answer matches ``pattern``: ``mode`` is ``search`` (anywhere), ``full`` or ``match``.
+
+    ``engine="re"`` (the default for Python callers) is Python's ``re``; ``engine="re2"`` is the
+    linear-time RE2 engine that validation specs use (no backreferences or lookaround; flags
+    i, m, s), so a pattern from a request cannot freeze the server.
+    """
 
     name = "regex"
     expensive = False
+    cpu_bound = True
 
-    def __init__(self, pattern: str, *, flags: str | int = "", mode: str = "search") -> None:
+    def __init__(self, pattern: str, *, flags: str | int = "", mode: str = "search", engine: str = "re") -> None:
         if mode not in ("search", "full", "match"):
             raise UsageError(f"regex mode must be search, full or match, not {mode!r}")
-        try:
-            self.regex = re.compile(pattern, _flags(flags))
-        except re.error as exc:
-            raise UsageError(f"invalid regex {pattern!r}: {exc}") from None
+        if engine == "re2":
+            from ._re2 import compile_linear
+
+            if not isinstance(flags, str):
+                raise UsageError("regex flags for the re2 engine are letters (i, m, s), not an int")
+            self.regex: Any = compile_linear(pattern, flags)
+        elif engine == "re":
+            try:
+                self.regex = re.compile(pattern, _flags(flags))
+            except re.error as exc:
+                raise UsageError(f"invalid regex {pattern!r}: {exc}") from None
+        else:
+            raise UsageError(f"regex engine must be re or re2, not {engine!r}")
         self.pattern = pattern
         self.mode = mode
+        self.engine = engine
         self._match = {"search": self.regex.search, "full": self.regex.fullmatch, "match": self.regex.match}[mode]
 
     def validate(self, text: str, context: ValidationContext) -> Verdict:
@@ -267,6 +290,7 @@ class PythonCode:
 
     name = "python"
     expensive = False
+    cpu_bound = True
 
     def __init__(self, *, defines: str | None = None) -> None:
         if defines is not None and not defines.isidentifier():

@@ -33,7 +33,14 @@ from . import _builtin as b
 from ._agent import CRITERIA_KEYS, AgentValidator
 from ._base import Validator, as_validator
 
-__all__ = ["SPECS", "Param", "Spec", "describe_validators", "parse_spec", "parse_specs"]
+__all__ = ["FILES_REFUSED", "SPECS", "Param", "Spec", "describe_validators", "parse_spec", "parse_specs"]
+
+#: The one refusal for a spec that would read a file when files are not allowed (HTTP requests).
+#: Always the same text, whatever the path: a request must not learn what exists on the server.
+FILES_REFUSED = (
+    "validation specs sent over HTTP cannot read files on the server ('@path'); "
+    "send the JSON Schema inline, e.g. schema:{\"type\": \"object\"}"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +84,7 @@ def _agent(**kw: Any) -> Validator:
 
 def _schema(**kw: Any) -> Validator:
     schema, source = kw["schema"]
-    return b.JsonSchema(schema, source=source)
+    return b.JsonSchema(schema, source=source, linear_regex=True)
 
 
 SPECS: tuple[Spec, ...] = (
@@ -94,11 +101,11 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec(
         "regex",
-        "The answer matches a regular expression.",
-        lambda pattern, flags="", mode="search": b.Regex(pattern, flags=flags, mode=mode),
+        "The answer matches a regular expression (RE2: linear time).",
+        lambda pattern, flags="", mode="search": b.Regex(pattern, flags=flags, mode=mode, engine="re2"),
         (
-            Param("pattern", required=True, help="Python regular expression"),
-            Param("flags", default="", help="letters: i (ignore case), m, s, x, a"),
+            Param("pattern", required=True, help="regular expression (RE2 syntax: linear time; no backreferences or lookaround)"),
+            Param("flags", default="", help="letters: i (ignore case), m (multi-line), s (dot matches newline)"),
             Param("mode", default="search", help="search (anywhere), full (whole answer) or match (at start)"),
         ),
         "pattern",
@@ -184,6 +191,7 @@ for _spec in SPECS:
     for _n in (_spec.name, *_spec.aliases):
         _BY_NAME[_n] = _spec
 _cache: dict[str, Validator] = {}
+_cache_no_files: dict[str, Validator] = {}
 _list_cache: dict[tuple[str, ...], tuple[Validator, ...]] = {}
 
 
@@ -213,11 +221,13 @@ def _bool(value: str, spec: Spec, p: Param) -> bool:
     raise UsageError(f"validator {spec.name}: {p.name}={value!r} is not a boolean (true or false)")
 
 
-def _load_schema(value: Any, spec: Spec) -> tuple[Any, str | None]:
+def _load_schema(value: Any, spec: Spec, allow_files: bool) -> tuple[Any, str | None]:
     if isinstance(value, dict | bool):
         return value, None
     text = str(value).strip()
     if text.startswith("@"):
+        if not allow_files:
+            raise UsageError(FILES_REFUSED)
         path = Path(text[1:]).expanduser()
         try:
             raw = path.read_text(encoding="utf-8")
@@ -235,10 +245,10 @@ def _load_schema(value: Any, spec: Spec) -> tuple[Any, str | None]:
         ) from None
 
 
-def _coerce(spec: Spec, p: Param, value: Any) -> Any:
+def _coerce(spec: Spec, p: Param, value: Any, allow_files: bool) -> Any:
     kind = p.kind
     if kind == "schema":
-        return _load_schema(value, spec)
+        return _load_schema(value, spec, allow_files)
     if kind == "dict":
         if isinstance(value, str):
             try:
@@ -275,7 +285,7 @@ def _coerce(spec: Spec, p: Param, value: Any) -> Any:
     return value
 
 
-def _build(spec: Spec, params: dict[str, Any]) -> Validator:
+def _build(spec: Spec, params: dict[str, Any], allow_files: bool) -> Validator:
     kwargs: dict[str, Any] = {}
     for key, value in params.items():
         p = spec.param(str(key))
@@ -285,7 +295,7 @@ def _build(spec: Spec, params: dict[str, Any]) -> Validator:
             raise UsageError(f"validator {spec.name}: parameter {p.name} given twice")
         if value is None:
             continue
-        kwargs[p.name] = _coerce(spec, p, value)
+        kwargs[p.name] = _coerce(spec, p, value, allow_files)
     missing = [p.name for p in spec.params if p.required and p.name not in kwargs]
     if missing:
         raise UsageError(
@@ -322,17 +332,22 @@ def _split_params(spec: Spec, rest: str) -> dict[str, Any]:
     return {spec.main: rest}
 
 
-def parse_spec(spec: Any) -> Validator:
-    """One validator from a short string, a dict spec, a Validator or a callable."""
+def parse_spec(spec: Any, *, allow_files: bool = True) -> Validator:
+    """One validator from a short string, a dict spec, a Validator or a callable.
+
+    ``allow_files=False`` (specs from HTTP requests) refuses any spec that would read a file
+    (``schema:@path`` in every spelling) with the same :data:`FILES_REFUSED` text whatever the path.
+    """
     if isinstance(spec, str):
-        cached = _cache.get(spec)
+        cache = _cache if allow_files else _cache_no_files  # one parsed from a file is not reused without
+        cached = cache.get(spec)
         if cached is not None:
             return cached
         name, sep, rest = spec.partition(":")
         found = _lookup(name)
-        validator = _build(found, _split_params(found, rest) if sep and rest else {})
-        if len(_cache) < 1024:
-            _cache[spec] = validator
+        validator = _build(found, _split_params(found, rest) if sep and rest else {}, allow_files)
+        if len(cache) < 1024:
+            cache[spec] = validator
         return validator
     if isinstance(spec, dict):
         unknown = set(spec) - {"type", "params"}
@@ -343,17 +358,20 @@ def parse_spec(spec: Any) -> Validator:
         params = spec.get("params") or {}
         if not isinstance(params, dict):
             raise UsageError(f"validator {spec['type']!r}: params must be a dict")
-        return _build(_lookup(str(spec["type"])), params)
+        return _build(_lookup(str(spec["type"])), params, allow_files)
     return as_validator(spec)
 
 
-def parse_specs(specs: Any) -> list[Validator]:
+def parse_specs(specs: Any, *, allow_files: bool = True) -> list[Validator]:
     """Validators from one spec or a list of specs (strings, dicts, Validators, callables).
 
-    Raises :class:`UsageError` naming the valid validators or parameters.
+    Raises :class:`UsageError` naming the valid validators or parameters. ``allow_files=False``:
+    see :func:`parse_spec`.
     """
     if specs is None:
         return []
+    if not allow_files:
+        return [parse_spec(s, allow_files=False) for s in (specs if isinstance(specs, list | tuple) else [specs])]
     if isinstance(specs, str | dict) or not isinstance(specs, list | tuple):
         return [parse_spec(specs)]
     key = tuple(specs)

@@ -28,6 +28,11 @@ only; routes that report none count as 0 and a warning is logged), token (``budg
 time (``deadline_s``) budgets are checked; a spent budget raises :class:`BudgetExceeded` with
 every attempt so far. Running out of attempts raises :class:`ValidationExhausted`.
 
+Tool calls: an answer that asks for tools (``tool_calls``, for callers that pass ``tools=``) is
+a step of the conversation, not the answer, so it is returned at once without running the
+validators (``extra["validation"] == "skipped: tool_calls"``, ``parsed`` stays ``None``). The
+caller runs the tools and calls again with the same ``validate=``; the final text is validated.
+
 On success the provider's response is returned with ``attempts`` (every answer, judge and failed
 provider call), ``usage`` and ``cost_usd`` summed over all of them, ``parsed`` from the
 validators and ``extra["passed_attempt"]``.
@@ -38,25 +43,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from .._progress import emit
+from .._retry import complete_with_retries, deadline_stop, stream_with_retries
+from .._settings import current_settings
 from .._streams import closing
 from ..errors import (
     BudgetExceeded,
     HumanReviewNeeded,
-    ProviderTimeout,
     UsageError,
     ValidationExhausted,
 )
 from ..providers.base import message_text
-from ..retry import clock_of, complete_with_retries, stream_with_retries
+from ..retry import clock_of
 from ..types import Attempt, Chunk, Message, Request, Response, Usage
 from ._base import Budget, ValidationContext, Validator, Verdict, run_validator
 from ._specs import parse_specs
 
 if TYPE_CHECKING:
-    from ..client import CallOptions
+    from .._request import CallOptions
+
+#: ``extra["validation"]`` of an answer that asked for tools (validators judge the final text)
+TOOL_STEP = "skipped: tool_calls"
 
 __all__ = ["DEFAULT_MAX_ATTEMPTS", "resume_validated", "run_validated", "stream_validated"]
 
@@ -151,10 +161,9 @@ class _Run:
             return
         if opts.tools_after < 1:
             raise UsageError(f"tools_after must be >= 1, not {opts.tools_after}")
-        from ..client import _settings
         from ..providers.router import resolve
 
-        settings = _settings()
+        settings = current_settings()
         for i, model in enumerate(self.plan, start=1):
             if i >= opts.tools_after and resolve(model, settings).kind != "max":
                 raise UsageError(
@@ -213,8 +222,10 @@ class _Run:
             req.timeout = max(remaining, 0.001)
         return req
 
-    def deadline_passed(self) -> bool:
-        return self.deadline_at is not None and self.clock() >= self.deadline_at
+    def deadline_stop(self, n: int) -> AbstractContextManager[None]:
+        """Around attempt ``n``: the caller's ``deadline_s`` running out is a budget stop."""
+        reason = f"deadline of {self.opts.deadline_s}s passed during attempt {n}"
+        return deadline_stop(self.clock, self.deadline_at, lambda _exc: self.budget_error(reason))
 
     def charge(self, record: Attempt) -> None:
         if self.budget is None:
@@ -277,8 +288,8 @@ class _Run:
     def add_feedback_message(self) -> None:
         self.messages.append({"role": "user", "content": self._pending_feedback})
 
-    def success(self, response: Response, ctx: ValidationContext, n: int) -> Response:
-        if ctx.has_parsed:
+    def success(self, response: Response, ctx: ValidationContext | None, n: int) -> Response:
+        if ctx is not None and ctx.has_parsed:
             response.parsed = ctx.parsed
         response.attempts = self.records
         records = self.records
@@ -323,17 +334,17 @@ async def _loop(run: _Run) -> Response:
         run.before_attempt(n)
         if n > run.first:
             run.add_feedback_message()
-        try:
+        with run.deadline_stop(n):
             response = await complete_with_retries(
                 run.request_for(n), run.opts, attempt=n, deadline_at=run.deadline_at
             )
-        except ProviderTimeout as exc:
-            if run.deadline_passed():
-                raise run.budget_error(f"deadline of {run.opts.deadline_s}s passed during attempt {n}") from exc
-            raise
         for record in response.attempts:
             run.records.append(record)
             run.charge(record)
+        if response.tool_calls:
+            run.record_answer(response.attempts[-1], response.text, [])
+            response.extra["validation"] = TOOL_STEP
+            return run.success(response, None, n)
         verdicts, ctx = await run.validate(response.text, n, response)
         feedback = run.record_answer(response.attempts[-1], response.text, verdicts)
         if feedback is None:
@@ -401,8 +412,9 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
         request_n = run.request_for(n)
         parts: list[str] = []
         final: Chunk | None = None
+        tool_step = False
         started = time.perf_counter()
-        try:
+        with run.deadline_stop(n):
             inner = stream_with_retries(
                 request_n, opts, attempt=n, deadline_at=run.deadline_at, records=run.records
             )
@@ -414,11 +426,9 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
                         continue
                     if chunk.text:
                         parts.append(chunk.text)
+                    if chunk.tool_calls:
+                        tool_step = True
                     yield chunk
-        except ProviderTimeout as exc:
-            if run.deadline_passed():
-                raise run.budget_error(f"deadline of {opts.deadline_s}s passed during attempt {n}") from exc
-            raise
         text = "".join(parts)
         final = final or Chunk(model=run.model_for(n), attempt=n, finish_reason="stop")
         record = Attempt(
@@ -429,6 +439,11 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
         )
         run.records.append(record)
         run.charge(record)
+        if tool_step:
+            run.record_answer(record, text, [])
+            final.data = {**(final.data or {}), "passed_attempt": n, "attempts": run.attempt_dicts(), "validation": TOOL_STEP}
+            yield final
+            return
         verdicts, ctx = await run.validate(text, n, None)
         feedback = run.record_answer(record, text, verdicts)
         if feedback is None:

@@ -1,0 +1,161 @@
+"""Scheduling ``max/*`` tasks on the Claude subscription's quota (the ``[claude]`` settings).
+
+The quota state itself is read and kept by :mod:`llm_call.providers._claude_quota` (every
+``rate_limit_event`` of the CLI, shared through the task store). The task manager acts on it:
+
+- **Claims.** While the account's quota blocks calls (a window ``rejected`` until its reset, or
+  only overage left with ``allow_overage = false``) the dispatcher claims no ``max/*`` task: they
+  stay ``queued``. Above ``slowdown_at`` it runs at most ``slowdown_concurrency`` of them.
+- **A task that meets a used-up window** (:class:`~llm_call.errors.QuotaExhausted`, from the
+  provider's check before the call or from the subscription's 429) follows
+  ``on_quota_exhausted``:
+
+  - ``"wait"``: the task waits until the window resets, holding no CLI slot and no route
+    slot, then calls again. Its record shows ``progress.waiting`` (``reason``, ``window``,
+    ``until``) and its events a ``quota_wait`` (then ``quota_resume``) event;
+  - ``"fallback"``: the call runs on ``quota_fallback`` (``quota_fallback`` event), unless it
+    uses options only the CLI has (``mcp_config``, tools ...): then it fails;
+  - ``"fail"``: the task fails with the QuotaExhausted (``quota_fail`` event).
+
+  Each decision is also an entry of the answer's ``attempts`` (``kind="quota_wait"`` or
+  ``"quota_fallback"``, ``number=0``: no answer attempt, with the error that caused it).
+
+A direct call (``mode="direct"``) is never held: it raises QuotaExhausted at once (with
+``retry_after``), or goes to its own ``fallbacks=``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import QuotaExhausted, error_to_dict
+from ..providers._claude_quota import QUOTA, MetaStore, block_of, slow
+from ..providers.base import CLAUDE_ONLY_OPTIONS
+from ..types import Attempt, Response
+
+if TYPE_CHECKING:
+    from ..config import ClaudeConfig
+
+__all__ = ["MAX_ROUTES", "QuotaScheduler"]
+
+_log = logging.getLogger("llm_call.tasks")
+
+#: the routes the quota governs (claim globs)
+MAX_ROUTES = ("max", "max/*")
+_MIN_WAIT_S = 0.5  # a reset already past (clock skew): look again shortly, never spin
+_REFRESH_S = 2.0
+
+Note = Callable[[str, dict[str, Any]], None]
+
+
+def is_max_route(route: str) -> bool:
+    return route == "max" or route.startswith("max/")
+
+
+class QuotaScheduler:
+    """The quota decisions of one task manager; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.cfg: ClaudeConfig | None = None  # set by start(): inactive until then
+        self._store: MetaStore | None = None
+        self._refreshed = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.cfg is not None
+
+    def start(self, cfg: ClaudeConfig, store: object) -> None:
+        """Act on ``cfg``; share quota state through ``store`` (if it can hold it)."""
+        self.cfg = cfg
+        if hasattr(store, "put_meta") and hasattr(store, "read_meta"):
+            self._store = store  # type: ignore[assignment]
+            QUOTA.attach(store)  # type: ignore[arg-type]
+
+    def detach(self) -> None:
+        if self._store is not None:
+            QUOTA.detach(self._store)
+            self._store = None
+
+    async def refresh(self) -> None:
+        """Read what other processes learnt about the quota (housekeeping; at most every 2 s)."""
+        now = time.monotonic()
+        if self._store is None or now - self._refreshed < _REFRESH_S:
+            return
+        self._refreshed = now
+        await QUOTA.refresh(self._store)
+
+    # -- claims ------------------------------------------------------------------------------
+
+    def hold(self) -> list[str]:
+        """Route globs not to claim now: the ``max/*`` routes while the quota blocks calls."""
+        cfg = self.cfg
+        if cfg is None or block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage) is None:
+            return []
+        return list(MAX_ROUTES)
+
+    def cap(self, pattern: str, running: int, room: int, hold: list[str]) -> int:
+        """How many tasks of the route-limit ``pattern`` may start, of ``room``: none of a
+        ``max/*`` pattern while held, at most ``slowdown_concurrency`` running above ``slowdown_at``."""
+        cfg = self.cfg
+        if cfg is None or room <= 0 or not any(fnmatch.fnmatchcase(pattern, g) for g in MAX_ROUTES):
+            return room
+        if hold:
+            return 0
+        if slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None:
+            return room
+        return min(room, cfg.slowdown_concurrency - running)
+
+    # -- a task that meets a used-up window ---------------------------------------------------
+
+    async def run(
+        self, spec: dict[str, Any], call: Callable[[dict[str, Any]], Awaitable[Response]], note: Note
+    ) -> Response:
+        """``call(spec)``, applying ``on_quota_exhausted`` when it raises QuotaExhausted."""
+        decisions: list[Attempt] = []
+        while True:
+            try:
+                response = await call(spec)
+            except QuotaExhausted as exc:
+                spec = await self._decide(spec, exc, note, decisions)
+                continue
+            if decisions:
+                response.attempts[:0] = decisions
+            return response
+
+    async def _decide(
+        self, spec: dict[str, Any], exc: QuotaExhausted, note: Note, decisions: list[Attempt]
+    ) -> dict[str, Any]:
+        assert self.cfg is not None
+        model = str(spec.get("model") or "")
+        policy = self.cfg.on_quota_exhausted
+        info = {"model": model, "window": exc.window, "until": exc.resets_at, "retry_after": exc.retry_after}
+        if policy == "fallback":
+            target = self.cfg.quota_fallback
+            claude_only = sorted(k for k in CLAUDE_ONLY_OPTIONS if spec.get(k) is not None)
+            if target and not claude_only and model != target:
+                note("quota_fallback", {**info, "to_model": target})
+                decisions.append(self._attempt("quota_fallback", model, exc))
+                return {**spec, "model": target}
+            why = "claude.quota_fallback is not set" if not target else f"the call uses {claude_only}, which only max/* has"
+            note("quota_fail", {**info, "reason": f"no fallback: {why}"})
+            raise exc
+        if policy == "fail":
+            note("quota_fail", {**info, "reason": "claude.on_quota_exhausted = fail"})
+            raise exc
+        until = exc.resets_at if exc.resets_at is not None else time.time() + (exc.retry_after or 60.0)
+        reason = f"Claude subscription quota: the {exc.window or 'usage'} window is used up"
+        note("quota_wait", {**info, "until": until, "reason": reason})
+        decisions.append(self._attempt("quota_wait", model, exc))
+        _log.info("task waits for the Claude quota (%s window) until %s", exc.window, time.ctime(until))
+        await asyncio.sleep(max(until - time.time(), _MIN_WAIT_S))
+        note("quota_resume", {"model": model, "window": exc.window})
+        return spec
+
+    @staticmethod
+    def _attempt(kind: str, model: str, exc: QuotaExhausted) -> Attempt:
+        return Attempt(number=0, model=model, kind=kind, error=error_to_dict(exc))

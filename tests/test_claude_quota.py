@@ -1,0 +1,210 @@
+"""The Claude subscription's quota: the real Claude Code CLI in subscription mode against the
+scripted Anthropic server sending ``anthropic-ratelimit-unified-*`` headers.
+
+The CLI turns those headers into ``rate_limit_event`` lines; llm_call keeps the state per account
+in the task store, shows it (``/v1/usage/quota``, ``llm-call quota``) and schedules ``max/*``
+tasks on it (wait for the reset, fall back, fail, refuse overage, slow down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+import llm_call
+from llm_call.errors import QuotaExhausted, RateLimited
+from llm_call.providers._claude_quota import QUOTA
+from llm_call.tasks import TaskManager
+from llm_call.testing import Fault, Reply, ScriptedLLMServer, unified_ratelimit_headers
+from llm_call.types import TaskStatus
+from support.claude_env import ClaudeEnv, claude_env
+from support.tasks_env import managers
+
+__all__ = ["claude_env", "managers"]
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_quota() -> AsyncIterator[None]:
+    QUOTA.clear()
+    yield
+    QUOTA.clear()
+
+
+def warning(now: float, util: float = 0.93) -> dict[str, str]:
+    return unified_ratelimit_headers(
+        "allowed_warning",
+        five_hour=(util, now + 3600, "allowed_warning"),
+        seven_day=(0.41, now + 3 * 86400, "allowed"),
+    )
+
+
+def rejected(reset: float, *, overage: str = "rejected") -> dict[str, str]:
+    return unified_ratelimit_headers(
+        "rejected",
+        five_hour=(1.0, reset, "rejected"),
+        seven_day=(0.5, reset + 86400, "allowed"),
+        overage_status=overage,
+    )
+
+
+def messages(srv: ScriptedLLMServer) -> list[Any]:
+    return [r for r in srv.requests if r.path == "/v1/messages"]
+
+
+async def test_a_warning_updates_the_quota_state(claude_env: ClaudeEnv, use_settings: Callable[..., Any]) -> None:
+    use_settings(retry={"max_retries": 0})
+    now = time.time()
+    async with ScriptedLLMServer([Reply(text="hello", headers=warning(now))]) as srv:
+        claude_env.use_subscription(srv)
+        events: list[tuple[str, dict[str, Any]]] = []
+        resp = await llm_call.acall("max/sonnet", "hi", progress=lambda k, d: events.append((k, d)))
+    assert resp.text == "hello"
+    state = QUOTA.get("default")
+    assert state is not None
+    five = state.windows["five_hour"]
+    assert five.utilization == pytest.approx(0.93) and five.status == "allowed_warning"
+    assert five.resets_at == int(now + 3600)
+    assert state.windows["seven_day"].utilization == pytest.approx(0.41)
+    assert state.overage_status == "rejected" and state.overage_disabled_reason == "org_level_disabled"
+    assert ("quota", {"account": "default", "status": state.status, "window": "five_hour",
+                      "utilization": pytest.approx(0.93), "resets_at": state.resets_at}) in events
+
+
+async def test_a_rejection_is_quota_exhausted_with_retry_after(
+    claude_env: ClaudeEnv, use_settings: Callable[..., Any]
+) -> None:
+    use_settings(retry={"max_retries": 2})
+    reset = time.time() + 1800
+    script = [Reply(fault=Fault.http(429), headers=rejected(reset), times=None)]
+    async with ScriptedLLMServer(script) as srv:
+        claude_env.use_subscription(srv)
+        with pytest.raises(RateLimited) as info:
+            await llm_call.acall("max/sonnet", "hi")
+        err = info.value
+        assert isinstance(err, QuotaExhausted)
+        assert err.window == "five_hour" and "five_hour" in str(err)
+        assert err.retry_after is not None and 1790 < err.retry_after <= 1800
+        assert len(messages(srv)) == 1  # not retried in the call: the reset is half an hour away
+        # the next call is refused before it starts: no request reaches the subscription
+        with pytest.raises(QuotaExhausted):
+            await llm_call.acall("max/sonnet", "hi again")
+        assert len(messages(srv)) == 1
+
+
+async def result_of(mgr: TaskManager, task_id: str) -> Any:
+    await mgr.wait(task_id, timeout=60)
+    return await mgr.result(task_id)
+
+
+async def _poll(predicate: Callable[[], Awaitable[bool]], what: str, limit: float = 60) -> None:
+    async with asyncio.timeout(limit):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_background_task_waits_for_the_reset_then_completes(
+    claude_env: ClaudeEnv, managers: Callable[..., Awaitable[TaskManager]], use_settings: Callable[..., Any]
+) -> None:
+    use_settings(retry={"max_retries": 0}, tasks={"heartbeat_s": 0.2})
+    reset = int(time.time()) + 5  # the CLI must meet the rejection before the reset, even on a busy machine
+    script = [
+        Reply(fault=Fault.http(429), headers=rejected(reset)),
+        Reply(text="after the reset", headers=warning(reset, util=0.05)),
+    ]
+    async with ScriptedLLMServer(script) as srv:
+        claude_env.use_subscription(srv)
+        mgr = await managers()
+        task_id = await mgr.submit({"model": "max/sonnet", "prompt": "hi"})
+
+        async def waiting() -> bool:
+            rec = await mgr.status(task_id)
+            assert not rec.status.is_final, rec.error
+            return bool(rec.progress.get("waiting"))
+
+        await _poll(waiting, "the task shows that it waits")
+        rec = await mgr.status(task_id)
+        assert rec.progress["waiting"]["window"] == "five_hour"
+        assert rec.progress["waiting"]["until"] == reset
+        assert "five_hour" in rec.progress["waiting"]["reason"]
+        resp = await result_of(mgr, task_id)
+        assert resp.text == "after the reset"
+        calls = messages(srv)
+        assert len(calls) == 2 and calls[1].at >= reset  # upstream saw the retry only after the reset
+        assert resp.attempts[0].kind == "quota_wait" and resp.attempts[0].error is not None
+        assert resp.attempts[0].error["type"] == "QuotaExhausted"
+        kinds = [e.kind async for e in mgr.events(task_id)]
+        assert kinds.index("quota_wait") < kinds.index("quota_resume") < kinds.index("finished")
+        rec = await mgr.status(task_id)
+        assert rec.status is TaskStatus.SUCCEEDED and not rec.progress.get("waiting")
+
+
+async def test_a_task_falls_back_to_quota_fallback(
+    claude_env: ClaudeEnv,
+    managers: Callable[..., Awaitable[TaskManager]],
+    use_settings: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(
+        retry={"max_retries": 0},
+        claude={"on_quota_exhausted": "fallback", "quota_fallback": "openai/backup"},
+    )
+    reset = time.time() + 3600
+    script = [Reply(fault=Fault.http(429), headers=rejected(reset)), Reply(text="from the API route")]
+    async with ScriptedLLMServer(script) as srv:
+        claude_env.use_subscription(srv)
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        mgr = await managers()
+        task_id = await mgr.submit({"model": "max/sonnet", "prompt": "hi"})
+        resp = await result_of(mgr, task_id)
+        assert resp.text == "from the API route" and resp.model.endswith("backup")
+        assert [r.api for r in srv.requests if r.method == "POST"] == ["anthropic", "openai"]
+        assert resp.attempts[0].kind == "quota_fallback" and resp.attempts[0].model == "max/sonnet"
+        events = [e async for e in mgr.events(task_id)]
+        fallback = next(e for e in events if e.kind == "quota_fallback")
+        assert fallback.data["to_model"] == "openai/backup" and fallback.data["window"] == "five_hour"
+
+
+async def test_fail_policy_fails_the_task_with_the_window(
+    claude_env: ClaudeEnv, managers: Callable[..., Awaitable[TaskManager]], use_settings: Callable[..., Any]
+) -> None:
+    use_settings(retry={"max_retries": 0}, claude={"on_quota_exhausted": "fail"})
+    async with ScriptedLLMServer([Reply(fault=Fault.http(429), headers=rejected(time.time() + 600))]) as srv:
+        claude_env.use_subscription(srv)
+        mgr = await managers()
+        task_id = await mgr.submit({"model": "max/sonnet", "prompt": "hi"})
+        with pytest.raises(QuotaExhausted) as info:
+            await result_of(mgr, task_id)
+        assert info.value.window == "five_hour" and info.value.retry_after is not None
+        rec = await mgr.status(task_id)
+        assert rec.status is TaskStatus.FAILED
+        assert "quota_fail" in [e.kind async for e in mgr.events(task_id)]
+
+
+async def test_overage_is_refused_when_not_allowed(claude_env: ClaudeEnv, use_settings: Callable[..., Any]) -> None:
+    # the five-hour window is used up; the subscription would serve the next call from extra usage
+    reset = time.time() + 3600
+    headers = unified_ratelimit_headers(
+        "rejected",
+        five_hour=(1.0, reset, "rejected"),
+        overage_status="allowed",
+        overage_reset=reset + 20 * 86400,
+        overage_in_use=True,
+    )
+    async with ScriptedLLMServer(default=Reply(text="paid for", headers=headers, times=None)) as srv:
+        claude_env.use_subscription(srv)
+        use_settings(retry={"max_retries": 0})  # allow_overage defaults to true
+        assert (await llm_call.acall("max/sonnet", "one")).text == "paid for"
+        assert (await llm_call.acall("max/sonnet", "two")).text == "paid for"
+        assert len(messages(srv)) == 2
+        use_settings(retry={"max_retries": 0}, claude={"allow_overage": False})
+        with pytest.raises(QuotaExhausted) as info:
+            await llm_call.acall("max/sonnet", "three")
+        assert "overage" in str(info.value) and info.value.window == "five_hour"
+        assert len(messages(srv)) == 2  # stopped before spending extra usage
