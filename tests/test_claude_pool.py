@@ -309,7 +309,7 @@ async def test_bad_images_are_usage_errors_before_any_process_starts(
 
 
 def test_remote_image_urls_pass_on_when_the_operator_allows_them() -> None:
-    from llm_call.providers.claude_cli import render_content
+    from llm_call.providers._claude_plan import render_content
 
     url = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     _, content = render_content([{"role": "user", "content": [url]}], allow_image_urls=True)
