@@ -186,7 +186,7 @@ class TaskExecutor:
                 id=self.worker_id, kind=self.kind, claims=self.claims, concurrency=self._limit
             )
             await self.store.heartbeat(self._info)
-            self._quota.start(self.settings.claude, self.store)
+            await self._quota.start(self.settings.claude, self.store)
             await self._recover()
             try:
                 await self.store.cleanup(time.time() - self._retention_s)

@@ -256,6 +256,8 @@ class TaskManager(TaskExecutor):
             return False
         if len(self._running) >= self._limit or not hasattr(self.store, "submit_started"):
             return False
+        if not self._quota.may_start_now(task.route):  # max/* held or slowed: the dispatcher decides
+            return False
         return all(self._route_count[p] < self._route_limits[p] for p in self._patterns_of(task.route))
 
     async def _submit_started(self, task: NewTask) -> tuple[TaskRecord, bool]:
