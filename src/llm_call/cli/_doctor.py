@@ -136,7 +136,7 @@ def diagnose(settings: Settings, *, live: bool = False) -> list[Check]:
 def _quota(settings: Settings) -> Check:
     """The subscription's quota as the task store holds it (nothing sent anywhere)."""
     from ..errors import LLMCallError
-    from ..tasks.store import default_store_path
+    from ..tasks import default_store_path
     from ._quota import quota_line, read_report
 
     where = settings.tasks.store
