@@ -158,7 +158,7 @@ def build_request(
         raise UsageError("stream= is not an option of a call", hint="use llm_call.astream() or llm_call.stream() to stream")
     settings = current_settings()
     name = model or default_model(settings)
-    if name in settings.aliases:
+    if settings.aliases and settings.alias_name(name) is not None:
         # an alias may bundle llm_call's own options (validate=, fallbacks= ...): the caller's win
         for key, value in resolve(name, settings).alias_options().items():
             if key in CALL_OPTION_NAMES and key not in options:

@@ -3,7 +3,8 @@
 =====================================  ==========================================
 model string                           route
 =====================================  ==========================================
-an alias from config                   whatever its ``model`` resolves to
+an alias from config (exact name, or  whatever its ``model`` resolves to
+a glob such as ``claude-*``)
 ``max``, ``max/<name>``                Claude Code CLI (``claude_cli.py``)
 ``local/<name or path.gguf>``          embedded llama-cpp (``local.py``)
 ``openai/<m>``, ``gpt-*``, ``o1*`` ... native OpenAI-compatible (``openai_compat.py``)
@@ -90,14 +91,14 @@ def resolve(model: str, settings: Settings) -> Route:
     aliases: list[AliasConfig] = []
     seen: list[str] = []
     name = model.strip()
-    while name in settings.aliases:
-        if name in seen:
+    while (key := settings.alias_name(name)) is not None:
+        if key in seen:
             raise ConfigError(
-                f"alias loop in config: {' -> '.join([*seen, name])}",
+                f"alias loop in config: {' -> '.join([*seen, key])}",
                 hint="make one of these aliases name a model (ROUTE/MODEL)",
             )
-        seen.append(name)
-        alias = settings.aliases[name]
+        seen.append(key)
+        alias = settings.aliases[key]
         aliases.append(alias)
         name = alias.model.strip()
     chain = tuple(aliases)

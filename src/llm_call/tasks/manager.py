@@ -46,7 +46,8 @@ from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
 from ._executor import STALE_BEATS, TaskExecutor, _Run, wait_event
 from ._handle import TaskHandle, outcome_of
 from ._spec import response_dict, spec_from_kwargs
-from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo, make_store
+from ._stores import make_store
+from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
 
 __all__ = ["TaskManager"]
 
