@@ -142,8 +142,8 @@ def test_ui_is_served_without_a_key_under_a_strict_csp_and_the_api_still_needs_o
     csp = page.headers["content-security-policy"]
     assert "default-src 'self'" in csp and "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp and page.headers["x-content-type-options"] == "nosniff"
-    assert '<script src="/ui/app.js"' in page.text and "<script>" not in page.text and "style=" not in page.text
-    for name, kind in (("app.js", "text/javascript"), ("app.css", "text/css")):
+    assert '<script type="module" src="/ui/app.js">' in page.text and "<script>" not in page.text and "style=" not in page.text
+    for name, kind in (("app.js", "text/javascript"), ("lib.js", "text/javascript"), ("render.js", "text/javascript"), ("app.css", "text/css")):
         r = httpx.get(f"{served.url}/ui/{name}")
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind)
         assert r.headers["content-security-policy"] == csp

@@ -26,6 +26,7 @@ from ._anthropic import anthropic_error
 from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public
 from ._browser import BODY_METHODS, content_type_message, host_message
 from ._errors import HTTPFailure, error_body
+from ._ui import STATIC_PATHS
 
 if TYPE_CHECKING:
     from ._state import ServerState
@@ -44,7 +45,7 @@ _log = logging.getLogger("llm_call.server")
 #: paths served without an API key (nothing secret there)
 PUBLIC_PATHS = frozenset({"/health", "/health/live", "/health/ready", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
                           # the dashboard's static files (the page then calls the API with a key)
-                          "/ui", "/ui/", "/ui/app.js", "/ui/app.css"})
+                          *STATIC_PATHS})
 #: paths not counted against a key's requests in flight
 _UNLIMITED = PUBLIC_PATHS | {"/metrics"}
 _QUIET = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})

@@ -1,4 +1,5 @@
-"""``/ui``: the dashboard, three static files shipped in the package (``server/ui/``).
+"""``/ui``: the dashboard, static files shipped in the package (``server/ui/``): the page, its
+style sheet and three JavaScript modules.
 
 The page is plain HTML, CSS and JavaScript: no build step, nothing fetched from elsewhere. It is
 an ordinary client of the JSON and SSE APIs (``/v1/tasks``, ``/v1/routes``, ``/v1/usage/quota``)
@@ -19,7 +20,7 @@ from importlib import resources
 from fastapi import FastAPI
 from starlette.responses import RedirectResponse, Response
 
-__all__ = ["CSP", "register"]
+__all__ = ["CSP", "STATIC_PATHS", "register"]
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -36,9 +37,13 @@ _HEADERS = {
 _FILES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "lib.js": "text/javascript; charset=utf-8",
+    "render.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 _cache: dict[str, bytes] = {}
+#: what the gateway serves without a key (nothing secret: the page asks for the key itself)
+STATIC_PATHS = frozenset({"/ui", "/ui/", *(f"/ui/{name}" for name in _FILES if name != "index.html")})
 
 
 def _file(name: str) -> Response:
@@ -58,10 +63,12 @@ def register(app: FastAPI) -> None:
     async def ui_slash() -> Response:
         return RedirectResponse("/ui", 308)
 
-    @app.get("/ui/app.js", include_in_schema=False)
-    async def ui_script() -> Response:
-        return _file("app.js")
+    def static(name: str) -> None:
+        async def serve() -> Response:
+            return _file(name)
 
-    @app.get("/ui/app.css", include_in_schema=False)
-    async def ui_style() -> Response:
-        return _file("app.css")
+        app.add_api_route(f"/ui/{name}", serve, methods=["GET"], include_in_schema=False, name=f"ui_{name}")
+
+    for name in _FILES:
+        if name != "index.html":
+            static(name)
