@@ -38,6 +38,7 @@ from ._errors import HTTPFailure, failure_for
 from ._schemas import InputMessage, ResponsesRequest, call_options
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..types import Response as LLMResponse
     from ._middleware import RequestInfo
     from ._state import ServerState
@@ -99,7 +100,7 @@ def _message(item: InputMessage, where: str) -> dict[str, Any]:
     return {"role": item.role, "content": content}
 
 
-def call_args(req: ResponsesRequest) -> dict[str, Any]:
+def call_args(req: ResponsesRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a Responses request."""
     args: dict[str, Any] = {"model": req.model, "messages": _messages(req)}
     if req.temperature is not None:
@@ -108,7 +109,7 @@ def call_args(req: ResponsesRequest) -> dict[str, Any]:
         args["top_p"] = req.top_p
     if req.max_output_tokens is not None:
         args["max_tokens"] = req.max_output_tokens
-    args.update(call_options(req))
+    args.update(call_options(req, settings))
     return args
 
 
@@ -242,7 +243,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         if req.stream:
             raise HTTPFailure(400, "stream is not supported on /v1/responses; use background=true and poll "
                               "GET /v1/responses/{id}, or stream /v1/chat/completions", param="stream")
-        args = call_args(req)
+        args = call_args(req, state.settings)
         if state.settings.server.debug:
             info.prompt = args["messages"]
         if not req.background:
