@@ -29,6 +29,11 @@ system-deps:
 		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	fi
 	@command -v redis-server >/dev/null || { echo "redis-server could not be installed: the Redis backend tests need it"; exit 1; }
+	@if ! test -x /usr/bin/chromium; then \
+		echo "installing chromium (apt-get): the /ui browser tests drive it headless"; \
+		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	@test -x /usr/bin/chromium || { echo "chromium could not be installed: the /ui browser tests need /usr/bin/chromium"; exit 1; }
 
 run: $(STAMP)
 	@echo "llm_call serving on http://$(HOST):$(PORT)  (default model: local/smollm2, tasks: SQLite)"

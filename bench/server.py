@@ -1,11 +1,15 @@
 """Server overhead: ``llm-call serve`` against the upstream directly and the LiteLLM proxy.
 
-Three targets answer the same non-streamed chat completion, each in its own process on
-127.0.0.1, all in front of one upstream (the scripted LLM server, ``python -m llm_call.testing``,
-immediate replies):
+Three processes on 127.0.0.1, all in front of one upstream (the scripted LLM server,
+``python -m llm_call.testing``, immediate replies, OpenAI wire format):
 
 (a) the upstream directly, (b) ``llm-call serve`` (endpoint ``up``), (c) the LiteLLM proxy
 (``litellm --config cfg.yaml`` from ``litellm[proxy]``, one worker, a master key, no database).
+
+Each answers the same non-streamed chat completion (``POST /v1/chat/completions``); (b) and (c)
+also the same question as an Anthropic Messages request (``POST /v1/messages``, key in
+``x-api-key`` for llm-call as Claude Code sends it), which both translate to a chat completion
+of the upstream: so the upstream's chat completion is the baseline of both APIs.
 
 The load generator is this process (aiohttp, uvloop when installed). Per round and target:
 latency with one request at a time (``--latency-calls`` after a warm-up: p50/p99), then
@@ -20,7 +24,7 @@ Run::
     .venv/bin/python bench/server.py --rounds 1 --no-litellm
 
 Goals (issue 6): added latency p50 <= 1 ms over the upstream; throughput >= 5x the LiteLLM
-proxy's.
+proxy's. Issue 15: the same added p50 <= 1 ms for ``/v1/messages``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ MESSAGES = [{"role": "user", "content": "Say something short."}]
 ANSWER = "Something short."
 MASTER_KEY = "sk-bench-" + "0123456789abcdef" * 2
 SERVER_KEY = "bench-server-key"
+MESSAGES_OURS = "llm-call serve /v1/messages"
+MESSAGES_LITELLM = "LiteLLM proxy /v1/messages"
 
 
 @dataclass
@@ -59,6 +65,7 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     pid: int | None = None  # the serving process (its children count too)
+    body: bytes = b""  # the request body (default: the chat completion)
 
 
 @dataclass
@@ -156,6 +163,13 @@ def start_llm_call(work: Path, upstream: str, procs: list[subprocess.Popen[bytes
     return target
 
 
+def messages_target(chat: Target, name: str, model: str, headers: dict[str, str]) -> Target:
+    """The same server's ``/v1/messages`` (Anthropic Messages API)."""
+    url = chat.url.replace("/v1/chat/completions", "/v1/messages")
+    body = json.dumps({"model": model, "max_tokens": 100, "messages": MESSAGES}).encode()
+    return Target(name, url, model, {"anthropic-version": "2023-06-01", **headers}, chat.error, chat.pid, body)
+
+
 def start_litellm(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]]) -> Target:
     port = free_port()
     cfg = work / "litellm.yaml"
@@ -166,6 +180,8 @@ def start_litellm(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]
         "      model: openai/x\n"
         f"      api_base: {upstream}/v1\n"
         "      api_key: test\n"
+        "litellm_settings:\n"
+        "  use_chat_completions_url_for_anthropic_messages: true\n"  # else /v1/messages goes to /v1/responses
     )
     log = work / "litellm.log"
     env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True", LITELLM_MASTER_KEY=MASTER_KEY)
@@ -191,7 +207,7 @@ async def one(session: aiohttp.ClientSession, target: Target, body: bytes) -> bo
 
 
 async def measure(target: Target, latency_calls: int, concurrency: int, seconds: float) -> Sample:
-    body = json.dumps({"model": target.model, "messages": MESSAGES}).encode()
+    body = target.body or json.dumps({"model": target.model, "messages": MESSAGES}).encode()
     headers = {"Content-Type": "application/json", **target.headers}
     pid = target.pid
     target = Target(target.name, target.url, target.model, headers)
@@ -232,9 +248,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         upstream, upstream_pid = start_upstream(work, procs)
         targets = [Target("upstream (direct)", upstream + "/v1/chat/completions", "x", pid=upstream_pid)]
-        targets.append(start_llm_call(work, upstream, procs))
+        ours = start_llm_call(work, upstream, procs)
+        targets.append(ours)
         if not args.no_litellm:
             targets.append(start_litellm(work, upstream, procs))
+        if not args.no_messages:
+            targets.append(messages_target(ours, MESSAGES_OURS, "up/x", {"x-api-key": SERVER_KEY}))
+            if not args.no_litellm:
+                theirs = targets[2]
+                targets.append(messages_target(theirs, MESSAGES_LITELLM, "x", theirs.headers))
         for t in targets:
             if t.error:
                 print(f"{t.name}: did not start: {t.error}", file=sys.stderr)
@@ -249,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
                 if base is None:
                     base = s
                 added[t.name].append((s.p50 - base.p50, s.p99 - base.p99))
-                print(f"round {r + 1}: {t.name:18s} {s.rps:8.0f} req/s  p50 {s.p50 * 1e3:6.2f} ms  "
+                print(f"round {r + 1}: {t.name:28s} {s.rps:8.0f} req/s  p50 {s.p50 * 1e3:6.2f} ms  "
                       f"p99 {s.p99 * 1e3:6.2f} ms  cpu {s.cpu_us:6.0f} us/req  errors {s.errors}", file=sys.stderr)
         report(targets, samples, added, args)
         return 0
@@ -294,12 +316,14 @@ def report(
         print(f"| {t.name} | {rps[t.name]:.0f} | {med(s.p50 for s in ss) * 1e3:.2f} | {med(s.p99 for s in ss) * 1e3:.2f} | "
               f"{a50:+.2f} | {a99:+.2f} | {med(s.cpu_us for s in ss):.0f} | {sum(s.errors for s in ss)} |")
     ours = "llm-call serve"
-    if ours in added:
-        a50 = med(a[0] for a in added[ours]) * 1e3
-        print(f"\nadded latency p50 of llm-call serve: {a50:.2f} ms (goal <= 1 ms: {'met' if a50 <= 1.0 else 'NOT met'})")
-    if ours in rps and "LiteLLM proxy" in rps and rps["LiteLLM proxy"] > 0:
-        ratio = rps[ours] / rps["LiteLLM proxy"]
-        print(f"throughput llm-call serve / LiteLLM proxy: {ratio:.1f}x (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
+    for name in (ours, MESSAGES_OURS):
+        if name in added:
+            a50 = med(a[0] for a in added[name]) * 1e3
+            print(f"\nadded latency p50 of {name}: {a50:.2f} ms (goal <= 1 ms: {'met' if a50 <= 1.0 else 'NOT met'})")
+    for mine, theirs in ((ours, "LiteLLM proxy"), (MESSAGES_OURS, MESSAGES_LITELLM)):
+        if mine in rps and theirs in rps and rps[theirs] > 0:
+            ratio = rps[mine] / rps[theirs]
+            print(f"throughput {mine} / {theirs}: {ratio:.1f}x (goal >= 5x: {'met' if ratio >= 5 else 'NOT met'})")
 
 
 def main() -> int:
@@ -309,6 +333,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
+    parser.add_argument("--no-messages", action="store_true", help="skip the /v1/messages targets")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = parser.parse_args()
     try:

@@ -3,7 +3,7 @@
 Runs the scripted LLM server in a subprocess (so this process's CPU time is the client's only)
 and, in the same run, interleaves blocks of sequential calls of each variant:
 
-- ``provider only``: ``client.complete_once`` (one provider call, no retry layer);
+- ``provider only``: ``providers.router.complete_once`` (one provider call, no retry layer);
 - ``bare acall``: ``llm_call.acall`` (retry layer, breaker, attempt record; no validation);
 - ``acall + validate``: ``acall(..., validate=["json", "regex:...", "length:max=200"])``.
 
@@ -33,7 +33,8 @@ from pathlib import Path
 from _scripted import start_scripted_server
 
 import llm_call
-from llm_call.client import build_request, complete_once
+from llm_call._request import build_request
+from llm_call.providers.router import complete_once
 from llm_call.types import Request, Response, Usage
 from llm_call.validation import ValidationContext, parse_specs
 from llm_call.validation._base import run_validator
@@ -86,9 +87,9 @@ async def measure(calls: int, rounds: int) -> dict[str, float]:
 
 async def measure_stubbed(calls: int, rounds: int) -> dict[str, float]:
     """The same two acall variants with the provider call stubbed out (no socket noise)."""
-    import llm_call.client as client
+    from llm_call.providers import router
 
-    real = client.complete_once
+    real = router.complete_once
 
     async def stub(request: Request) -> Response:
         return Response(text=ANSWER, model="openai/bench", usage=Usage(12, 9))
@@ -99,7 +100,7 @@ async def measure_stubbed(calls: int, rounds: int) -> dict[str, float]:
     async def validated() -> object:
         return await llm_call.acall("openai/bench", PROMPT, validate=SPECS)
 
-    client.complete_once = stub  # type: ignore[assignment]
+    router.complete_once = stub  # type: ignore[assignment]
     try:
         variants = {"bare acall (stubbed provider)": bare, "acall + validate (stubbed provider)": validated}
         samples: dict[str, list[float]] = {name: [] for name in variants}
@@ -107,7 +108,7 @@ async def measure_stubbed(calls: int, rounds: int) -> dict[str, float]:
             for name, fn in variants.items():
                 samples[name].append(await cpu_per_call(fn, calls * 10))
     finally:
-        client.complete_once = real  # type: ignore[assignment]
+        router.complete_once = real  # type: ignore[assignment]
     return {name: statistics.median(values) for name, values in samples.items()}
 
 

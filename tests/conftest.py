@@ -44,7 +44,7 @@ async def _close_providers() -> AsyncIterator[None]:
 @pytest.fixture(autouse=True)
 def _reset_breakers() -> Iterator[None]:
     """Circuit breakers are process-wide: start and end every test with none."""
-    from llm_call.retry import reset_breakers
+    from llm_call._retry import reset_breakers
 
     reset_breakers()
     yield

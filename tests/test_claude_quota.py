@@ -10,27 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 import llm_call
 from llm_call.errors import QuotaExhausted, RateLimited
-from llm_call.providers._claude_quota import QUOTA
+from llm_call.providers.claude_quota import QUOTA
 from llm_call.tasks import TaskManager
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, unified_ratelimit_headers
 from llm_call.types import TaskStatus
 from support.claude_env import ClaudeEnv, claude_env
+from support.llm_server import serve_llm
 from support.tasks_env import managers
 
-__all__ = ["claude_env", "managers"]
+__all__ = ["claude_env", "managers", "serve_llm"]
 
 pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.fixture(autouse=True)
-async def _fresh_quota() -> AsyncIterator[None]:
+def _fresh_quota() -> Iterator[None]:
     QUOTA.clear()
     yield
     QUOTA.clear()
@@ -208,3 +209,42 @@ async def test_overage_is_refused_when_not_allowed(claude_env: ClaudeEnv, use_se
             await llm_call.acall("max/sonnet", "three")
         assert "overage" in str(info.value) and info.value.window == "five_hour"
         assert len(messages(srv)) == 2  # stopped before spending extra usage
+
+
+def test_the_quota_is_shown_by_the_server_metrics_and_the_cli(
+    claude_env: ClaudeEnv, serve_llm: Any, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from llm_call.cli import app
+
+    key = "quota-key-aaaaaaaaaaaa"
+    served = serve_llm([Reply(text="hi", headers=warning(time.time()))], server={"api_keys": [key]})
+    claude_env.use_subscription(served.upstream)
+    answer = served.client(api_key=key).chat.completions.create(
+        model="max/sonnet", messages=[{"role": "user", "content": "hello"}]
+    )
+    assert answer.choices[0].message.content == "hi"
+    import httpx
+
+    assert httpx.get(served.url + "/v1/usage/quota").status_code == 401
+    body = httpx.get(served.url + "/v1/usage/quota", headers={"Authorization": f"Bearer {key}"}).json()
+    (account,) = body["accounts"]
+    assert account["account"] == "default" and account["blocked"] is None and account["slowed"] is True
+    five = account["windows"]["five_hour"]
+    assert five["utilization"] == pytest.approx(0.93) and 3500 < five["resets_in_s"] <= 3600
+    metrics = httpx.get(served.url + "/metrics", headers={"Authorization": f"Bearer {key}"}).text
+    assert 'llm_call_claude_quota_utilization{account="default",window="five_hour"} 0.93' in metrics
+    assert 'llm_call_claude_quota_status{account="default",window="five_hour"} 1.0' in metrics
+
+    # another process reads it from the task store the server shares
+    QUOTA.clear()
+    store = str(tmp_path / "tasks.db")
+    out = CliRunner().invoke(app, ["quota", "--tasks", store])
+    assert out.exit_code == 0, out.output
+    assert "five_hour" in out.output and "93.0%" in out.output and "seven_day" in out.output
+    assert "overage: rejected (org_level_disabled)" in out.output
+    from llm_call.cli._doctor import _quota
+
+    check = _quota(served.settings)  # the doctor's quota line
+    assert check.ok is True and "five_hour 93%" in check.detail and "slowed down" in check.detail

@@ -20,7 +20,7 @@ import pytest
 
 import llm_call
 from llm_call import AuthError, ProviderHTTPError, StreamInterrupted, UsageError
-from llm_call.retry import reset_breakers
+from llm_call._retry import reset_breakers
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 import llm_call
-from llm_call import client
+from llm_call import _request
 from llm_call.config import LocalConfig
 from llm_call.errors import ConfigError, ProviderTimeout, UsageError
 from llm_call.providers import _local_models, local
@@ -111,7 +111,7 @@ def test_cli_default_model_is_local_and_says_so() -> None:
 async def test_library_default_model_is_local_and_logged_once(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(client, "_default_announced", False)
+    monkeypatch.setattr(_request, "_default_announced", False)
     caplog.set_level(logging.INFO, logger="llm_call")
     first = await llm_call.acall(prompt=FRANCE)
     second = await llm_call.acall(prompt="What is 2 + 2?")

@@ -22,13 +22,12 @@ from llm_call import (
     StreamInterrupted,
     UsageError,
 )
+from llm_call._retry import CircuitBreaker, health
 from llm_call.config import Settings
 from llm_call.retry import (
-    CircuitBreaker,
     ManualClock,
     RetryPolicy,
     RetryState,
-    health,
     retry_if_exception_type,
     retry_if_transient,
     stop_after_attempt,

@@ -75,7 +75,7 @@ async def test_auto_sends_long_running_calls_to_the_background(monkeypatch: pyte
 
 
 async def test_long_running_by_nature() -> None:
-    from llm_call.client import build_request
+    from llm_call._request import build_request
     from llm_call.tasks._spec import is_long_running
 
     def check(model: str, **kw: Any) -> bool:

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_call.tasks.store import NewTask, TaskStore, open_store
+from llm_call.tasks import open_store
+from llm_call.tasks.store import NewTask, TaskStore
 from llm_call.testing import Fault, Reply
 from support.llm_server import Served, serve_llm
 from support.redis_server import RedisServer, redis_server
@@ -149,3 +150,18 @@ def test_ui_is_served_without_a_key_under_a_strict_csp_and_the_api_still_needs_o
     assert httpx.get(f"{served.url}/ui/other.js").status_code == 401  # not a static file: auth applies
     assert httpx.get(f"{served.base_url}/routes").status_code == 401
     assert httpx.get(f"{served.base_url}/routes", headers={"Authorization": "Bearer k-right"}).status_code == 200
+
+
+def test_route_counts_are_those_of_the_tasks_the_key_can_see(serve_llm: Any) -> None:
+    a, b, admin = "alice-key-0123456789", "bob-key-0123456789", "admin-key-0123456789"
+    served = serve_llm([], default=Reply(fault=Fault.hang()), server={"api_keys": [a, b], "admin_keys": [admin]})
+    mine = _submit(served, "up/x", "alice's", {"Authorization": f"Bearer {a}"})
+    _wait(served, mine, ("running",), {"Authorization": f"Bearer {a}"})
+
+    def running(key: str) -> int:
+        body = httpx.get(f"{served.base_url}/routes", headers={"Authorization": f"Bearer {key}"}).json()
+        return sum(r["running"] for r in body["routes"] if r["route"] == "up/x")
+
+    assert running(a) == 1 and running(admin) == 1
+    assert running(b) == 0
+    httpx.post(f"{served.base_url}/tasks/{mine}/cancel", json={}, headers={"Authorization": f"Bearer {a}"})

@@ -17,7 +17,7 @@ from llm_call import (
     UsageError,
     ValidationExhausted,
 )
-from llm_call.client import build_request
+from llm_call._request import build_request
 from llm_call.retry import ManualClock
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 from llm_call.types import Chunk, Request, Response, Usage

@@ -57,9 +57,9 @@ from .types import (
 )
 
 if TYPE_CHECKING:
+    from ._retry import health
     from .client import acall, astream, call, stream
     from .legacy import acall_config, call_config
-    from .retry import health
 
 __version__ = "0.1.0"
 
@@ -114,7 +114,7 @@ _LAZY = {
     "astream": ("client", "astream"),
     "call": ("client", "call"),
     "stream": ("client", "stream"),
-    "health": ("retry", "health"),
+    "health": ("_retry", "health"),
     "acall_config": ("legacy", "acall_config"),
     "call_config": ("legacy", "call_config"),
 }

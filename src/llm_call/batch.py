@@ -281,7 +281,7 @@ def _route_label(route: Route) -> str:
 
 
 def _route_problems(item: BatchItem, settings: Settings) -> list[str]:
-    from .client import default_model
+    from ._request import default_model
     from .providers.router import resolve
 
     out: list[str] = []
@@ -340,7 +340,7 @@ def check_items(items: list[BatchItem], settings: Settings | None = None) -> lis
 
     Nothing is sent anywhere. Fills in each item's ``route``.
     """
-    from .client import build_request
+    from ._request import build_request
 
     if settings is None:
         from .config import get_settings

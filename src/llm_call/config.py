@@ -21,6 +21,7 @@ Example ``llm_call.toml``::
 
     [aliases]
     smart = "openai/gpt-4o"          # string shorthand
+    "claude-*" = "fast"              # a glob: any model name it matches (exact names win)
 
     [endpoints.vllm]
     base_url = "http://127.0.0.1:8001/v1"
@@ -31,6 +32,7 @@ This module imports pydantic, so it is imported lazily (first call), never by ``
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 import threading
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_MODEL = "local/smollm2"
+_GLOB_CHARS = re.compile(r"[*?\[]")
 
 #: endpoint header names whose values are secrets (masked by ``config show``)
 _SECRET_HEADER = re.compile(r"auth|key|token|secret|cookie|password", re.IGNORECASE)
@@ -336,6 +339,21 @@ class Settings(_Strict):
         if bad:
             raise ValueError(f"endpoint name(s) {sorted(bad)} are reserved routes; pick another name")
         return v
+
+    def alias_name(self, model: str) -> str | None:
+        """The alias ``model`` names: the alias of that exact name, else the first alias whose name
+        is a glob (``*``, ``?``, ``[``) matching it, in config order; None when none does.
+
+        Globs let clients that send model names you do not choose (Claude Code sends
+        ``claude-sonnet-...`` for ``--model sonnet``) reach any llm_call model.
+        """
+        aliases = self.aliases
+        if model in aliases:
+            return model
+        for name in aliases:
+            if _GLOB_CHARS.search(name) and fnmatch.fnmatchcase(model, name):
+                return name
+        return None
 
     def masked(self) -> dict[str, Any]:
         """The effective settings as a dict with secrets replaced by ``***``."""

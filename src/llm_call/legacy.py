@@ -276,12 +276,13 @@ JSON_INSTRUCTION = "You must respond with a valid JSON object."
 
 def _route_kind(model: str | None) -> str | None:
     """The route kind of ``model`` (None when it does not resolve: the call reports that)."""
-    from .client import _settings, default_model
+    from ._request import default_model
+    from ._settings import current_settings
     from .errors import LLMCallError
     from .providers.router import resolve
 
     try:
-        settings = _settings()
+        settings = current_settings()
         return resolve(model or default_model(settings), settings).kind
     except LLMCallError:
         return None

@@ -1,12 +1,7 @@
-"""Transient-failure layer: retries with backoff, fallbacks, per-route circuit breakers.
+"""Retry policy for transient failures, tenacity-style: small composable strategies and a
+decision step with no I/O. This is what callers hand to ``retry=``::
 
-What is retried: HTTP 408, 429, 500, 502, 503, 504, 529, connection errors, timeouts and
-interrupted streams (:func:`llm_call.errors.is_transient`). Never 400/401/403/404/422, usage or
-config errors, nor validation failures (those belong to the validation loop above this layer).
-A stream is retried only if it failed before its first chunk: text already given to a consumer
-is never repeated.
-
-The policy is tenacity-style, small composable strategies and a decision step with no I/O::
+    from llm_call import RetryPolicy, stop_after_attempt, stop_after_delay, wait_full_jitter
 
     policy = RetryPolicy(
         stop=stop_after_attempt(4) | stop_after_delay(60),
@@ -15,441 +10,324 @@ The policy is tenacity-style, small composable strategies and a decision step wi
     )
     resp = await llm_call.acall("openai/gpt-4o-mini", "hi", retry=policy)
 
-``retry=`` takes a :class:`RetryPolicy` (fields left ``None`` come from the settings for the
-route), ``False`` (no retries, breakers still apply) or an int (max retries). Without it the
-policy comes from ``settings.retry`` and ``settings.retry.routes[PATTERN]``: a pattern is the
-breaker key (``openai``, ``endpoint:vllm``, ``max``, ``local``, ``litellm:anthropic``) or an
-fnmatch glob on the model (``openai/*``); the first matching entry wins. Default wait: the
-server's ``Retry-After`` (seconds or HTTP date, capped at ``max_retry_after``), else exponential
-backoff with full jitter, ``uniform(0, min(max_delay, base_delay * 2**(n-1)))``.
-
-Fallbacks (``fallbacks=[models]``): when a model's transient retries are exhausted, or its
-breaker is open, the next model is tried, with a ``fallback`` progress event and an attempt
-record. Other failures (auth, bad request) are raised at once: another model would not fix them.
-A :class:`~llm_call.errors.QuotaExhausted` (a ``max/*`` subscription window used up) is never
-retried in the call (the reset is minutes or hours away) and does not count for the breaker; it
-goes to the next fallback, or to the caller.
-
-Circuit breakers, one per route key, shared by every call in the process: ``breaker_threshold``
-consecutive transient failures within ``breaker_window`` seconds open it; while open, calls fail
-fast with :class:`~llm_call.errors.CircuitOpen`; after ``breaker_cooldown`` one probe call goes
-through (half-open) and its outcome closes or re-opens it. :func:`health` reports the states.
-
-Every provider call that fails on the way is recorded in ``Response.attempts`` as
-``Attempt(kind="provider_error")``; the answering call is the last record (``kind`` ``answer``
-or ``judge``).
+:class:`ManualClock` is a fake clock for tests. The layer that applies a policy to provider
+calls (retries, fallbacks, circuit breakers) is ``llm_call._retry``; its module docstring says
+what is retried.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import fnmatch
+import random
 import time
-from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from ._progress import emit
-from ._retry_policy import (
-    ManualClock,
-    RetryIf,
-    RetryPolicy,
-    RetryState,
-    Stop,
-    Wait,
-    clock_of,
-    resolve_policy,
-    retry_if_exception_type,
-    retry_if_transient,
-    stop_after_attempt,
-    stop_after_delay,
-    stop_never,
-    wait_exponential,
-    wait_fixed,
-    wait_full_jitter,
-    wait_retry_after,
-)
-from ._streams import closing
-from .errors import (
-    CircuitOpen,
-    ProviderError,
-    ProviderTimeout,
-    QuotaExhausted,
-    error_to_dict,
-    is_transient,
-)
-from .types import Attempt, Chunk, Request, Response
+from .errors import UsageError, is_transient
 
 if TYPE_CHECKING:
-    from .client import CallOptions
-    from .config import RetryConfig, Settings
-    from .providers.router import Route
+    from .config import RetryConfig
 
 __all__ = [
-    "CircuitBreaker",
     "ManualClock",
     "RetryIf",
     "RetryPolicy",
     "RetryState",
     "Stop",
     "Wait",
-    "breaker_key",
-    "clock_of",
-    "complete_with_retries",
-    "health",
-    "reset_breakers",
-    "resolve_policy",
     "retry_if_exception_type",
     "retry_if_transient",
     "stop_after_attempt",
     "stop_after_delay",
     "stop_never",
-    "stream_with_retries",
     "wait_exponential",
     "wait_fixed",
     "wait_full_jitter",
     "wait_retry_after",
 ]
 
-# -- circuit breakers ---------------------------------------------------------------------
+SleepFn = Callable[[float], Awaitable[None]]
+ClockFn = Callable[[], float]
 
 
-class CircuitBreaker:
-    """One route's breaker. A state machine; the caller passes the time (no clock inside)."""
+@dataclass(slots=True)
+class RetryState:
+    """What the strategies decide on: calls made so far (``attempt`` >= 1), times, last error."""
 
-    def __init__(self, key: str, threshold: int, window: float, cooldown: float) -> None:
-        self.key = key
-        self.threshold = threshold
-        self.window = window
-        self.cooldown = cooldown
-        self.state = "closed"
-        self.opened_at: float | None = None
-        self.times_opened = 0
-        self._failures: deque[float] = deque()
-        self._probing = False
-        self._lock = threading.Lock()
+    attempt: int
+    started_at: float
+    now: float
+    error: BaseException | None
 
-    def before_call(self, now: float, model: str | None = None) -> None:
-        """Allow the call, or raise CircuitOpen. After the cool-down one probe goes through."""
-        with self._lock:
-            if self.state == "closed":
-                return
-            assert self.opened_at is not None
-            retry_in = self.opened_at + self.cooldown - now
-            if self.state == "open" and retry_in <= 0:
-                self.state = "half_open"
-            if self.state == "half_open" and not self._probing:
-                self._probing = True
-                return
-        raise CircuitOpen(
-            f"circuit breaker for route {self.key} is {self.state.replace('_', '-')} after "
-            f"{self.threshold} consecutive transient failures; failing fast",
-            hint=f"the route is retried after {self.cooldown:g}s; llm_call.health() shows breaker states",
-            provider=self.key,
-            model=model,
-            retry_in=max(0.0, retry_in),
-        )
-
-    def record_success(self, now: float) -> None:
-        with self._lock:
-            self._failures.clear()
-            self._probing = False
-            self.state = "closed"
-            self.opened_at = None
-
-    def record_failure(self, now: float) -> None:
-        with self._lock:
-            if self.state == "half_open":
-                self._open(now)
-                return
-            failures = self._failures
-            failures.append(now)
-            while failures and failures[0] < now - self.window:
-                failures.popleft()
-            if len(failures) >= self.threshold and self.state == "closed":
-                self._open(now)
-
-    def record_abandoned(self) -> None:
-        """The call ended without an outcome (cancelled): let another probe through."""
-        with self._lock:
-            self._probing = False
-
-    def _open(self, now: float) -> None:
-        self.state = "open"
-        self.opened_at = now
-        self.times_opened += 1
-        self._probing = False
-        self._failures.clear()
-
-    def snapshot(self, now: float) -> dict[str, Any]:
-        with self._lock:
-            retry_in = None
-            if self.state != "closed" and self.opened_at is not None:
-                retry_in = max(0.0, self.opened_at + self.cooldown - now)
-            return {
-                "state": self.state,
-                "consecutive_failures": len(self._failures),
-                "times_opened": self.times_opened,
-                "retry_in": retry_in,
-                "threshold": self.threshold,
-            }
+    @property
+    def elapsed(self) -> float:
+        return self.now - self.started_at
 
 
-_breakers: dict[str, CircuitBreaker] = {}
-_breakers_lock = threading.Lock()
+# -- stop strategies ----------------------------------------------------------------------
 
 
-def breaker_key(route: Route) -> str:
-    """The breaker (and retry settings) key of a route: ``openai``, ``endpoint:NAME``, ``max``,
-    ``local``, ``litellm:<prefix>``."""
-    if route.kind == "litellm":
-        return f"litellm:{route.model.partition('/')[0]}"
-    return route.key
+class Stop:
+    """True when no further call may be made. Compose with ``|`` (any) and ``&`` (all)."""
+
+    def __call__(self, state: RetryState) -> bool:
+        raise NotImplementedError
+
+    def __or__(self, other: Stop) -> Stop:
+        return _StopAny(self, other)
+
+    def __and__(self, other: Stop) -> Stop:
+        return _StopAll(self, other)
 
 
-def breaker_for(key: str, cfg: RetryConfig) -> CircuitBreaker:
-    breaker = _breakers.get(key)
-    if breaker is None:
-        with _breakers_lock:
-            breaker = _breakers.get(key)
-            if breaker is None:
-                breaker = CircuitBreaker(key, cfg.breaker_threshold, cfg.breaker_window, cfg.breaker_cooldown)
-                _breakers[key] = breaker
-    if breaker.threshold != cfg.breaker_threshold:
-        breaker.threshold = cfg.breaker_threshold
-    breaker.window, breaker.cooldown = cfg.breaker_window, cfg.breaker_cooldown
-    return breaker
+class _StopAny(Stop):
+    def __init__(self, *stops: Stop) -> None:
+        self.stops = stops
+
+    def __call__(self, state: RetryState) -> bool:
+        return any(s(state) for s in self.stops)
 
 
-def health(now: float | None = None) -> dict[str, Any]:
-    """Breaker states per route, for ``/metrics`` and health checks.
+class _StopAll(Stop):
+    def __init__(self, *stops: Stop) -> None:
+        self.stops = stops
 
-    ``{"ok": bool, "breakers": {"openai": {"state": "closed", "consecutive_failures": 0,
-    "times_opened": 0, "retry_in": None, "threshold": 5}, ...}}``; ``ok`` is False while any
-    breaker is open or half-open.
-    """
-    t = time.monotonic() if now is None else now
-    with _breakers_lock:
-        items = list(_breakers.items())
-    states = {key: b.snapshot(t) for key, b in items}
-    return {"ok": all(s["state"] == "closed" for s in states.values()), "breakers": states}
+    def __call__(self, state: RetryState) -> bool:
+        return all(s(state) for s in self.stops)
 
 
-def reset_breakers() -> None:
-    """Forget every breaker (tests, or after fixing a route's configuration)."""
-    with _breakers_lock:
-        _breakers.clear()
-        _route_cache.clear()
+class stop_after_attempt(Stop):
+    """Stop once ``n`` calls were made (``n - 1`` retries)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.attempt >= self.n
 
 
-# -- the layer ------------------------------------------------------------------------------
+class stop_after_delay(Stop):
+    """Stop once ``seconds`` have passed since the first call."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.elapsed >= self.seconds
 
 
-from . import client as _client  # noqa: E402  (client imports this module lazily, not at its top)
+class _StopNever(Stop):
+    def __call__(self, state: RetryState) -> bool:
+        return False
 
 
-def _settings() -> Settings:
-    return _client._settings()
+stop_never: Stop = _StopNever()
 
 
-def _reason(exc: BaseException) -> str:
-    status = getattr(exc, "status", None)
-    return f"{type(exc).__name__} {status}" if status else type(exc).__name__
+# -- wait strategies ----------------------------------------------------------------------
 
 
-#: model -> (settings it was resolved with, policy, breaker), for calls without ``retry=``
-_route_cache: dict[str, tuple[Settings, RetryPolicy, CircuitBreaker | None]] = {}
+class Wait:
+    """Seconds to wait before the next call. Compose with ``+`` (sum)."""
+
+    def __call__(self, state: RetryState) -> float:
+        raise NotImplementedError
+
+    def __add__(self, other: Wait) -> Wait:
+        return _WaitSum(self, other)
 
 
-class _Route:
-    """One model's retry context: resolved policy and breaker."""
+class _WaitSum(Wait):
+    def __init__(self, *waits: Wait) -> None:
+        self.waits = waits
 
-    __slots__ = ("breaker", "model", "policy")
+    def __call__(self, state: RetryState) -> float:
+        return sum(w(state) for w in self.waits)
 
-    def __init__(self, model: str, opts: CallOptions, settings: Settings) -> None:
-        self.model = model
-        if opts.retry is None:
-            cached = _route_cache.get(model)
-            if cached is not None and cached[0] is settings:
-                self.policy, self.breaker = cached[1], cached[2]
-                return
-        from .providers.router import resolve
 
-        route = resolve(model, settings)
-        key = breaker_key(route)
-        self.policy = resolve_policy(opts.retry, settings.retry, key, route.model)
-        self.breaker = breaker_for(key, settings.retry) if self.policy.breakers else None
-        if opts.retry is None:
-            if len(_route_cache) > 4096:
-                _route_cache.clear()
-            _route_cache[model] = (settings, self.policy, self.breaker)
+class wait_fixed(Wait):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
 
-    def before(self) -> None:
-        if self.breaker is not None:
-            self.breaker.before_call(self.policy.now(), self.model)
+    def __call__(self, state: RetryState) -> float:
+        return self.seconds
 
-    def failed(self, exc: BaseException, *, caller_limited: bool = False) -> None:
-        """Tell the breaker how a call ended. ``caller_limited``: the caller set the call's
-        time limit, so a timeout measures the caller's patience, not the route's health, and
-        does not count (one client with tiny timeouts must not open the breaker for all)."""
-        if self.breaker is None or isinstance(exc, CircuitOpen | QuotaExhausted):
-            # CircuitOpen came from the breaker itself (no call was made); a used-up
-            # subscription window says nothing about the route's health
-            return
-        if caller_limited and isinstance(exc, ProviderTimeout):
-            self.breaker.record_abandoned()
-        elif is_transient(exc):
-            self.breaker.record_failure(self.policy.now())
-        elif isinstance(exc, ProviderError):
-            self.breaker.record_success(self.policy.now())  # the route answered
-        else:
-            self.breaker.record_abandoned()
 
-    def succeeded(self) -> None:
-        if self.breaker is not None:
-            self.breaker.record_success(self.policy.now())
+class wait_exponential(Wait):
+    """``min(cap, base * 2**(attempt - 1))``."""
 
-    def next_delay(self, calls: int, started: float, exc: BaseException, deadline_at: float | None) -> float | None:
-        now = self.policy.now()
-        delay = self.policy.next_delay(RetryState(calls, started, now, exc))
-        if delay is not None and deadline_at is not None and now + delay >= deadline_at:
+    def __init__(self, base: float = 0.5, cap: float = 30.0) -> None:
+        self.base = base
+        self.cap = cap
+
+    def __call__(self, state: RetryState) -> float:
+        return float(min(self.cap, self.base * 2.0 ** max(0, state.attempt - 1)))
+
+
+class wait_full_jitter(wait_exponential):
+    """Full jitter: ``uniform(0, min(cap, base * 2**(attempt - 1)))`` (AWS architecture blog)."""
+
+    def __init__(self, base: float = 0.5, cap: float = 30.0, rng: Callable[[], float] | None = None) -> None:
+        super().__init__(base, cap)
+        self.rng = rng or random.random
+
+    def __call__(self, state: RetryState) -> float:
+        return self.rng() * super().__call__(state)
+
+
+class wait_retry_after(Wait):
+    """The error's ``retry_after`` (from the ``Retry-After`` header) capped at ``cap``, else
+    ``otherwise``."""
+
+    def __init__(self, cap: float = 60.0, otherwise: Wait | None = None) -> None:
+        self.cap = cap
+        self.otherwise = otherwise or wait_full_jitter()
+
+    def __call__(self, state: RetryState) -> float:
+        after = getattr(state.error, "retry_after", None)
+        if isinstance(after, int | float) and after >= 0:
+            return min(float(after), self.cap)
+        return self.otherwise(state)
+
+
+# -- retry-if predicates ------------------------------------------------------------------
+
+
+class RetryIf:
+    """True when the failure is worth another call. Compose with ``|`` and ``&``."""
+
+    def __init__(self, predicate: Callable[[BaseException], bool]) -> None:
+        self.predicate = predicate
+
+    def __call__(self, state: RetryState) -> bool:
+        return state.error is not None and self.predicate(state.error)
+
+    def __or__(self, other: RetryIf) -> RetryIf:
+        return RetryIf(lambda e: self.predicate(e) or other.predicate(e))
+
+    def __and__(self, other: RetryIf) -> RetryIf:
+        return RetryIf(lambda e: self.predicate(e) and other.predicate(e))
+
+
+def retry_if_exception_type(*types: type[BaseException]) -> RetryIf:
+    return RetryIf(lambda e: isinstance(e, types))
+
+
+retry_if_transient = RetryIf(is_transient)
+
+
+# -- the policy ---------------------------------------------------------------------------
+
+
+async def _real_sleep(delay: float) -> None:
+    await asyncio.sleep(delay)
+
+
+@dataclass(slots=True)
+class RetryPolicy:
+    """How one route retries. ``None`` fields are filled from the settings for the route."""
+
+    stop: Stop | None = None
+    wait: Wait | None = None
+    retry: RetryIf | None = None
+    sleep: SleepFn | None = None
+    clock: ClockFn | None = None
+    rng: Callable[[], float] | None = None
+    breakers: bool = True
+
+    def next_delay(self, state: RetryState) -> float | None:
+        """Seconds to wait before the next call, or None to give up. No I/O."""
+        assert self.retry is not None and self.stop is not None and self.wait is not None
+        if not self.retry(state) or self.stop(state):
             return None
-        return delay
+        return max(0.0, self.wait(state))
+
+    def now(self) -> float:
+        return (self.clock or time.monotonic)()
 
 
-def _failure_record(attempt: int, model: str, exc: BaseException, started: float) -> Attempt:
-    return Attempt(
-        number=attempt,
-        model=model,
-        kind="provider_error",
-        error=error_to_dict(exc),
-        latency_s=time.perf_counter() - started,
-    )
-
-
-async def _wait_or_fall_back(
-    route: _Route,
-    exc: ProviderError,
-    calls: int,
-    started: float,
-    deadline_at: float | None,
-    model: str,
-    next_model: str | None,
-    attempt: int,
-) -> bool:
-    """After a failed call: wait and return True (retry ``model``), return False (fall back to
-    ``next_model``), or re-raise ``exc`` (not retryable, or retries and fallbacks used up)."""
-    # a used-up subscription window resets in minutes or hours: fall back or raise, never sleep
-    # in the call (tasks wait in the queue instead; see claude.on_quota_exhausted)
-    stop_now = isinstance(exc, CircuitOpen | QuotaExhausted)
-    delay = None if stop_now else route.next_delay(calls, started, exc, deadline_at)
-    if delay is None:
-        if next_model is not None and (is_transient(exc) or isinstance(exc, CircuitOpen)):
-            emit("fallback", from_model=model, to_model=next_model, reason=_reason(exc))
-            return False
-        raise exc
-    emit("retry_wait", delay=delay, reason=_reason(exc), model=model, attempt=attempt)
-    assert route.policy.sleep is not None
-    await route.policy.sleep(delay)
-    return True
-
-
-async def complete_with_retries(
-    request: Request,
-    opts: CallOptions,
-    *,
-    attempt: int = 1,
-    kind: str = "answer",
-    deadline_at: float | None = None,
-) -> Response:
-    """One answer for ``request``: transient retries, then fallbacks. Raises the last error.
-
-    ``attempt`` numbers the validation attempt this serves (records and events); ``kind`` is
-    ``answer`` or ``judge``; ``deadline_at`` (on the policy's clock) stops retrying when the
-    next wait would pass it.
-    """
-    settings = _settings()
-    models = [request.model, *opts.fallbacks] if opts.fallbacks else [request.model]
-    records: list[Attempt] = []
-    for index, model in enumerate(models):
-        route = _Route(model, opts, settings)
-        req = request if index == 0 else request.replace(model=model)
-        started = route.policy.now()
-        calls = 0
-        while True:
-            calls += 1
-            call_started = time.perf_counter()
-            try:
-                route.before()
-                if calls == 1 and kind == "answer":
-                    emit("attempt", number=attempt, model=model)
-                response = await _client.complete_once(req)
-            except BaseException as exc:
-                route.failed(exc, caller_limited=req.timeout is not None)
-                if not isinstance(exc, ProviderError):
-                    raise
-                records.append(_failure_record(attempt, model, exc, call_started))
-                next_model = models[index + 1] if index + 1 < len(models) else None
-                if await _wait_or_fall_back(route, exc, calls, started, deadline_at, model, next_model, attempt):
-                    continue
+def _route_settings(cfg: RetryConfig, key: str, model: str) -> tuple[int, float, float]:
+    retries, base, cap = cfg.max_retries, cfg.base_delay, cfg.max_delay
+    chosen = cfg.routes.get(key)
+    if chosen is None:
+        for pattern, route_cfg in cfg.routes.items():
+            if fnmatch.fnmatchcase(model, pattern) or fnmatch.fnmatchcase(key, pattern):
+                chosen = route_cfg
                 break
-            route.succeeded()
-            records.append(
-                Attempt(
-                    number=attempt,
-                    model=model,
-                    kind=kind,
-                    ok=True,
-                    latency_s=response.latency_s,
-                    usage=response.usage,
-                    cost_usd=response.cost_usd,
-                )
-            )
-            response.attempts = records
-            return response
-    raise AssertionError("unreachable: the last model either answers or raises")
+    if chosen is not None:
+        retries = chosen.max_retries if chosen.max_retries is not None else retries
+        base = chosen.base_delay if chosen.base_delay is not None else base
+        cap = chosen.max_delay if chosen.max_delay is not None else cap
+    return retries, base, cap
 
 
-async def stream_with_retries(
-    request: Request,
-    opts: CallOptions,
-    *,
-    attempt: int = 1,
-    deadline_at: float | None = None,
-    records: list[Attempt] | None = None,
-) -> AsyncIterator[Chunk]:
-    """Stream ``request`` with transient retries and fallbacks before the first chunk only.
+def resolve_policy(given: Any, cfg: RetryConfig, key: str, model: str) -> RetryPolicy:
+    """The complete policy for one route: ``given`` (``retry=`` option) over the settings."""
+    if given is None or given is True:
+        policy = RetryPolicy()
+    elif isinstance(given, RetryPolicy):
+        if given.stop and given.wait and given.retry and given.sleep and given.clock:
+            return given
+        policy = replace(given)
+    elif given is False:
+        policy = RetryPolicy(stop=stop_after_attempt(1))
+    elif isinstance(given, int):
+        if given < 0:
+            raise UsageError(f"retry must be >= 0 retries, not {given}")
+        policy = RetryPolicy(stop=stop_after_attempt(given + 1))
+    elif isinstance(given, dict):  # the JSON form (tasks, batch files, the original's retry_config)
+        unknown = sorted(set(given) - {"max_retries", "base_delay", "max_delay"})
+        if unknown:
+            raise UsageError(f"retry dict has unknown key(s) {unknown}; known: max_retries, base_delay, max_delay")
+        retries, base, cap = _route_settings(cfg, key, model)
+        retries, base, cap = int(given.get("max_retries", retries)), float(given.get("base_delay", base)), float(given.get("max_delay", cap))
+        if retries < 0 or base < 0 or cap < 0:
+            raise UsageError(f"retry values must be >= 0, not {given!r}")
+        policy = RetryPolicy(stop=stop_after_attempt(retries + 1), wait=wait_retry_after(cfg.max_retry_after, wait_full_jitter(base, cap)))
+    else:
+        raise UsageError(f"retry= takes a RetryPolicy, an int (max retries), a dict or False, not {given!r}")
+    if policy.stop is None or policy.wait is None:
+        retries, base, cap = _route_settings(cfg, key, model)
+        if policy.stop is None:
+            policy.stop = stop_after_attempt(retries + 1)
+        if policy.wait is None:
+            policy.wait = wait_retry_after(cfg.max_retry_after, wait_full_jitter(base, cap, policy.rng))
+    if policy.retry is None:
+        policy.retry = retry_if_transient
+    if policy.sleep is None:
+        policy.sleep = _real_sleep
+    if policy.clock is None:
+        policy.clock = time.monotonic
+    return policy
 
-    Failed calls are appended to ``records`` (when given) as ``provider_error`` attempts.
-    """
-    settings = _settings()
-    models = [request.model, *opts.fallbacks] if opts.fallbacks else [request.model]
-    for index, model in enumerate(models):
-        route = _Route(model, opts, settings)
-        req = request if index == 0 else request.replace(model=model)
-        started = route.policy.now()
-        calls = 0
-        while True:
-            calls += 1
-            call_started = time.perf_counter()
-            yielded = False
-            try:
-                route.before()
-                if calls == 1:
-                    emit("attempt", number=attempt, model=model)
-                async with closing(_client.stream_once(req)) as chunks:
-                    async for chunk in chunks:
-                        yielded = True
-                        yield chunk
-            except BaseException as exc:
-                route.failed(exc, caller_limited=req.timeout is not None)
-                if not isinstance(exc, ProviderError) or yielded:
-                    raise
-                if records is not None:
-                    records.append(_failure_record(attempt, model, exc, call_started))
-                next_model = models[index + 1] if index + 1 < len(models) else None
-                if await _wait_or_fall_back(route, exc, calls, started, deadline_at, model, next_model, attempt):
-                    continue
-                break
-            route.succeeded()
-            return
-    raise AssertionError("unreachable: the last model either streams or raises")
+
+def clock_of(given: Any) -> ClockFn:
+    """The clock a ``retry=`` option asks for (the validation loop shares it for deadlines)."""
+    if isinstance(given, RetryPolicy) and given.clock is not None:
+        return given.clock
+    return time.monotonic
+
+
+class ManualClock:
+    """A fake clock for tests: ``sleep`` records the delay and advances ``now`` instantly."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.time = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.time += delay
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+    def policy(self, **fields: Any) -> RetryPolicy:
+        """A RetryPolicy using this clock (other fields from ``fields`` or the settings)."""
+        return RetryPolicy(sleep=self.sleep, clock=self.now, **fields)

@@ -27,6 +27,31 @@ __all__ = [
     "assemble_tool_calls",
 ]
 
+#: keyword options of a call consumed by llm_call's own layers; every other keyword goes to the
+#: provider (an alias's bundled options are split the same way)
+CALL_OPTION_NAMES = frozenset(
+    {
+        "validate",
+        "response_model",
+        "max_attempts",
+        "escalate",
+        "fallbacks",
+        "tools_after",
+        "tools_mcp_config",
+        "tools_mcp_servers",
+        "human_after",
+        "budget_usd",
+        "budget_tokens",
+        "deadline_s",
+        "mode",
+        "progress",
+        "long_running",
+        "retry",
+        "idempotency_key",
+        "priority",
+    }
+)
+
 #: An OpenAI-shaped chat message: ``{"role": "user", "content": "hi"}``; content may be a list of
 #: parts (``{"type": "text", ...}``, ``{"type": "image_url", ...}``).
 Message = dict[str, Any]
@@ -402,6 +427,9 @@ class TaskRecord:
     worker: str | None = None  # the worker running it (status running)
     owner: str | None = None  # the manager reserved to run it; None: any worker
     cancel_requested: bool = False
+    #: who submitted it through the server: the API key's tenant id (a hash, never the key);
+    #: None for tasks of a server without keys and of library/CLI callers
+    tenant: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

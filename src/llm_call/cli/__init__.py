@@ -30,6 +30,7 @@ _COMMAND_MODULES = (
     "_config",
     "_serve",
     "_doctor",
+    "_quota",
     "_validators",
     "_tasks",
     "_batch",

@@ -1,9 +1,10 @@
-"""``llm-call doctor``: is the ``max/*`` route ready? (CLI found, its version, logged in).
+"""``llm-call doctor``: is the ``max/*`` route ready? (CLI found, its version, logged in, quota).
 
 Without ``--live`` nothing is sent anywhere: the login is judged from the credentials the CLI
 keeps (``~/.claude/.credentials.json`` or ``$CLAUDE_CONFIG_DIR``), a token in the environment, or
 ``ANTHROPIC_API_KEY`` when ``claude.use_api_key`` is on. ``--live`` makes one tiny call
-(``max/haiku``, "Reply with OK") and reports what the CLI said. Exit code 0 when every check
+(``max/haiku``, "Reply with OK") and reports what the CLI said. The quota line is the state the
+task store holds (``llm-call quota`` shows it in full); a window used up fails the check. Exit code 0 when every check
 passed, 1 when one failed, 2 on a configuration error.
 """
 
@@ -53,7 +54,7 @@ def _find_cli(settings: Settings) -> tuple[str | None, str]:
     import shutil
 
     from ..errors import ConfigError
-    from ..providers.claude_cli import bundled_cli_path, resolve_cli_path
+    from ..providers._claude_plan import bundled_cli_path, resolve_cli_path
 
     if settings.claude.cli_path:
         try:
@@ -128,7 +129,26 @@ def diagnose(settings: Settings, *, live: bool = False) -> list[Check]:
         checks.append(_login_live())
     else:
         checks.append(_login_offline(settings))
+    checks.append(_quota(settings))
     return checks
+
+
+def _quota(settings: Settings) -> Check:
+    """The subscription's quota as the task store holds it (nothing sent anywhere)."""
+    from ..errors import LLMCallError
+    from ..tasks import default_store_path
+    from ._quota import quota_line, read_report
+
+    where = settings.tasks.store
+    if where is None or "://" not in where:
+        path = Path(where.removeprefix("sqlite:///") if where else default_store_path()).expanduser()
+        if not path.exists():
+            return Check("quota", None, f"no task store at {path} yet, so no quota reported yet")
+    try:
+        ok, detail = quota_line(read_report(settings))
+    except LLMCallError as exc:
+        return Check("quota", None, f"cannot read it from the task store: {exc}")
+    return Check("quota", ok, detail)
 
 
 _MARK = {True: "ok", False: "FAIL", None: "?"}
@@ -140,7 +160,7 @@ def register(app: typer.Typer) -> None:
         live: Annotated[bool, typer.Option("--live", help="Make one tiny max/haiku call to check the login")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     ) -> None:
-        """Check the Claude Code CLI route (max/*): CLI found, version, logged in."""
+        """Check the Claude Code CLI route (max/*): CLI found, version, logged in, quota."""
         with reporting_errors():
             settings = load()
             checks = diagnose(settings, live=live)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from ..errors import LLMCallError, UsageError
+from ..types import TaskStatus
 from ._common import EXIT_FAILED, describe, dumps, load, reporting_errors
 
 if TYPE_CHECKING:
@@ -61,9 +62,15 @@ def _event_line(ev: TaskEvent) -> str:
     return f"{ev.seq:>4}  {time.strftime('%H:%M:%S', time.localtime(ev.at))}  {ev.kind:<17} {data}"
 
 
-def _record_summary(rec: TaskRecord) -> str:
+def _record_summary(rec: TaskRecord, held: dict[str, Any] | None = None) -> str:
+    """Status and progress; ``held``: the quota block that keeps queued ``max/*`` tasks waiting."""
     prog = rec.progress or {}
     bits = [f"{rec.status.value}"]
+    waiting = prog.get("waiting") if not rec.status.is_final else None
+    if isinstance(waiting, dict):
+        bits.append(f"waiting for the Claude quota ({waiting.get('window')}) until {_when(waiting.get('until'))}")
+    elif held and rec.status is TaskStatus.QUEUED and (rec.route == "max" or rec.route.startswith("max/")):
+        bits.append(f"held: Claude quota {held['window']} used up ({held['reason']}) until {_when(held['until'])}")
     if prog.get("attempt"):
         bits.append(f"attempt {prog['attempt']}")
     if prog.get("model"):
@@ -71,6 +78,18 @@ def _record_summary(rec: TaskRecord) -> str:
     if prog.get("chars"):
         bits.append(f"{prog['chars']} chars")
     return ", ".join(bits)
+
+
+async def _quota_hold(manager: TaskManager) -> dict[str, Any] | None:
+    """The quota block of the configured account, from the store (None: max/* may run)."""
+    from ..providers.claude_quota import QUOTA, block_of
+
+    if not hasattr(manager.store, "read_meta"):
+        return None
+    cfg = manager.settings.claude
+    await QUOTA.refresh(manager.store)  # type: ignore[arg-type]
+    block = block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage)
+    return None if block is None else {"window": block.window, "until": block.until, "reason": block.reason}
 
 
 def _print_outcome(rec: TaskRecord, as_json: bool) -> None:
@@ -121,8 +140,15 @@ def register(app: typer.Typer) -> None:
         tasks: TasksOption = None,
     ) -> None:
         """List tasks, newest first."""
+        async def action(m: TaskManager) -> tuple[list[TaskRecord], dict[str, Any] | None]:
+            records = await m.list_tasks(status, limit)
+            held = None
+            if any(r.status is TaskStatus.QUEUED and r.route.startswith("max") for r in records):
+                held = await _quota_hold(m)
+            return records, held
+
         with reporting_errors():
-            records = _run(tasks, lambda m: m.list_tasks(status, limit))
+            records, held = _run(tasks, action)
         if as_json:
             typer.echo(dumps([r.to_dict() for r in records]))
             return
@@ -131,7 +157,7 @@ def register(app: typer.Typer) -> None:
 
         table = Table("id", "status", "model", "created", "runs", "progress")
         for r in records:
-            table.add_row(r.id, r.status.value, r.route, _when(r.created_at), str(r.attempts), _record_summary(r))
+            table.add_row(r.id, r.status.value, r.route, _when(r.created_at), str(r.attempts), _record_summary(r, held))
         Console().print(table)
 
     @tasks_app.command("show")

@@ -4,7 +4,7 @@
 use becomes ``tool_started``/``tool_finished`` progress events (and chunks), the CLI's own
 API retries ``retry_wait`` events (``source="claude_cli"``), the ``init``
 message gives the session id and working directory, the ``result`` message the answer, and ``rate_limit_event`` the subscription's quota
-(:func:`~._claude_quota.record_rate_limit_event`).
+(:func:`~.claude_quota.record_rate_limit_event`).
 :func:`result_error` is the one place where a CLI result becomes an error:
 
 ==========================================  ==============================================
@@ -58,8 +58,8 @@ from ..errors import (
     RateLimited,
 )
 from ..types import Chunk, Response, Usage
-from ._claude_quota import QUOTA, block_of, exhausted_error, record_rate_limit_event
-from .claude_cli import LOGIN_HINT, NAME
+from ._claude_plan import LOGIN_HINT, NAME
+from .claude_quota import QUOTA, block_of, exhausted_error, record_rate_limit_event
 
 __all__ = ["RunState", "result_error"]
 

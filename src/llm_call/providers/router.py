@@ -3,7 +3,8 @@
 =====================================  ==========================================
 model string                           route
 =====================================  ==========================================
-an alias from config                   whatever its ``model`` resolves to
+an alias from config (exact name, or  whatever its ``model`` resolves to
+a glob such as ``claude-*``)
 ``max``, ``max/<name>``                Claude Code CLI (``claude_cli.py``)
 ``local/<name or path.gguf>``          embedded llama-cpp (``local.py``)
 ``openai/<m>``, ``gpt-*``, ``o1*`` ... native OpenAI-compatible (``openai_compat.py``)
@@ -13,6 +14,10 @@ anything else with a ``/``             LiteLLM (``litellm.py``, imported lazily)
 =====================================  ==========================================
 
 Providers are created once per process and shared; each keeps its own per-event-loop state.
+
+Dispatch: :func:`complete_once` and :func:`stream_once` make one provider call for a request
+(aliases applied: system prompt, bundled provider options), no retries, no validation; the retry
+layer above calls them.
 """
 
 from __future__ import annotations
@@ -20,16 +25,20 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._settings import current_settings
 from ..errors import ConfigError
+from ..types import CALL_OPTION_NAMES, Chunk, Request, Response
 
 if TYPE_CHECKING:
     from ..config import AliasConfig, Settings
     from .base import Provider
 
-__all__ = ["Route", "close_providers", "get_provider", "resolve"]
+__all__ = ["Route", "close_providers", "complete_once", "get_provider", "provider_request", "resolve", "stream_once"]
 
 _BARE_OPENAI = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$)|o[1-9][a-z]*-|ft:gpt|text-embedding-|davinci|babbage)")
 
@@ -82,14 +91,14 @@ def resolve(model: str, settings: Settings) -> Route:
     aliases: list[AliasConfig] = []
     seen: list[str] = []
     name = model.strip()
-    while name in settings.aliases:
-        if name in seen:
+    while (key := settings.alias_name(name)) is not None:
+        if key in seen:
             raise ConfigError(
-                f"alias loop in config: {' -> '.join([*seen, name])}",
+                f"alias loop in config: {' -> '.join([*seen, key])}",
                 hint="make one of these aliases name a model (ROUTE/MODEL)",
             )
-        seen.append(name)
-        alias = settings.aliases[name]
+        seen.append(key)
+        alias = settings.aliases[key]
         aliases.append(alias)
         name = alias.model.strip()
     chain = tuple(aliases)
@@ -208,3 +217,74 @@ def reset_providers() -> None:
     """Forget provider instances without closing them (tests that change settings)."""
     with _lock:
         _providers.clear()
+
+
+_REQUEST_FIELDS = frozenset({"temperature", "max_tokens", "timeout"})
+
+
+def provider_request(request: Request, settings: Settings) -> tuple[Route, Request]:
+    """Resolve the route and apply the alias's system prompt and options."""
+    route = resolve(request.model, settings)
+    if not route.aliases:
+        if route.provider_model == request.model:
+            return route, request
+        return route, Request(
+            model=route.provider_model,
+            messages=request.messages,
+            temperature=request.temperature,
+            max_tokens=request.max_tokens,
+            timeout=request.timeout,
+            options=request.options,
+        )
+    messages = request.messages
+    if route.system and not any(m.get("role") == "system" for m in messages):
+        messages = [{"role": "system", "content": route.system}, *messages]
+    options = request.options
+    temperature, max_tokens, timeout = request.temperature, request.max_tokens, request.timeout
+    alias_opts = {k: v for k, v in route.alias_options().items() if k not in CALL_OPTION_NAMES}
+    if alias_opts:
+        # an alias's options are defaults: the caller's arguments win
+        if temperature is None:
+            temperature = alias_opts.get("temperature")
+        if max_tokens is None:
+            max_tokens = alias_opts.get("max_tokens")
+        if timeout is None:
+            timeout = alias_opts.get("timeout")
+        options = {
+            **{k: v for k, v in alias_opts.items() if k not in _REQUEST_FIELDS},
+            **options,
+        }
+    return route, Request(
+        model=route.provider_model,
+        messages=messages,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        timeout=timeout,
+        options=options,
+    )
+
+
+async def complete_once(request: Request) -> Response:
+    """One provider call for ``request.model`` (aliases applied), no retries, no validation.
+
+    The ``attempt`` progress event is emitted by the retry layer (it knows the attempt number).
+    """
+    settings = current_settings()
+    route, preq = provider_request(request, settings)
+    provider = get_provider(route, settings)
+    started = time.perf_counter()
+    response = await provider.complete(preq)
+    response.latency_s = time.perf_counter() - started
+    return response
+
+
+def stream_once(request: Request) -> AsyncIterator[Chunk]:
+    """One provider stream for ``request.model`` (aliases applied), no retries, no validation.
+
+    Returns the provider's own iterator (one generator layer less per chunk); routing and
+    configuration errors raise here, before iteration.
+    """
+    settings = current_settings()
+    route, preq = provider_request(request, settings)
+    provider = get_provider(route, settings)
+    return provider.stream(preq)

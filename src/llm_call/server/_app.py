@@ -32,10 +32,12 @@ from starlette.responses import Response
 
 from .. import __version__
 from ..errors import LLMCallError
+from ._anthropic import CountTokensRequest, MessagesRequest
 from ._auth import check_public_bind
 from ._chat import ClientGone, chat_completions, handle_chat
 from ._errors import HTTPFailure, failure_for, pydantic_failure
-from ._middleware import GatewayMiddleware
+from ._messages import encode_failure, handle_count_tokens, handle_messages
+from ._middleware import MESSAGES_PREFIX, GatewayMiddleware
 from ._schemas import ChatCompletionRequest
 from ._state import ServerState
 
@@ -47,8 +49,14 @@ __all__ = ["create_app"]
 _log = logging.getLogger("llm_call.server")
 
 
-def _error_response(fail: HTTPFailure) -> Response:
-    return Response(fail.encode(), fail.status_code, headers=fail.headers, media_type="application/json")
+def _error_response(fail: HTTPFailure, encode: Callable[[HTTPFailure], bytes] | None = None) -> Response:
+    body = fail.encode() if encode is None else encode(fail)
+    return Response(body, fail.status_code, headers=fail.headers, media_type="application/json")
+
+
+def _shape(request: Request) -> Callable[[HTTPFailure], bytes] | None:
+    """The error body encoder for this request's API: Anthropic's under /v1/messages."""
+    return encode_failure if request.url.path.startswith(MESSAGES_PREFIX) else None
 
 
 async def _on_failure(request: Request, exc: Exception) -> Response:
@@ -56,7 +64,7 @@ async def _on_failure(request: Request, exc: Exception) -> Response:
     info = request.scope.get("llm_call")
     if info is not None and info.error is None and exc.code:
         info.error = exc.code
-    return _error_response(exc)
+    return _error_response(exc, _shape(request))
 
 
 async def _on_llm_error(request: Request, exc: Exception) -> Response:
@@ -64,7 +72,7 @@ async def _on_llm_error(request: Request, exc: Exception) -> Response:
     info = request.scope.get("llm_call")
     if info is not None:
         info.error = type(exc).__name__
-    return _error_response(failure_for(exc))
+    return _error_response(failure_for(exc), _shape(request))
 
 
 async def _on_request_validation(request: Request, exc: Exception) -> Response:
@@ -84,7 +92,7 @@ async def _on_http_exception(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
         code = None
-    return _error_response(HTTPFailure(status, message, code=code, headers=dict(exc.headers or {}) or None))
+    return _error_response(HTTPFailure(status, message, code=code, headers=dict(exc.headers or {}) or None), _shape(request))
 
 
 async def _on_client_gone(request: Request, exc: Exception) -> Response:
@@ -98,7 +106,8 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     request_id = getattr(request.scope.get("llm_call"), "id", "?")
     return _error_response(
         HTTPFailure(500, f"internal server error ({type(exc).__name__}); request id {request_id}",
-                    type="server_error", code="internal_error")
+                    type="server_error", code="internal_error"),
+        _shape(request),
     )
 
 
@@ -117,24 +126,28 @@ async def _read_body(receive: Callable[[], Awaitable[MutableMapping[str, Any]]])
             return b"".join(chunks) if len(chunks) != 1 else chunks[0]
 
 
-def _fast_chat(state: ServerState) -> Callable[..., Awaitable[None]]:
-    """POST /v1/chat/completions as a bare ASGI app: the body read straight from ``receive``,
-    llm_call errors answered here, a plain response sent as two ASGI messages."""
+Handler = Callable[..., Awaitable[Response]]
+
+
+def _fast_route(state: ServerState, handler: Handler, encode: Callable[[HTTPFailure], bytes] | None = None) -> Callable[..., Awaitable[None]]:
+    """A POST handler (chat completions, messages) as a bare ASGI app: the body read straight
+    from ``receive``, llm_call errors answered here (``encode`` gives the error body's shape), a
+    plain response sent as two ASGI messages."""
 
     async def app(scope: MutableMapping[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         info = scope["llm_call"]
         try:
-            response = await handle_chat(state, info, await _read_body(receive), receive)
+            response = await handler(state, info, await _read_body(receive), receive)
         except (_ClientGone, ClientGone):
             info.error = "client_disconnected"
             return
         except HTTPFailure as exc:
             if info.error is None and exc.code:
                 info.error = exc.code
-            response = _error_response(exc)
+            response = _error_response(exc, encode)
         except LLMCallError as exc:
             info.error = type(exc).__name__
-            response = _error_response(failure_for(exc))
+            response = _error_response(failure_for(exc), encode)
         if type(response) is Response:
             await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
             await send({"type": "http.response.body", "body": response.body})
@@ -142,6 +155,21 @@ def _fast_chat(state: ServerState) -> Callable[..., Awaitable[None]]:
             await response(scope, receive, send)
 
     return app
+
+
+def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    """A Starlette endpoint for a fast-path handler (the gateway serves POST itself; the route
+    gives 405s and serves embedders that build the stack without the gateway)."""
+
+    async def endpoint(request: Request) -> Response:
+        body = await request.body()
+        return await handler(request.app.state.llm_call, request.scope["llm_call"], body, request.receive)
+
+    return endpoint
+
+
+async def _count_tokens(state: ServerState, info: Any, raw: bytes, receive: Any) -> Response:
+    return await handle_count_tokens(state, info, raw)
 
 
 class _App(FastAPI):
@@ -209,6 +237,13 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
     )
     app.state.llm_call = state
     app.add_route("/v1/chat/completions", chat_completions, methods=["POST"], include_in_schema=False)
+    fast = {
+        ("POST", "/v1/chat/completions"): _fast_route(state, handle_chat),
+        ("POST", "/v1/messages"): _fast_route(state, handle_messages, encode_failure),
+        ("POST", "/v1/messages/count_tokens"): _fast_route(state, _count_tokens, encode_failure),
+    }
+    app.add_route("/v1/messages", _endpoint(handle_messages), methods=["POST"], include_in_schema=False)
+    app.add_route("/v1/messages/count_tokens", _endpoint(_count_tokens), methods=["POST"], include_in_schema=False)
 
     from . import _routes
 
@@ -230,7 +265,6 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
     build_stack = app.build_middleware_stack
 
     def build_middleware_stack() -> Any:
-        fast = {("POST", "/v1/chat/completions"): _fast_chat(state)}
         return GatewayMiddleware(build_stack(), state, fast)
 
     app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]
@@ -280,13 +314,50 @@ def _error_ref(code: str) -> dict[str, Any]:
     return {"description": _ERROR_TEXT[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
+_ANTHROPIC_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "error"],
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "llm_call": {"type": "object"},
+    },
+}
+
+
+def _anthropic_error_ref(code: str) -> dict[str, Any]:
+    return {"description": _ERROR_TEXT[code], "content": {"application/json": {"schema": {"$ref": "#/components/schemas/AnthropicError"}}}}
+
+
+def _messages_operation(summary: str, description: str, operation_id: str, schema: str, ok: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "description": description,
+            "operationId": operation_id,
+            "tags": ["messages"],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}},
+            "responses": {
+                "200": {"description": "The answer", "content": ok},
+                **{code: _anthropic_error_ref(code) for code in _CALL_ERRORS},
+            },
+        }
+    }
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
-    chat_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    for name, sub in chat_schema.pop("$defs", {}).items():
-        components.setdefault(name, sub)
-    components["ChatCompletionRequest"] = chat_schema
+    for model in (ChatCompletionRequest, MessagesRequest, CountTokensRequest):
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in schema.pop("$defs", {}).items():
+            components.setdefault(name, sub)
+        components[model.__name__] = schema
+    components["AnthropicError"] = _ANTHROPIC_ERROR_SCHEMA
     components["Error"] = _ERROR_SCHEMA
     components.pop("HTTPValidationError", None)
     components.pop("ValidationError", None)
@@ -311,18 +382,36 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             },
         }
     }
+    doc["paths"]["/v1/messages"] = _messages_operation(
+        "Create a message",
+        "The Anthropic Messages API on every route. `stream: true` answers Server-Sent Events in Anthropic's "
+        "event sequence (or an `error` event on failure). Extra fields map to llm_call options like on chat "
+        "completions; errors use Anthropic's shape. Keys as `x-api-key` or `Authorization: Bearer`.",
+        "create_message",
+        "MessagesRequest",
+        {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}},
+    )
+    doc["paths"]["/v1/messages/count_tokens"] = _messages_operation(
+        "Count the tokens of a message request",
+        "An estimate of the input tokens (characters / 3.5 plus 4 per message): `{\"input_tokens\": N}`.",
+        "count_message_tokens",
+        "CountTokensRequest",
+        {"application/json": {"schema": {"type": "object", "required": ["input_tokens"],
+                                          "properties": {"input_tokens": {"type": "integer"}}}}},
+    )
     for path, ops in doc["paths"].items():
         for op in ops.values():
             responses = op.setdefault("responses", {})
             if _is_fastapi_422(responses.get("422")):
                 del responses["422"]
+            ref = _anthropic_error_ref if path.startswith(MESSAGES_PREFIX) else _error_ref
             for code in ("400", "401"):
-                responses.setdefault(code, _error_ref(code))
+                responses.setdefault(code, ref(code))
             if "{" in path:
-                responses.setdefault("404", _error_ref("404"))
+                responses.setdefault("404", ref("404"))
             if op.get("requestBody"):
-                responses.setdefault("413", _error_ref("413"))
-            responses.setdefault("429", _error_ref("429"))
+                responses.setdefault("413", ref("413"))
+            responses.setdefault("429", ref("429"))
     result: dict[str, Any] = json.loads(json.dumps(doc))
     return result
 

@@ -3,7 +3,8 @@
 Keys come from ``[server] api_keys`` / ``admin_keys`` or ``LLM_CALL_API_KEYS`` /
 ``LLM_CALL_ADMIN_KEYS`` (comma lists, mapped by config.py). A blank key is a ConfigError
 wherever it comes from: counted as "keys set" but never matched, it would leave a public server
-open. A presented ``Authorization: Bearer <key>`` is hashed and compared with the SHA-256 of
+open. A presented ``Authorization: Bearer <key>`` (or ``x-api-key: <key>``, as Anthropic
+clients send it) is hashed and compared with the SHA-256 of
 every configured key using :func:`hmac.compare_digest`, all of them every time, so the time taken
 says nothing about which key or how much of it matched. Keys are identified in logs and metrics
 only as ``key1``, ``key2``... / ``admin1``... (their position in the list), never by value.
@@ -93,6 +94,10 @@ class KeyAuth:
         scheme, _, token = authorization.partition(b" ")
         if scheme.lower() != b"bearer":
             return None
+        return self.caller_of_key(token)
+
+    def caller_of_key(self, token: bytes) -> Caller | None:
+        """Who a bare key belongs to (the ``x-api-key`` header of Anthropic clients), or None."""
         token = token.strip()
         if not token:
             return None

@@ -37,7 +37,18 @@ if TYPE_CHECKING:
     from ._middleware import RequestInfo
     from ._state import ServerState
 
-__all__ = ["ClientGone", "attempt_dict", "cancelled_on_disconnect", "chat_completions", "completion_body", "handle_chat", "llm_call_extra"]
+__all__ = [
+    "ClientGone",
+    "attempt_dict",
+    "call_failure",
+    "cancelled_on_disconnect",
+    "chat_completions",
+    "close_stream",
+    "completion_body",
+    "handle_chat",
+    "llm_call_extra",
+    "timeout_failure",
+]
 
 _log = logging.getLogger("llm_call.server")
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -124,7 +135,7 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, ensure_ascii=False, default=str), status, media_type="application/json")
 
 
-def _fail(state: ServerState, info: RequestInfo, exc: LLMCallError) -> HTTPFailure:
+def call_failure(state: ServerState, info: RequestInfo, exc: LLMCallError) -> HTTPFailure:
     info.error = type(exc).__name__
     attempts = getattr(exc, "attempts", None)
     if isinstance(attempts, list):
@@ -133,7 +144,7 @@ def _fail(state: ServerState, info: RequestInfo, exc: LLMCallError) -> HTTPFailu
     return failure_for(exc)
 
 
-def _timeout(state: ServerState, info: RequestInfo) -> HTTPFailure:
+def timeout_failure(state: ServerState, info: RequestInfo) -> HTTPFailure:
     info.error = "request_timeout"
     limit = state.settings.server.request_timeout
     return HTTPFailure(
@@ -205,9 +216,9 @@ async def handle_chat(state: ServerState, info: RequestInfo, raw: bytes, receive
         async with cancelled_on_disconnect(receive), asyncio.timeout(state.settings.server.request_timeout):
             resp = await acall(**kwargs)
     except TimeoutError:
-        raise _timeout(state, info) from None
+        raise timeout_failure(state, info) from None
     except LLMCallError as exc:
-        raise _fail(state, info, exc) from None
+        raise call_failure(state, info, exc) from None
     info.attempts = len(resp.attempts) or 1
     state.metrics.observe_response(resp)
     return _json(completion_body(resp, info.id))
@@ -224,18 +235,18 @@ async def _start_stream(
         async with cancelled_on_disconnect(receive), asyncio.timeout_at(deadline):
             first = await anext(chunks)
     except ClientGone:
-        await _close(chunks)
+        await close_stream(chunks)
         raise
     except StopAsyncIteration:
-        await _close(chunks)
+        await close_stream(chunks)
         exc = StreamInterrupted("the stream ended before its first chunk", model=req.model)
-        raise _fail(state, info, exc) from None
+        raise call_failure(state, info, exc) from None
     except TimeoutError:
-        await _close(chunks)
-        raise _timeout(state, info) from None
+        await close_stream(chunks)
+        raise timeout_failure(state, info) from None
     except LLMCallError as exc:
-        await _close(chunks)
-        raise _fail(state, info, exc) from None
+        await close_stream(chunks)
+        raise call_failure(state, info, exc) from None
     body = _sse(state, info, first, chunks, include_usage, deadline, req.model)
     return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
@@ -305,9 +316,9 @@ async def _sse(
             yield _event({**base, "choices": [], "usage": (usage or Usage()).to_dict()})
         yield _DONE
     except TimeoutError:
-        yield _error_event(_timeout(state, info))
+        yield _error_event(timeout_failure(state, info))
     except LLMCallError as exc:
-        yield _error_event(_fail(state, info, exc))
+        yield _error_event(call_failure(state, info, exc))
     except Exception as exc:
         _log.exception("request %s: stream failed", info.id)
         info.error = type(exc).__name__
@@ -315,10 +326,10 @@ async def _sse(
             HTTPFailure(500, f"internal server error during the stream ({type(exc).__name__})", type="server_error", code="internal_error")
         )
     finally:
-        await _close(chunks)
+        await close_stream(chunks)
 
 
-async def _close(chunks: AsyncIterator[Chunk]) -> None:
+async def close_stream(chunks: AsyncIterator[Chunk]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()

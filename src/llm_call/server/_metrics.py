@@ -4,7 +4,8 @@ Per request (recorded by the gateway middleware): count and latency histogram by
 method and status. Per answer: tokens, cost, retries and validation failures by answering model;
 upstream errors by llm_call error type. At scrape time: circuit breaker states (from
 ``llm_call.health()`` when the retry layer provides it), tasks by status and the queue depth
-(from the task manager). Label children are cached, so recording a request is a dict lookup
+(from the task manager), and the Claude subscription's quota per account and window
+(utilization, status, reset time). Label children are cached, so recording a request is a dict lookup
 plus an ``inc`` and an ``observe``.
 """
 
@@ -22,6 +23,7 @@ __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+_QUOTA_STATUS = {"allowed": 0, "allowed_warning": 1, "rejected": 2}
 _log = logging.getLogger("llm_call.server")
 
 
@@ -58,6 +60,18 @@ class ServerMetrics:
         )
         self.tasks = Gauge("llm_call_tasks", "Background tasks by status", ["status"], registry=r)
         self.queue_depth = Gauge("llm_call_task_queue_depth", "Background tasks waiting to run", registry=r)
+        self.quota_utilization = Gauge(
+            "llm_call_claude_quota_utilization", "Claude subscription usage window utilization (0..1)",
+            ["account", "window"], registry=r,
+        )
+        self.quota_status = Gauge(
+            "llm_call_claude_quota_status", "Claude subscription status (0 allowed, 1 warning, 2 rejected)",
+            ["account", "window"], registry=r,
+        )
+        self.quota_resets = Gauge(
+            "llm_call_claude_quota_resets_at_seconds", "When the usage window resets (Unix time)",
+            ["account", "window"], registry=r,
+        )
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._token_children: dict[str, tuple[Any, Any]] = {}
 
@@ -132,6 +146,18 @@ class ServerMetrics:
             value = _BREAKER_VALUES.get(str(state).lower())
             if value is not None:
                 self.breakers.labels(route).set(value)
+
+    def set_quota(self, rows: list[dict[str, Any]]) -> None:
+        """Gauges from ``GET /v1/usage/quota`` rows (window ``overall``: the account's status)."""
+        for row in rows:
+            account = str(row.get("account"))
+            self.quota_status.labels(account, "overall").set(_QUOTA_STATUS.get(str(row.get("status")), 0))
+            for name, w in (row.get("windows") or {}).items():
+                if w.get("utilization") is not None:
+                    self.quota_utilization.labels(account, name).set(w["utilization"])
+                if w.get("resets_at") is not None:
+                    self.quota_resets.labels(account, name).set(w["resets_at"])
+                self.quota_status.labels(account, name).set(_QUOTA_STATUS.get(str(w.get("status")), 0))
 
     def set_tasks(self, counts: dict[str, int], queue_depth: int) -> None:
         for status in TaskStatus:

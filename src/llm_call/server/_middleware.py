@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
+from ._anthropic import anthropic_error
 from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public
 from ._browser import BODY_METHODS, content_type_message, host_message
 from ._errors import HTTPFailure, error_body
@@ -29,7 +30,7 @@ from ._errors import HTTPFailure, error_body
 if TYPE_CHECKING:
     from ._state import ServerState
 
-__all__ = ["GatewayMiddleware", "RequestInfo", "access_log"]
+__all__ = ["MESSAGES_PREFIX", "GatewayMiddleware", "RequestInfo", "access_log"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,6 +50,8 @@ _UNLIMITED = PUBLIC_PATHS | {"/metrics"}
 _QUIET = frozenset({"/health", "/health/live", "/health/ready", "/metrics"})
 _ID_OK = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
+#: paths of the Anthropic Messages API: errors in Anthropic's shape, keys also as ``x-api-key``
+MESSAGES_PREFIX = "/v1/messages"
 
 
 class RequestInfo:
@@ -94,6 +97,7 @@ class GatewayMiddleware:
         authorization: bytes | None = None
         length: bytes | None = None
         given_id: bytes | None = None
+        api_key: bytes | None = None
         host: bytes | None = None
         content_type: bytes | None = None
         origin: bytes | None = None
@@ -101,6 +105,8 @@ class GatewayMiddleware:
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value
+            elif name == b"x-api-key":
+                api_key = value
             elif name == b"content-length":
                 length = value
             elif name == b"x-request-id":
@@ -135,6 +141,7 @@ class GatewayMiddleware:
             await send(message)
 
         path: str = scope["path"]
+        anthropic = path.startswith(MESSAGES_PREFIX)
         template: str | None = None
         acquired: str | None = None
         state.metrics.in_flight.inc()
@@ -158,18 +165,21 @@ class GatewayMiddleware:
                     "this server has no API keys (server.api_keys) and answers only on loopback addresses; "
                     "set keys to serve other machines", code="no_api_keys"))
                 return
-            if state.auth.enabled and (path not in PUBLIC_PATHS or authorization is not None):
-                caller = state.auth.caller(authorization)
+            if state.auth.enabled and (path not in PUBLIC_PATHS or authorization is not None or api_key is not None):
+                if authorization is not None:
+                    caller = state.auth.caller(authorization)
+                else:  # Anthropic clients send the key as x-api-key
+                    caller = None if api_key is None else state.auth.caller_of_key(api_key)
                 if caller is None and path in PUBLIC_PATHS:
                     pass  # a wrong key on a public path: served as without a key
                 elif caller is None:
                     info.error = "invalid_api_key"
                     message = (
-                        "missing API key: send the header 'Authorization: Bearer <key>'"
-                        if authorization is None
+                        "missing API key: send the header 'Authorization: Bearer <key>' (or 'x-api-key: <key>')"
+                        if authorization is None and api_key is None
                         else "invalid API key"
                     )
-                    await _answer(send_with_id, 401, error_body(message, code="invalid_api_key"),
+                    await _answer(send_with_id, 401, _error(anthropic, 401, message, code="invalid_api_key"),
                                   [(b"www-authenticate", b"Bearer")])
                     return
                 else:
@@ -179,7 +189,7 @@ class GatewayMiddleware:
                 info.caller = ANONYMOUS  # a public path without a key: sees nothing of anyone's
             if method in BODY_METHODS and not rules.json_ok(content_type):
                 info.error = "unsupported_media_type"
-                await _answer(send_with_id, 415, error_body(content_type_message(content_type), code="unsupported_media_type"))
+                await _answer(send_with_id, 415, _error(anthropic, 415, content_type_message(content_type), code="unsupported_media_type"))
                 return
             limit = state.settings.server.max_body_bytes
             if length is not None:
@@ -188,11 +198,11 @@ class GatewayMiddleware:
                 except ValueError:
                     declared = -1
                 if declared < 0:
-                    await _answer(send_with_id, 400, error_body("invalid Content-Length header", code="invalid_request"))
+                    await _answer(send_with_id, 400, _error(anthropic, 400, "invalid Content-Length header", code="invalid_request"))
                     return
                 if declared > limit:
                     info.error = "request_too_large"
-                    await _answer(send_with_id, 413, _too_large(limit).encode())
+                    await _answer(send_with_id, 413, _error(anthropic, 413, _too_large(limit).message, code="request_too_large"))
                     return
             elif method in ("POST", "PUT", "PATCH"):
                 receive = _counting(receive, limit)
@@ -202,7 +212,9 @@ class GatewayMiddleware:
                     await _answer(
                         send_with_id,
                         429,
-                        error_body(
+                        _error(
+                            anthropic,
+                            429,
                             f"too many requests in flight for this API key (limit {state.limiter.limit}); "
                             "retry when some have finished",
                             type="rate_limit_error",
@@ -231,8 +243,8 @@ class GatewayMiddleware:
             await _answer(
                 send_with_id,
                 500,
-                error_body(f"internal server error ({type(exc).__name__}); request id {request_id}",
-                           type="server_error", code="internal_error"),
+                _error(anthropic, 500, f"internal server error ({type(exc).__name__}); request id {request_id}",
+                       type="server_error", code="internal_error"),
             )
         finally:
             if acquired is not None:
@@ -246,6 +258,13 @@ class GatewayMiddleware:
             level = logging.DEBUG if path in _QUIET else logging.INFO
             if access_log.isEnabledFor(level):
                 access_log.log(level, _log_line(info, scope, template, status or 499, elapsed))
+
+
+def _error(anthropic: bool, status: int, message: str, type: str = "invalid_request_error", code: str | None = None) -> bytes:
+    """An error body in the OpenAI shape, or Anthropic's for the Messages API."""
+    if anthropic:
+        return json.dumps(anthropic_error(status, message), ensure_ascii=False).encode()
+    return error_body(message, type=type, code=code)
 
 
 def _too_large(limit: int) -> HTTPFailure:

@@ -26,7 +26,7 @@ import json
 import logging
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from ..errors import LLMCallError
@@ -44,8 +44,8 @@ _COUNT_CAP = 1000
 def _breaker_of(route: str, state: ServerState, cache: dict[str, str | None]) -> str | None:
     if route in cache:
         return cache[route]
+    from .._retry import breaker_key
     from ..providers.router import resolve
-    from ..retry import breaker_key
 
     try:
         key: str | None = breaker_key(resolve(route, state.settings))
@@ -117,12 +117,14 @@ def route_rows(
 
 def register(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/routes", tags=["tasks"], summary="Per-route running and queued tasks, limits and breaker states", response_model=None)
-    async def list_routes() -> Response:
-        from ..retry import health
+    async def list_routes(request: Request) -> Response:
+        from .._retry import health
 
         mgr = manager(state)
-        running = await mgr.list_tasks(TaskStatus.RUNNING, _COUNT_CAP)
-        queued = await mgr.list_tasks(TaskStatus.QUEUED, _COUNT_CAP)
+        caller = request.scope["llm_call"].caller
+        tenant = None if caller.admin else caller.tenant  # as GET /v1/tasks: a key counts its own
+        running = await mgr.list_tasks(TaskStatus.RUNNING, _COUNT_CAP, tenant=tenant)
+        queued = await mgr.list_tasks(TaskStatus.QUEUED, _COUNT_CAP, tenant=tenant)
         breakers: dict[str, dict[str, Any]] = dict(health().get("breakers", {}))
         rows = route_rows(state, [r.route for r in running], [r.route for r in queued], breakers)
         body = {

@@ -1,4 +1,4 @@
-"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the Responses, task, route-status and /ui routers."""
+"""``GET /v1/models``, ``GET /health``, ``GET /metrics``, and the quota (``/v1/usage/quota``), Responses, task, route-status and /ui routers."""
 
 from __future__ import annotations
 
@@ -87,8 +87,14 @@ def register(app: FastAPI, state: ServerState) -> None:
         counts = await task_counts(state)
         if counts is not None:
             state.metrics.set_tasks(*counts)
+        from ..providers.claude_quota import quota_report
+        from ._quota import read_states
+
+        cfg = state.settings.claude
+        state.metrics.set_quota(quota_report(await read_states(state), cfg.allow_overage, cfg.slowdown_at))
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
+    from ._quota import register as register_quota
     from ._responses import register as register_responses
     from ._route_status import register as register_route_status
     from ._tasks import register as register_tasks
@@ -97,4 +103,5 @@ def register(app: FastAPI, state: ServerState) -> None:
     register_responses(app, state)
     register_tasks(app, state)
     register_route_status(app, state)
+    register_quota(app, state)
     register_ui(app)

@@ -15,6 +15,11 @@
 ==========================================  ==============================================
 
 A task record is the store's record as JSON; the server's API keys are never part of it.
+
+Each API key sees only its own tasks: a task records the tenant of the key that submitted it
+(``tenant``, a hash of the key), the list shows only the caller's, and reading, following,
+cancelling or reviewing another key's task is a 404 like an unknown id. Idempotency keys are
+per tenant. ``server.admin_keys`` see and control every task; a server without keys has one tenant.
 """
 
 from __future__ import annotations
@@ -74,11 +79,16 @@ def _args(req: TaskRequest, settings: Settings) -> dict[str, Any]:
     return args
 
 
-async def _record(state: ServerState, task_id: str) -> TaskRecord:
+async def _record(state: ServerState, request: Request, task_id: str) -> TaskRecord:
+    """The task, if the caller may see it; 404 (the same as for an unknown id) otherwise."""
+    info: RequestInfo = request.scope["llm_call"]
+    info.task_id = task_id
     try:
-        rec: TaskRecord = await manager(state).status(task_id)
+        rec: TaskRecord | None = await manager(state).status(task_id)
     except TaskNotFound:
-        raise HTTPFailure(404, f"no task with id {task_id!r}", param="task_id", code="task_not_found") from None
+        rec = None
+    if rec is None or not info.caller.may_see(rec.tenant):
+        raise HTTPFailure(404, f"no task with id {task_id!r}", param="task_id", code="task_not_found")
     return rec
 
 
@@ -131,12 +141,15 @@ def register(app: FastAPI, state: ServerState) -> None:
         info.model = req.model
         args = _args(req, state.settings)
         mgr = manager(state)
-        task_id = await mgr.submit(args, idempotency_key=req.idempotency_key, priority=req.priority)
+        task_id = await mgr.submit(
+            args, idempotency_key=req.idempotency_key, priority=req.priority, tenant=info.caller.tenant
+        )
         info.task_id = task_id
         return _json(task_body(await mgr.status(task_id)), 202)
 
     @app.get("/v1/tasks", tags=["tasks"], summary="List tasks, newest first", response_model=None)
     async def list_tasks(
+        request: Request,
         status: str | None = Query(default=None, description=f"One of: {_STATUSES}"),
         model: str | None = Query(
             default=None, max_length=200, description="Only tasks whose route (the model after aliases) matches this glob"
@@ -148,8 +161,17 @@ def register(app: FastAPI, state: ServerState) -> None:
     ) -> Response:
         if status is not None and status not in {s.value for s in TaskStatus}:
             raise HTTPFailure(400, f"unknown task status {status!r}; one of {_STATUSES}", param="status")
+        caller = request.scope["llm_call"].caller
+        tenant = None if caller.admin else caller.tenant
+        if before and tenant is not None:
+            try:
+                mark = await manager(state).status(before)
+            except TaskNotFound:
+                mark = None
+            if mark is None or not caller.may_see(mark.tenant):
+                before = "tk_unknown"  # another key's task: a page as for an unknown id (empty)
         # one more than asked says whether there is a next page
-        records = await manager(state).list_tasks(status, limit + 1, before=before or None, route=model or None)
+        records = await manager(state).list_tasks(status, limit + 1, before=before or None, route=model or None, tenant=tenant)
         page = records[:limit]
         has_more = len(records) > limit
         return _json(
@@ -163,8 +185,7 @@ def register(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"], summary="A task's record", response_model=None)
     async def get_task(request: Request, task_id: str) -> Response:
-        request.scope["llm_call"].task_id = task_id
-        return _json(task_body(await _record(state, task_id)))
+        return _json(task_body(await _record(state, request, task_id)))
 
     @app.get(
         "/v1/tasks/{task_id}/events",
@@ -180,28 +201,25 @@ def register(app: FastAPI, state: ServerState) -> None:
         follow: bool = Query(default=True, description="Keep the stream open until the task ends"),
         last_event_id: str | None = Header(default=None, description="Resume after this event id (seq)"),
     ) -> Response:
-        request.scope["llm_call"].task_id = task_id
         start = after or 0
         if last_event_id is not None and after is None:
             try:
                 start = max(0, int(last_event_id.strip()))
             except ValueError:
                 raise HTTPFailure(400, "Last-Event-ID must be an event seq number", param="Last-Event-ID") from None
-        await _record(state, task_id)  # 404 before the stream starts
+        await _record(state, request, task_id)  # 404 before the stream starts
         body = _follow(manager(state), task_id, start, follow)
         return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], summary="Cancel a task", response_model=None)
     async def cancel_task(request: Request, task_id: str) -> Response:
-        request.scope["llm_call"].task_id = task_id
-        await _record(state, task_id)
+        await _record(state, request, task_id)
         return _json(task_body(await manager(state).cancel(task_id)))
 
     @app.post("/v1/tasks/{task_id}/review", tags=["tasks"], summary="Resolve a task waiting for a human review", response_model=None)
     async def review_task(request: Request, task_id: str, req: ReviewRequest = Body(...)) -> Response:
-        request.scope["llm_call"].task_id = task_id
         if bool(req.approve) == (req.reply is not None):
             raise HTTPFailure(400, 'give either {"approve": true} or {"reply": "..."}', param="approve")
-        await _record(state, task_id)
+        await _record(state, request, task_id)
         rec = await manager(state).review(task_id, approve=bool(req.approve), reply=req.reply)
         return _json(task_body(rec))

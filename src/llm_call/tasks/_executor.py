@@ -24,8 +24,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._pipeline import execute as execute_call
 from .._progress import ProgressListener, listening
-from ..client import _execute
 from ..errors import (
     HumanReviewNeeded,
     LLMCallError,
@@ -345,7 +345,7 @@ class TaskExecutor:
                     return await resume_validated(
                         request, opts, history=resume["history"], reply=resume["reply"], attempts=resume.get("attempts")
                     )
-                return await _execute(request, opts)
+                return await execute_call(request, opts)
 
     async def _settle(self, run: _Run, spec: dict[str, Any] | None, work: Awaitable[Response] | None = None) -> None:
         """Run the stored call (``spec``) or await a running one (``work``) and record the
@@ -365,7 +365,7 @@ class TaskExecutor:
                 else:  # the common case, inline: one coroutine less per task
                     request, opts = rebuild(spec)
                     with listening(self._sink(run)):
-                        response = await _execute(request, opts)
+                        response = await execute_call(request, opts)
             except asyncio.CancelledError:
                 if not run.cancel_requested:
                     raise  # shutdown: close() puts the task back in the queue

@@ -1,6 +1,6 @@
 """Scheduling ``max/*`` tasks on the Claude subscription's quota (the ``[claude]`` settings).
 
-The quota state itself is read and kept by :mod:`llm_call.providers._claude_quota` (every
+The quota state itself is read and kept by :mod:`llm_call.providers.claude_quota` (every
 ``rate_limit_event`` of the CLI, shared through the task store). The task manager acts on it:
 
 - **Claims.** While the account's quota blocks calls (a window ``rejected`` until its reset, or
@@ -34,8 +34,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import QuotaExhausted, error_to_dict
-from ..providers._claude_quota import QUOTA, MetaStore, block_of, slow
 from ..providers.base import CLAUDE_ONLY_OPTIONS
+from ..providers.claude_quota import QUOTA, MetaStore, block_of, slow
 from ..types import Attempt, Response
 
 if TYPE_CHECKING:

@@ -59,6 +59,7 @@ def record(h: Mapping[str, str]) -> TaskRecord:
         worker=h.get("worker") or None,
         owner=h.get("owner") or None,
         cancel_requested=h.get("cancel") == "1",
+        tenant=h.get("tenant") or None,
     )
 
 

@@ -67,11 +67,16 @@ local function drop_leases(id)
     for key in string.gmatch(sems, '[^\n]+') do redis.call('ZREM', key, id) end
   end
 end
+-- idempotency keys are per tenant (the API key's hash); '' = no tenant (library, keyless server)
+local function idem_key(tenant, idem)
+  if tenant and tenant ~= '' then return P .. ':tidem:' .. tenant .. ':' .. idem end
+  return P .. ':idem:' .. idem
+end
 local function expire_task(id)
   redis.call('PEXPIRE', rk(id), KEEP_MS)
   redis.call('PEXPIRE', ek(id), KEEP_MS)
-  local idem = redis.call('HGET', rk(id), 'idem')
-  if idem and idem ~= '' then redis.call('PEXPIRE', P .. ':idem:' .. idem, KEEP_MS) end
+  local r = redis.call('HMGET', rk(id), 'idem', 'tenant')
+  if r[1] and r[1] ~= '' then redis.call('PEXPIRE', idem_key(r[2], r[1]), KEEP_MS) end
 end
 local function tmpl(text, id) return (string.gsub(text, '@@ID@@', (string.gsub(id, '%%', '%%%%')))) end
 local function job_get(jid)
@@ -134,17 +139,18 @@ local function finalize(id, old, new, kind, data, err, result, saq_status, saq_e
 end
 """
 
-# ARGV[3..]: id, idem, priority, owner, route, request, created_at, event data, job JSON.
+# ARGV[3..]: id, idem, priority, owner, route, request, created_at, event data, job JSON, tenant.
 # A task is reserved for its owner only if that manager claims its own tasks: a server or worker
 # (claims "all") leaves it to any worker, so work submitted through a server spreads over workers.
 SUBMIT = r"""
 local id, idem, prio, owner, route = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local tenant = ARGV[12] or ''
 if idem ~= '' then
-  local other = redis.call('GET', P .. ':idem:' .. idem)
+  local other = redis.call('GET', idem_key(tenant, idem))
   if other and redis.call('EXISTS', rk(other)) == 1 then return {0, other} end
 end
 if redis.call('EXISTS', rk(id)) == 1 then return {0, id} end
-if idem ~= '' then redis.call('SET', P .. ':idem:' .. idem, id) end
+if idem ~= '' then redis.call('SET', idem_key(tenant, idem), id) end
 if owner ~= '' then
   local info = redis.call('HGET', P .. ':workers', owner)
   if info and cjson.decode(info).claims == 'all' then owner = '' end
@@ -152,7 +158,7 @@ end
 local lane = lane_name(prio, owner, route)
 redis.call('HSET', rk(id), 'id', id, 'status', 'queued', 'request', ARGV[8], 'route', route,
   'priority', prio, 'idem', idem, 'created_at', ARGV[9], 'attempts', 0, 'worker', '', 'owner', owner,
-  'cancel', '0', 'lane', lane, 'sems', '')
+  'cancel', '0', 'lane', lane, 'sems', '', 'tenant', tenant)
 redis.call('ZADD', P .. ':all', ARGV[9], id)
 set_status(id, nil, 'queued', ARGV[9])
 add_event(id, 'queued', ARGV[10], ARGV[9])
@@ -530,8 +536,8 @@ for _, id in ipairs(ids) do
   redis.call('ZREM', P .. ':finished', id)
   for st, _ in pairs(FINAL) do redis.call('ZREM', P .. ':s:' .. st, id) end
   if ARGV[4] == '1' then
-    local idem = redis.call('HGET', rk(id), 'idem')
-    if idem and idem ~= '' then redis.call('DEL', P .. ':idem:' .. idem) end
+    local r = redis.call('HMGET', rk(id), 'idem', 'tenant')
+    if r[1] and r[1] ~= '' then redis.call('DEL', idem_key(r[2], r[1])) end
     redis.call('DEL', rk(id), ek(id))
   end
 end

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..client import CallOptions
+    from .._request import CallOptions
     from ..types import Attempt, Request, Response
 
 __all__ = ["StoredSpec", "call_spec", "is_long_running", "jsonable", "rebuild", "response_dict", "spec_from_kwargs"]
@@ -107,7 +107,7 @@ def call_spec(request: Request, opts: CallOptions) -> StoredSpec:
 
 def spec_from_kwargs(kwargs: Mapping[str, Any]) -> tuple[StoredSpec, CallOptions]:
     """Check acall keyword arguments (``model``, ``prompt`` or ``messages``, ...) and store them."""
-    from ..client import build_request
+    from .._request import build_request
 
     args = dict(kwargs)
     model = args.pop("model", None)
@@ -118,7 +118,7 @@ def spec_from_kwargs(kwargs: Mapping[str, Any]) -> tuple[StoredSpec, CallOptions
 
 def rebuild(spec: Mapping[str, Any]) -> tuple[Request, CallOptions]:
     """The Request and CallOptions a stored spec describes (direct mode)."""
-    from ..client import build_request
+    from .._request import build_request
 
     args = dict(spec)
     model = args.pop("model", None)
@@ -145,12 +145,12 @@ def is_long_running(request: Request, opts: CallOptions) -> bool:
             return True
         if "agent" in type(spec).__name__.lower():
             return True
-    from ..client import _settings
+    from .._settings import current_settings
     from ..errors import ConfigError
     from ..providers.router import resolve
 
     try:
-        route = resolve(request.model, _settings())
+        route = resolve(request.model, current_settings())
     except ConfigError:
         return False  # the direct call reports it
     return route.kind == "max" or bool(route.alias_options().get("mcp_config"))

@@ -36,7 +36,7 @@ from ._handle import TaskHandle
 from ._spec import call_spec, is_long_running
 
 if TYPE_CHECKING:
-    from ..client import CallOptions
+    from .._request import CallOptions
     from ..types import Request, Response
 
 __all__ = ["run_with_mode"]
@@ -73,7 +73,7 @@ class _Relay:
 
 
 async def _background(request: Request, opts: CallOptions) -> TaskHandle:
-    from . import get_manager
+    from ._default import get_manager
 
     spec = call_spec(request, opts)
     manager = await get_manager()
@@ -84,10 +84,10 @@ async def _background(request: Request, opts: CallOptions) -> TaskHandle:
 
 
 async def _direct(request: Request, opts: CallOptions, listener: ProgressListener | None) -> Response:
-    from ..client import _execute
+    from .._pipeline import execute
 
     with listening(listener):
-        return await _execute(request, opts)
+        return await execute(request, opts)
 
 
 async def _direct_with_handoff(request: Request, opts: CallOptions, timeout: float) -> Response:
@@ -107,7 +107,7 @@ async def _direct_with_handoff(request: Request, opts: CallOptions, timeout: flo
         raise
     if work in done or work.done():
         return work.result()
-    from . import get_manager
+    from ._default import get_manager
 
     try:
         manager = await get_manager()

@@ -46,7 +46,8 @@ from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
 from ._executor import STALE_BEATS, TaskExecutor, _Run, wait_event
 from ._handle import TaskHandle, outcome_of
 from ._spec import response_dict, spec_from_kwargs
-from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo, make_store
+from ._stores import make_store
+from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
 
 __all__ = ["TaskManager"]
 
@@ -160,10 +161,12 @@ class TaskManager(TaskExecutor):
         priority: int | None = None,
         progress: ProgressListener | None = None,
         reserve: bool = True,
+        tenant: str | None = None,
     ) -> str:
         """Queue a call (acall keyword arguments as a dict) and return its task id once durable.
 
-        With an ``idempotency_key`` already used, the existing task's id comes back. ``progress``
+        With an ``idempotency_key`` already used (by the same ``tenant``: the server passes the
+        API key's, see ``TaskRecord.tenant``), the existing task's id comes back. ``progress``
         (in this process) sees the task's events as ``progress(kind, data)``. ``reserve=False``
         leaves the task to any worker that claims unowned tasks (``claims="all"``, this manager
         included) instead of reserving it for this manager.
@@ -180,6 +183,7 @@ class TaskManager(TaskExecutor):
             priority=priority if priority is not None else opts.priority,
             progress=progress if progress is not None else opts.progress,
             reserve=reserve,
+            tenant=tenant,
         )
 
     async def submit_spec(
@@ -190,6 +194,7 @@ class TaskManager(TaskExecutor):
         priority: int = 0,
         progress: ProgressListener | None = None,
         reserve: bool = True,
+        tenant: str | None = None,
     ) -> str:
         """Queue an already checked spec (see ``tasks._spec.call_spec``)."""
         self._check_open()
@@ -201,6 +206,7 @@ class TaskManager(TaskExecutor):
             priority=int(priority or 0),
             idempotency_key=idempotency_key,
             owner=self.worker_id if self._executing and reserve else None,
+            tenant=tenant,
             request_json=getattr(spec, "json", None) or None,
         )
         may_start = self._may_start_now(task)
@@ -347,9 +353,11 @@ class TaskManager(TaskExecutor):
         *,
         before: str | None = None,
         route: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskRecord]:
         """Tasks, newest first, optionally of one status; ``before`` (a task id) gives the next
-        page, ``route`` (a glob on the model after aliases) filters."""
+        page, ``route`` (a glob on the model after aliases) filters, ``tenant`` keeps only that
+        tenant's."""
         self._check_open()
         if isinstance(status, str):
             try:
@@ -358,6 +366,8 @@ class TaskManager(TaskExecutor):
                 raise UsageError(
                     f"unknown task status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
                 ) from None
+        if tenant is not None:
+            return await self.store.list_tasks(status=status, limit=limit, before=before, route=route, tenant=tenant)
         return await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
 
     async def workers_alive(self) -> list[WorkerInfo]:

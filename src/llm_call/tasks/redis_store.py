@@ -324,12 +324,13 @@ class RedisTaskStore:
         got = await self._run(
             "submit", task.id, task.idempotency_key or "", task.priority, task.owner or "", task.route,
             dumps(task.request), repr(task.created_at), dumps({"route": task.route, "priority": task.priority}),
-            self._job_json(task.id, f"{self.prefix}|new", "queued"),
+            self._job_json(task.id, f"{self.prefix}|new", "queued"), task.tenant or "",
         )
         if got[0]:
             rec = TaskRecord(
                 id=task.id, status=TaskStatus.QUEUED, request=task.request, route=task.route, priority=task.priority,
                 idempotency_key=task.idempotency_key, created_at=task.created_at, owner=got[2] or None,
+                tenant=task.tenant,
             )
             return rec, True
         return await self._must_get(got[1]), False
@@ -480,7 +481,9 @@ class RedisTaskStore:
         limit: int = 100,
         before: str | None = None,
         route: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskRecord]:
+        """See the protocol. A tenant's list is the index filtered by tenant (no index per tenant)."""
         key = f"{self.prefix}:all" if status is None else f"{self.prefix}:s:{status.value}"
         top = "+inf"
         if before is not None:
@@ -501,8 +504,10 @@ class RedisTaskStore:
             for task_id, rec in zip(ids, await self._records(ids), strict=True):
                 if rec is None:
                     gone.append(task_id)  # expired by TTL
-                elif (status is None or rec.status is status) and (
-                    route is None or fnmatch.fnmatchcase(rec.route, route)
+                elif (
+                    (status is None or rec.status is status)
+                    and (route is None or fnmatch.fnmatchcase(rec.route, route))
+                    and (tenant is None or rec.tenant == tenant)
                 ):
                     out.append(rec)
             if gone:

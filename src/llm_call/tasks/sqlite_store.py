@@ -53,7 +53,7 @@ _log = logging.getLogger("llm_call.tasks")
 
 _COLS = (
     "id, status, request, route, priority, idempotency_key, created_at, started_at, finished_at, "
-    "attempts, progress, result, error, worker, owner, cancel_requested"
+    "attempts, progress, result, error, worker, owner, cancel_requested, tenant"
 )
 _FINAL_SQL = "('succeeded', 'failed', 'cancelled', 'interrupted')"
 _BUSY_TIMEOUT_S = 30.0
@@ -64,6 +64,15 @@ _dumps = dumps
 
 def _loads(text: str | None) -> Any:
     return None if text is None else loads(text)
+
+
+def _same_key(conn: sqlite3.Connection, task: NewTask) -> Sequence[Any] | None:
+    """The task of the same tenant with ``task``'s idempotency key, if any."""
+    row: Sequence[Any] | None = conn.execute(
+        f"SELECT {_COLS} FROM tasks WHERE coalesce(tenant, '') = ? AND idempotency_key = ?",
+        (task.tenant or "", task.idempotency_key),
+    ).fetchone()
+    return row
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
@@ -84,6 +93,7 @@ def _record(row: Sequence[Any]) -> TaskRecord:
         worker=row[13],
         owner=row[14],
         cancel_requested=bool(row[15]),
+        tenant=row[16],
     )
 
 
@@ -165,13 +175,13 @@ class SQLiteTaskStore:
     def _submit_op(self, task: NewTask, request: str, created_data: str) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool]]:
         def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             if task.idempotency_key is not None:
-                row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                row = _same_key(conn, task)
                 if row is not None:
                     return _record(row), False
             conn.execute(
-                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, created_at, event_seq) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1)",
-                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, task.created_at),
+                "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, created_at, event_seq, "
+                "tenant) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, task.created_at, task.tenant),
             )
             conn.execute("INSERT INTO events VALUES (?, 1, 'queued', ?, ?)", (task.id, created_data, task.created_at))
             return self._new_record(task, TaskStatus.QUEUED), True
@@ -192,14 +202,15 @@ class SQLiteTaskStore:
             if conn.execute(f"SELECT 1 FROM tasks WHERE {where} LIMIT 1", params).fetchone() is not None:
                 return submit_op(conn)  # others wait: queue it behind them
             if task.idempotency_key is not None:
-                row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE idempotency_key = ?", (task.idempotency_key,)).fetchone()
+                row = _same_key(conn, task)
                 if row is not None:
                     return _record(row), False
             now = time.time()
             conn.execute(
                 "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
-                "created_at, started_at, event_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2)",
-                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at, now),
+                "created_at, started_at, event_seq, tenant) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2, ?)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at,
+                 now, task.tenant),
             )
             conn.executemany(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
@@ -221,6 +232,7 @@ class SQLiteTaskStore:
             idempotency_key=task.idempotency_key,
             created_at=task.created_at,
             owner=task.owner,
+            tenant=task.tenant,
             **extra,
         )
 
@@ -231,8 +243,9 @@ class SQLiteTaskStore:
         def op(conn: sqlite3.Connection) -> TaskRecord:
             conn.execute(
                 "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
-                "created_at, started_at, event_seq) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2)",
-                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at, now),
+                "created_at, started_at, event_seq, tenant) VALUES (?, 'running', ?, ?, ?, ?, ?, ?, 1, ?, ?, 2, ?)",
+                (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, worker_id, task.created_at,
+                 now, task.tenant),
             )
             conn.executemany(
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
@@ -506,12 +519,16 @@ class SQLiteTaskStore:
         limit: int = 100,
         before: str | None = None,
         route: str | None = None,
+        tenant: str | None = None,
     ) -> list[TaskRecord]:
         where: list[str] = []
         args: list[Any] = []
         if status is not None:
             where.append("status = ?")
             args.append(status.value)
+        if tenant is not None:
+            where.append("tenant = ?")
+            args.append(tenant)
         if route is not None:
             where.append("route GLOB ?")
             args.append(route)

@@ -180,8 +180,8 @@ class AgentValidator:
         return Verdict(True, None, info, self.name)
 
     async def validate(self, text: str, context: ValidationContext) -> Verdict:
-        from ..client import build_request
-        from ..retry import complete_with_retries
+        from .._request import build_request
+        from .._retry import complete_with_retries
 
         context.check_budget()
         model = self.model or context.model

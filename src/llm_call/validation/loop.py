@@ -44,25 +44,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from .._progress import emit
+from .._retry import complete_with_retries, deadline_stop, stream_with_retries
+from .._settings import current_settings
 from .._streams import closing
 from ..errors import (
     BudgetExceeded,
     HumanReviewNeeded,
-    ProviderTimeout,
     UsageError,
     ValidationExhausted,
 )
 from ..providers.base import message_text
-from ..retry import clock_of, complete_with_retries, stream_with_retries
+from ..retry import clock_of
 from ..types import Attempt, Chunk, Message, Request, Response, Usage
 from ._base import Budget, ValidationContext, Validator, Verdict, run_validator
 from ._specs import parse_specs
 
 if TYPE_CHECKING:
-    from ..client import CallOptions
+    from .._request import CallOptions
 
 #: ``extra["validation"]`` of an answer that asked for tools (validators judge the final text)
 TOOL_STEP = "skipped: tool_calls"
@@ -164,10 +166,9 @@ class _Run:
             return
         if opts.tools_after < 1:
             raise UsageError(f"tools_after must be >= 1, not {opts.tools_after}")
-        from ..client import _settings
         from ..providers.router import resolve
 
-        settings = _settings()
+        settings = current_settings()
         for i, model in enumerate(self.plan, start=1):
             if i >= opts.tools_after and resolve(model, settings).kind != "max":
                 raise UsageError(
@@ -229,8 +230,10 @@ class _Run:
             req.timeout = max(remaining, 0.001)
         return req
 
-    def deadline_passed(self) -> bool:
-        return self.deadline_at is not None and self.clock() >= self.deadline_at
+    def deadline_stop(self, n: int) -> AbstractContextManager[None]:
+        """Around attempt ``n``: the caller's ``deadline_s`` running out is a budget stop."""
+        reason = f"deadline of {self.opts.deadline_s}s passed during attempt {n}"
+        return deadline_stop(self.clock, self.deadline_at, lambda _exc: self.budget_error(reason))
 
     def charge(self, record: Attempt) -> None:
         if self.budget is None:
@@ -339,14 +342,10 @@ async def _loop(run: _Run) -> Response:
         run.before_attempt(n)
         if n > run.first:
             run.add_feedback_message()
-        try:
+        with run.deadline_stop(n):
             response = await complete_with_retries(
                 run.request_for(n), run.opts, attempt=n, deadline_at=run.deadline_at
             )
-        except ProviderTimeout as exc:
-            if run.deadline_passed():
-                raise run.budget_error(f"deadline of {run.opts.deadline_s}s passed during attempt {n}") from exc
-            raise
         for record in response.attempts:
             run.records.append(record)
             run.charge(record)
@@ -423,7 +422,7 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
         final: Chunk | None = None
         tool_step = False
         started = time.perf_counter()
-        try:
+        with run.deadline_stop(n):
             inner = stream_with_retries(
                 request_n, opts, attempt=n, deadline_at=run.deadline_at, records=run.records
             )
@@ -438,10 +437,6 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
                     if chunk.tool_calls:
                         tool_step = True
                     yield chunk
-        except ProviderTimeout as exc:
-            if run.deadline_passed():
-                raise run.budget_error(f"deadline of {opts.deadline_s}s passed during attempt {n}") from exc
-            raise
         text = "".join(parts)
         final = final or Chunk(model=run.model_for(n), attempt=n, finish_reason="stop")
         record = Attempt(

@@ -62,6 +62,7 @@ __all__ = [
     "block_of",
     "exhausted_error",
     "parse_rate_limit_info",
+    "quota_report",
     "record_rate_limit_event",
     "slow",
 ]
@@ -259,6 +260,23 @@ def exhausted_error(block: Block, account: str, model: str, *, now: float | None
         window=block.window,
         resets_at=block.until,
     )
+
+
+def quota_report(states: Mapping[str, QuotaState], allow_overage: bool, slowdown_at: float) -> list[dict[str, Any]]:
+    """Each account's state with what it means now (``GET /v1/usage/quota``, ``llm-call quota``):
+    ``resets_in_s`` per window, ``blocked`` (window, until, reason) and ``slowed``."""
+    now = time.time()
+    rows = []
+    for account in sorted(states):
+        state = states[account]
+        row = state.to_dict()
+        for w in row["windows"].values():
+            w["resets_in_s"] = None if w["resets_at"] is None else max(w["resets_at"] - now, 0.0)
+        block = block_of(state, allow_overage=allow_overage, now=now)
+        row["blocked"] = None if block is None else {"window": block.window, "until": block.until, "reason": block.reason}
+        row["slowed"] = slow(state, slowdown_at, now=now) is not None
+        rows.append(row)
+    return rows
 
 
 # -- shared state -----------------------------------------------------------------------------

@@ -1,0 +1,181 @@
+"""Request building: check a call's arguments and split them into a Request and CallOptions.
+
+``CallOptions`` carries what llm_call's own layers (retry, validation, pipeline, tasks) read;
+every other keyword stays in ``Request.options`` for the provider. An alias may bundle options of
+both kinds; the caller's own arguments win.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ._settings import current_settings
+from .errors import UsageError
+from .providers.router import resolve
+from .types import CALL_OPTION_NAMES, Message, Request
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = ["CallOptions", "build_messages", "build_request", "default_model"]
+
+_log = logging.getLogger("llm_call")
+_default_announced = False
+
+
+@dataclass(slots=True)
+class CallOptions:
+    """What the layers above the providers need, split from provider options."""
+
+    validate: Any = None
+    response_model: Any = None
+    max_attempts: int | None = None
+    escalate: list[str] = field(default_factory=list)
+    fallbacks: list[str] = field(default_factory=list)
+    tools_after: int | None = None
+    tools_mcp_config: dict[str, Any] | None = None
+    tools_mcp_servers: list[str] | None = None
+    human_after: int | None = None
+    budget_usd: float | None = None
+    budget_tokens: int | None = None
+    deadline_s: float | None = None
+    mode: str = "direct"
+    progress: Any = None
+    long_running: bool = False
+    retry: Any = None
+    idempotency_key: str | None = None
+    priority: int = 0
+
+    @property
+    def validating(self) -> bool:
+        return bool(self.validate) or self.response_model is not None
+
+    @classmethod
+    def pop_from(cls, options: dict[str, Any]) -> CallOptions:
+        """Take llm_call's own options out of ``options`` (the rest stays for the provider)."""
+        mine = {k: options.pop(k) for k in list(options) if k in CALL_OPTION_NAMES}
+        for key in ("escalate", "fallbacks"):
+            value = mine.get(key)
+            if value is None:
+                mine.pop(key, None)
+            elif isinstance(value, str):
+                mine[key] = [value]
+            else:
+                mine[key] = list(value)
+        if mine.get("mode") is None:
+            mine.pop("mode", None)
+        if mine.get("mode", "direct") not in ("direct", "background", "auto"):
+            raise UsageError(f"mode must be 'direct', 'background' or 'auto', not {mine['mode']!r}")
+        opts = cls(**mine)
+        if mine:
+            opts.check()
+        return opts
+
+    def check(self) -> None:
+        """Reject option combinations that would be silently ignored or make no sense."""
+        if not self.validating:
+            needs = [
+                name
+                for name in ("escalate", "tools_after", "tools_mcp_config", "tools_mcp_servers", "human_after", "budget_usd", "budget_tokens")
+                if getattr(self, name)
+            ]
+            if needs:
+                raise UsageError(
+                    f"{', '.join(needs)} only apply to validated calls: add validate=[...] or response_model=",
+                    hint="for provider failures use fallbacks=[...]; deadline_s works without validation",
+                )
+        for name, value, low in (("budget_usd", self.budget_usd, 0), ("deadline_s", self.deadline_s, 0)):
+            if value is not None and value <= low:
+                raise UsageError(f"{name} must be > 0, not {value}")
+        if self.budget_tokens is not None and self.budget_tokens < 1:
+            raise UsageError(f"budget_tokens must be >= 1, not {self.budget_tokens}")
+        if self.tools_mcp_servers is not None and (
+            not isinstance(self.tools_mcp_servers, list | tuple) or not all(isinstance(n, str) and n for n in self.tools_mcp_servers)
+        ):
+            raise UsageError("tools_mcp_servers must be a list of MCP server names declared under [claude.mcp_servers]")
+        for model in (*self.escalate, *self.fallbacks):
+            if not isinstance(model, str) or not model.strip():
+                raise UsageError(f"escalate/fallbacks entries must be model names, not {model!r}")
+
+
+def default_model(settings: Settings) -> str:
+    """The configured default model, or the embedded local model (announced once)."""
+    global _default_announced
+    if settings.default_model:
+        return settings.default_model
+    from .config import DEFAULT_MODEL
+
+    if not _default_announced:
+        _default_announced = True
+        _log.info("no model given and no default_model configured: using %s", DEFAULT_MODEL)
+    return DEFAULT_MODEL
+
+
+def build_messages(
+    prompt: str | None, messages: Sequence[Message] | None, system: str | None
+) -> list[Message]:
+    """The conversation to send. Exactly one of ``prompt`` and ``messages``."""
+    if prompt is not None and messages is not None:
+        raise UsageError("give either prompt or messages, not both")
+    if prompt is None and messages is None:
+        raise UsageError("no prompt and no messages: give prompt='...' or messages=[...]")
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise UsageError(f"prompt must be a string, not {type(prompt).__name__}")
+        if not prompt.strip():
+            raise UsageError("the prompt is empty")
+        out: list[Message] = [{"role": "user", "content": prompt}]
+    else:
+        assert messages is not None
+        if isinstance(messages, str | bytes) or not messages:
+            raise UsageError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+        out = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or "role" not in m:
+                raise UsageError(f"messages[{i}] must be a dict with 'role' and 'content'")
+            if m["role"] not in ("system", "user", "assistant", "tool", "developer"):
+                raise UsageError(
+                    f"messages[{i}].role {m['role']!r} is not one of system, user, assistant, tool, developer"
+                )
+            out.append(m)
+    if system is not None:
+        out = [{"role": "system", "content": system}, *(m for m in out if m["role"] != "system")]
+    return out
+
+
+def build_request(
+    model: str | None,
+    prompt: str | None = None,
+    *,
+    messages: Sequence[Message] | None = None,
+    system: str | None = None,
+    temperature: float | None = None,
+    max_tokens: int | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> tuple[Request, CallOptions]:
+    """Check the arguments of a call and split them into a Request and the layer options."""
+    msgs = build_messages(prompt, messages, system)
+    if "stream" in options:
+        raise UsageError("stream= is not an option of a call", hint="use llm_call.astream() or llm_call.stream() to stream")
+    settings = current_settings()
+    name = model or default_model(settings)
+    if settings.aliases and settings.alias_name(name) is not None:
+        # an alias may bundle llm_call's own options (validate=, fallbacks= ...): the caller's win
+        for key, value in resolve(name, settings).alias_options().items():
+            if key in CALL_OPTION_NAMES and key not in options:
+                options[key] = value
+    opts = CallOptions.pop_from(options)
+    if max_tokens is not None and max_tokens < 1:
+        raise UsageError(f"max_tokens must be >= 1, not {max_tokens}")
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"timeout must be > 0 seconds, not {timeout}")
+    if opts.max_attempts is not None and opts.max_attempts < 1:
+        raise UsageError(f"max_attempts must be >= 1, not {opts.max_attempts}")
+    request = Request(
+        model=name, messages=msgs, temperature=temperature, max_tokens=max_tokens, timeout=timeout, options=options
+    )
+    return request, opts

@@ -1,0 +1,287 @@
+"""``POST /v1/messages`` and ``/v1/messages/count_tokens`` on a real port, with the official
+anthropic SDK as the client and the scripted LLM server (OpenAI wire format) as the upstream
+(endpoint ``up``): the server translates Anthropic requests to the route and answers back in
+Anthropic's shape."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import httpx
+import pytest
+
+from llm_call.testing import Fault, Reply, ToolCall
+from support.llm_server import Served, serve_llm
+
+__all__ = ["serve_llm"]
+
+pytestmark = pytest.mark.timeout(60)
+
+HI = [{"role": "user", "content": "hi"}]
+NO_RETRY = {"max_retries": 0}
+WEATHER = {
+    "name": "get_weather",
+    "description": "The weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+PIXEL = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+
+
+def _client(served: Served, api_key: str = "unused") -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=served.url, api_key=api_key, max_retries=0, timeout=60)
+
+
+def _events(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, data) of an SSE body."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def _post_stream(served: Served, body: dict[str, Any]) -> tuple[int, list[tuple[str, dict[str, Any]]]]:
+    with httpx.stream("POST", served.url + "/v1/messages", json={"stream": True, **body}, timeout=30) as r:
+        raw = r.read().decode()
+    return r.status_code, _events(raw) if r.status_code == 200 else [("http", json.loads(raw))]
+
+
+def test_create_translates_request_and_answer(serve_llm: Any) -> None:
+    served: Served = serve_llm([Reply(text="Paris is the capital.", prompt_tokens=11, completion_tokens=5)])
+    message = _client(served).messages.create(
+        model="up/x",
+        max_tokens=300,
+        system=[{"type": "text", "text": "Answer briefly."}, {"type": "text", "text": "Be exact.", "cache_control": {"type": "ephemeral"}}],
+        messages=[{"role": "user", "content": [{"type": "text", "text": "capital of France?"}]}],
+        stop_sequences=["END"],
+        extra_body={"temperature": 0.3, "top_p": 0.9},  # this SDK version has no arguments for them
+        metadata={"user_id": "u-1"},
+    )
+    assert message.type == "message" and message.role == "assistant"
+    assert message.id.startswith("msg_")
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", "Paris is the capital.")]
+    assert message.stop_reason == "end_turn" and message.stop_sequence is None
+    assert message.model == "up/x"
+    assert message.usage.input_tokens == 11 and message.usage.output_tokens == 5
+    assert message.model_extra is not None and message.model_extra["llm_call"]["attempts"][-1]["ok"] is True
+    sent = served.upstream.requests[-1].body
+    assert sent["messages"] == [
+        {"role": "system", "content": "Answer briefly.\n\nBe exact."},
+        {"role": "user", "content": "capital of France?"},
+    ]
+    assert sent["max_tokens"] == 300 and sent["temperature"] == 0.3 and sent["top_p"] == 0.9
+    assert sent["stop"] == ["END"]
+    assert "metadata" not in sent and "user" not in sent
+
+
+def test_stream_text_and_exact_event_sequence(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="one two three four", completion_tokens=4), Reply(text="alpha beta")])
+    with _client(served).messages.stream(model="up/x", max_tokens=50, messages=HI) as stream:
+        pieces = list(stream.text_stream)
+        final = stream.get_final_message()
+    assert "".join(pieces) == "one two three four" and len(pieces) > 1
+    assert final.content[0].type == "text" and final.content[0].text == "one two three four"
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 4
+
+    status, events = _post_stream(served, {"model": "up/x", "max_tokens": 50, "messages": HI})
+    assert status == 200
+    names = [name for name, _ in events]
+    assert names[:3] == ["message_start", "ping", "content_block_start"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert set(names[3:-3]) == {"content_block_delta"}
+    assert all(data["type"] == name for name, data in events)
+    assert events[0][1]["message"]["content"] == [] and events[0][1]["message"]["role"] == "assistant"
+    assert events[2][1]["content_block"] == {"type": "text", "text": ""}
+    text = "".join(d["delta"]["text"] for n, d in events if n == "content_block_delta")
+    assert text == "alpha beta"
+    assert events[-2][1]["delta"] == {"stop_reason": "end_turn", "stop_sequence": None}
+    assert events[-2][1]["usage"]["output_tokens"] > 0
+
+
+def test_tools_translated_and_tool_use_answered(serve_llm: Any) -> None:
+    served = serve_llm([Reply(tool_calls=[ToolCall("get_weather", {"city": "Paris"}, id="call_1")])])
+    message = _client(served).messages.create(
+        model="up/x", max_tokens=100, tools=[WEATHER], tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
+    assert message.stop_reason == "tool_use"
+    (block,) = message.content
+    assert block.type == "tool_use" and block.id == "call_1" and block.name == "get_weather"
+    assert block.input == {"city": "Paris"}
+    sent = served.upstream.requests[-1].body
+    assert sent["tools"] == [
+        {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city",
+                                          "parameters": WEATHER["input_schema"]}}
+    ]
+    assert sent["tool_choice"] == "required"
+
+
+def test_tool_result_round_trip_reaches_upstream_as_tool_messages(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="It is sunny in Paris.")])
+    message = _client(served).messages.create(
+        model="up/x", max_tokens=100, tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        messages=[
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "Let me look."},
+                {"type": "tool_use", "id": "toolu_9", "name": "get_weather", "input": {"city": "Paris"}},
+            ]},
+            {"role": "user", "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_9", "content": [{"type": "text", "text": "sunny, 21 C"}]},
+                {"type": "text", "text": "Summarise."},
+            ]},
+        ],
+    )
+    assert message.content[0].text == "It is sunny in Paris."
+    sent = served.upstream.requests[-1].body
+    assert sent["messages"][1:] == [
+        {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": "toolu_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "toolu_9", "content": "sunny, 21 C"},
+        {"role": "user", "content": "Summarise."},
+    ]
+    assert sent["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert sent["parallel_tool_calls"] is False
+
+
+def test_images_reach_upstream_as_image_parts(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="A red pixel and a cat.")])
+    message = _client(served).messages.create(
+        model="up/x", max_tokens=50,
+        messages=[{"role": "user", "content": [
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PIXEL}},
+            {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.jpg"}},
+            {"type": "text", "text": "What are these?"},
+        ]}],
+    )
+    assert message.content[0].text == "A red pixel and a cat."
+    (user,) = served.upstream.requests[-1].body["messages"]
+    assert user["content"] == [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+        {"type": "text", "text": "What are these?"},
+    ]
+
+
+def test_bad_request_is_anthropic_error_shape(serve_llm: Any) -> None:
+    served = serve_llm()
+    client = _client(served)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="up/x", max_tokens=10, messages=[])
+    body = info.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error" and "messages" in body["error"]["message"]
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model="up/x", max_tokens=10, messages=HI,
+                               tools=[{"type": "web_search_20250305", "name": "web_search"}])  # type: ignore[list-item]
+    assert "server tool" in info.value.body["error"]["message"]  # type: ignore[index]
+    with pytest.raises(anthropic.NotFoundError) as nf:
+        client.messages.create(model="nosuchmodel", max_tokens=10, messages=HI)
+    assert nf.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    assert served.upstream.requests == []
+
+
+def test_upstream_failure_is_api_error_and_stream_cut_is_error_event(serve_llm: Any) -> None:
+    served = serve_llm([Reply(fault=Fault.http(500))], retry=NO_RETRY)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        _client(served).messages.create(model="up/x", max_tokens=10, messages=HI)
+    assert info.value.status_code == 502
+    assert info.value.body["type"] == "error" and info.value.body["error"]["type"] == "api_error"  # type: ignore[index]
+
+    served.upstream.add(Reply(text="one two three four five", fault=Fault.cut_stream(after_chunks=2)))
+    status, events = _post_stream(served, {"model": "up/x", "max_tokens": 50, "messages": HI})
+    assert status == 200
+    names = [n for n, _ in events]
+    assert names[0] == "message_start" and names[-1] == "error"
+    assert "message_stop" not in names
+    assert events[-1][1]["type"] == "error" and events[-1][1]["error"]["type"] == "api_error"
+    with pytest.raises(anthropic.APIStatusError):
+        served.upstream.add(Reply(text="one two three four five", fault=Fault.cut_stream(after_chunks=2)))
+        with _client(served).messages.stream(model="up/x", max_tokens=50, messages=HI) as stream:
+            list(stream.text_stream)
+
+
+def test_count_tokens(serve_llm: Any) -> None:
+    served = serve_llm()
+    client = _client(served)
+    short = client.messages.count_tokens(model="up/x", messages=HI)
+    longer = client.messages.count_tokens(
+        model="up/x", system="You answer questions about the weather.", tools=[WEATHER],
+        messages=[{"role": "user", "content": "What is the weather like in Paris today, and tomorrow?"}],
+    )
+    assert 0 < short.input_tokens < longer.input_tokens
+    assert 25 <= longer.input_tokens <= 150  # ~90 words and a tool schema
+    assert served.upstream.requests == []  # an estimate: no model call
+
+
+def test_keys_as_x_api_key_or_bearer(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="first"), Reply(text="second")], server={"api_keys": ["sekret"]})
+    assert _client(served, "sekret").messages.create(model="up/x", max_tokens=10, messages=HI).content[0].text == "first"
+    bearer = anthropic.Anthropic(base_url=served.url, auth_token="sekret", max_retries=0)
+    assert bearer.messages.create(model="up/x", max_tokens=10, messages=HI).content[0].text == "second"
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        _client(served, "wrong").messages.create(model="up/x", max_tokens=10, messages=HI)
+    assert info.value.body == {"type": "error", "error": {"type": "authentication_error", "message": "invalid API key"}}
+
+
+def test_claude_code_headers_and_fields_tolerated(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="fine")])
+    body = {
+        "model": "up/x", "max_tokens": 32000, "messages": HI, "stream": False,
+        "thinking": {"type": "adaptive"}, "context_management": {"edits": []}, "output_config": {"effort": "medium"},
+        "metadata": {"user_id": "{}"},
+    }
+    r = httpx.post(served.url + "/v1/messages?beta=true", json=body,
+                   headers={"anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"})
+    assert r.status_code == 200, r.text
+    assert r.json()["content"] == [{"type": "text", "text": "fine"}]
+
+
+def test_glob_alias_maps_claude_model_names(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="from up")], aliases={"claude-*": "up/x"})
+    message = _client(served).messages.create(model="claude-sonnet-4-5-20250929", max_tokens=10, messages=HI)
+    assert message.content[0].text == "from up" and message.model == "up/x"
+    assert served.upstream.requests[-1].body["model"] == "x"
+
+
+def test_validation_extra_retries_until_valid_json(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text="not json"), Reply(text='{"ok": true}'), Reply(text="nope"), Reply(text='{"n": 1}')])
+    client = _client(served)
+    message = client.messages.create(model="up/x", max_tokens=50, messages=HI, extra_body={"validation": ["json"], "max_attempts": 3})
+    assert message.content[0].text == '{"ok": true}'
+    assert len(message.model_extra["llm_call"]["attempts"]) == 2  # type: ignore[index]
+    with client.messages.stream(model="up/x", max_tokens=50, messages=HI, extra_body={"validation": ["json"]}) as stream:
+        assert "".join(stream.text_stream) == '{"n": 1}'  # the failed attempt's text is never streamed
+    assert len(served.upstream.requests) == 4
+
+
+def test_unknown_anthropic_fields_refused(serve_llm: Any) -> None:
+    served = serve_llm()
+    r = httpx.post(served.url + "/v1/messages", json={"model": "up/x", "max_tokens": 5, "messages": HI,
+                                                      "mcp_servers": [{"type": "url", "url": "http://x", "name": "x"}]})
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error" and "mcp_servers" in r.json()["error"]["message"]
+
+
+def test_streamed_tool_use_reassembled_by_sdk(serve_llm: Any) -> None:
+    call = ToolCall("get_weather", {"city": "Paris", "unit": "celsius"}, id="call_7")
+    served = serve_llm([Reply(text="Checking.", tool_calls=[call]), Reply(tool_calls=[call])])
+    with _client(served).messages.stream(model="up/x", max_tokens=100, tools=[WEATHER], messages=HI) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    assert [b.type for b in final.content] == ["text", "tool_use"]
+    assert final.content[0].text == "Checking."  # type: ignore[union-attr]
+    tool = final.content[1]
+    assert tool.type == "tool_use" and tool.id == "call_7" and tool.name == "get_weather"
+    assert tool.input == {"city": "Paris", "unit": "celsius"}
+
+    status, events = _post_stream(served, {"model": "up/x", "max_tokens": 100, "tools": [WEATHER], "messages": HI})
+    assert status == 200
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert starts == [{"type": "tool_use", "id": "call_7", "name": "get_weather", "input": {}}]
+    fragments = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"]
+    assert len(fragments) > 1 and json.loads("".join(fragments)) == {"city": "Paris", "unit": "celsius"}
+    assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
