@@ -44,6 +44,7 @@ def _attacks(marker_file: Path) -> list[tuple[str, dict[str, Any]]]:
         ("/chat/completions", {"model": "max/sonnet", "messages": HI, "mcp_config": mcp}),
         ("/chat/completions", {"model": "max/sonnet", "messages": HI, "validation": ["not_empty"], "tools_after": 1, "tools_mcp_config": mcp}),
         ("/chat/completions", {"model": "max/sonnet", "messages": HI, "validation": [judge]}),
+        ("/messages", {"model": "max/sonnet", "max_tokens": 50, "messages": HI, "mcp_config": mcp}),
         ("/responses", {"model": "max/sonnet", "input": "hi", "mcp_config": mcp}),
         ("/responses", {"model": "max/sonnet", "input": "hi", "background": True, "mcp_config": mcp}),
         ("/tasks", {"model": "max/sonnet", "prompt": "hi", "mcp_config": mcp}),
@@ -61,7 +62,7 @@ def test_no_request_starts_an_mcp_command(claude_env: ClaudeEnv, serve_llm: Any,
             r = httpx.post(served.base_url + path, content=json.dumps(body), headers={"content-type": content_type}, timeout=60)
             assert r.status_code in (400, 415), (path, content_type, r.status_code, r.text)
             if r.status_code == 400:
-                message = r.json()["error"]["message"]
+                message = r.json()["error"]["message"]  # the OpenAI and the Anthropic error shapes
                 assert "[claude.mcp_servers." in message, message
     assert not marker_file.exists()
     assert not _messages_requests(served)
