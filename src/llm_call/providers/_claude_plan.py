@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, UsageError
 from ..types import Message, Request
+from ._claude_content import Content, render_content
 from .base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ __all__ = [
     "CallPlan",
     "bundled_cli_path",
     "plan_call",
+    "render_content",
     "render_prompt",
     "resolve_cli_path",
 ]
@@ -52,45 +54,8 @@ _IGNORED = frozenset({"progress", "user", "stream_options", "metadata"})
 # -- the request as a CLI call ------------------------------------------------------------
 
 
-def _part_text(part: Any, where: str) -> str:
-    if isinstance(part, str):
-        return part
-    if not isinstance(part, dict):
-        raise UsageError(f"{where}: a content part must be a dict, not {type(part).__name__}")
-    kind = part.get("type")
-    if kind in ("text", "input_text"):
-        return str(part.get("text", ""))
-    if kind in ("image_url", "image", "input_image"):
-        raise UsageError(
-            f"{where} contains an image: the max/* route (Claude Code CLI) takes text only",
-            hint="send images through an API route such as anthropic/claude-... (LiteLLM)",
-        )
-    raise UsageError(f"{where}: content part type {kind!r} is not supported by the max/* route")
-
-
-def _message_text(message: Message, where: str) -> str:
-    content = message.get("content")
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        text = "".join(_part_text(p, where) for p in content)
-    else:
-        raise UsageError(f"{where}: content must be a string or a list of parts")
-    calls = message.get("tool_calls")
-    if calls:
-        rendered = [
-            f"[called tool {c.get('function', {}).get('name')} with {c.get('function', {}).get('arguments')}]"
-            for c in calls
-            if isinstance(c, dict)
-        ]
-        text = "\n".join([text, *rendered]) if text else "\n".join(rendered)
-    return text
-
-
 def render_prompt(messages: list[Message]) -> tuple[str | None, str]:
-    """``(system prompt, prompt)`` for the CLI from an OpenAI-shaped conversation.
+    """``(system prompt, prompt)`` for the CLI from a text-only OpenAI-shaped conversation.
 
     System and developer messages become the system prompt. One user message is the prompt as
     is. Earlier turns are rendered as a delimited transcript before the latest user message::
@@ -107,37 +72,13 @@ def render_prompt(messages: list[Message]) -> tuple[str | None, str]:
         Continue the conversation above. The user's latest message:
 
         What is my name?
+
+    A conversation with images raises :class:`UsageError`; :func:`render_content` keeps them.
     """
-    system: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for i, m in enumerate(messages):
-        role = m.get("role")
-        text = _message_text(m, f"messages[{i}]")
-        if role in ("system", "developer"):
-            if text:
-                system.append(text)
-        else:
-            name = m.get("name") if role == "tool" else None
-            turns.append((f"{role} {name}" if name else str(role), text))
-    if not turns:
-        raise UsageError("the conversation has no user message")
-    last_role, last_text = turns[-1]
-    if last_role != "user":
-        raise UsageError(
-            f"the conversation ends with a {last_role.split()[0]} message: the max/* route answers "
-            "a user message (client-side tool calls and assistant prefill are not supported)"
-        )
-    system_prompt = "\n\n".join(system) if system else None
-    if len(turns) == 1:
-        return system_prompt, last_text
-    history = "\n".join(
-        f'<turn role="{role}">\n{text}\n</turn>' for role, text in turns[:-1]
-    )
-    prompt = (
-        f"<conversation_history>\n{history}\n</conversation_history>\n\n"
-        f"Continue the conversation above. The user's latest message:\n\n{last_text}"
-    )
-    return system_prompt, prompt
+    system_prompt, content = render_content(messages)
+    if not isinstance(content, str):
+        raise UsageError("render_prompt takes text only; the conversation has images (use render_content)")
+    return system_prompt, content
 
 
 def _str_list(value: Any, name: str) -> list[str]:
@@ -153,11 +94,13 @@ class CallPlan:
     """Everything one CLI run needs, checked before any process starts."""
 
     model: str
-    prompt: str
+    prompt: Content  # the user message: text, or text and image blocks
     system_prompt: str | None
     cwd: str | None  # None: a fresh temporary workspace
     sdk_options: dict[str, Any]  # keyword arguments of ClaudeAgentOptions (cwd excluded)
     timeout: float | None
+    #: True when a warm pooled process may serve the call (it needs no workspace of its own)
+    poolable: bool = False
 
 
 def _mcp_servers(value: Any) -> dict[str, Any]:
@@ -220,7 +163,7 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
     model = request.model.strip()
     if not model or any(c.isspace() for c in model):
         raise UsageError(f"invalid Claude model name {request.model!r}", hint="use max/sonnet, max/opus, max/haiku or max/<model id>")
-    system_prompt, prompt = render_prompt(request.messages)
+    system_prompt, prompt = render_content(request.messages, allow_image_urls=cfg.image_urls)
     opts = dict(request.options)
     _refuse_client_tools(opts)
     unknown = sorted(k for k, v in opts.items() if k not in OPTIONS and k not in _IGNORED and v is not None)
@@ -300,7 +243,17 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
             raise UsageError(f"cwd {str(cwd)!r} is not an existing directory")
         cwd = str(path.resolve())
     timeout = request.timeout if request.timeout is not None else cfg.total_timeout
-    return CallPlan(model, prompt, system_prompt, cwd, kw, timeout)
+    # a call that touches files (built-in tools, extra dirs, a given cwd), resumes a session or
+    # caps its spend (the CLI counts per process) gets a fresh process in a fresh workspace
+    poolable = not (
+        cwd is not None
+        or builtin
+        or "add_dirs" in kw
+        or "resume" in kw
+        or "max_budget_usd" in kw
+        or ("mcp_servers" in kw and not cfg.pool_mcp)
+    )
+    return CallPlan(model, prompt, system_prompt, cwd, kw, timeout, poolable)
 
 
 def bundled_cli_path() -> str | None:

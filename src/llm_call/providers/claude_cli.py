@@ -20,9 +20,14 @@ What a call does:
 - **Conversation**: system messages become the system prompt (replacing Claude Code's own).
   A single user message is the prompt as is; a longer conversation is rendered as a delimited
   transcript of the earlier turns followed by the latest user message, because the CLI takes
-  one prompt per run (``_claude_plan.render_prompt``). Images raise :class:`UsageError`.
+  one prompt per run (``_claude_content.render_content``). Images (OpenAI parts, Anthropic
+  blocks, base64 / data URLs) go as image blocks in that message through stream-json input.
+- **Warm pool** (``claude.pool_size > 0``): a call that needs no workspace of its own (no
+  built-in tools, ``cwd``, ``add_dirs``, ``resume``, ``max_budget_usd``; MCP only with
+  ``claude.pool_mcp``) runs on a warm CLI process started with the same fixed options, which is
+  reset with ``/clear`` before the next call (:mod:`._claude_pool`, :mod:`._claude_worker`).
 - **Isolation**: every call runs in its own working directory (a fresh temporary workspace,
-  removed afterwards, unless ``cwd=`` is given), with ``--strict-mcp-config`` (only the MCP
+  removed afterwards, unless ``cwd=`` is given; a pooled process has one of its own), with ``--strict-mcp-config`` (only the MCP
   servers the call names), no settings files (``setting_sources=[]``), no built-in tools unless
   ``allowed_tools`` names them, and permission mode ``dontAsk`` (anything not in
   ``allowed_tools`` is denied). Only an explicit ``permission_mode=`` changes that.
@@ -62,7 +67,7 @@ import tempfile
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     ConfigError,
@@ -75,13 +80,29 @@ from ._claude_plan import NAME, plan_call
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
-    from ._claude_process import CLIRun
+    from ._claude_messages import RunState
+    from ._claude_plan import CallPlan
+    from ._claude_pool import ClaudePool
+    from ._claude_process import CLIRun, Limits
 
-__all__ = ["ClaudeCLIProvider"]
+__all__ = ["ClaudeCLIProvider", "pool_state"]
 
 _log = logging.getLogger("llm_call.providers.claude_cli")
 
 _STDERR_LINES = 40
+
+
+def pool_state() -> dict[str, Any]:
+    """The warm CLI pools of this process, summed: processes, idle, busy, started, replaced ...
+
+    Cheap, and imports no SDK (the server reads it for ``GET /v1/claude/pool`` and metrics)::
+
+        >>> pool_state()["processes"]
+        0
+    """
+    from ._claude_pool import pool_state as state
+
+    return state()
 
 
 # -- the provider -------------------------------------------------------------------------
@@ -112,6 +133,7 @@ class ClaudeCLIProvider:
             weakref.WeakKeyDictionary()
         )
         self._runs: set[CLIRun] = set()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClaudePool] = weakref.WeakKeyDictionary()
 
     def _slot(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -146,25 +168,29 @@ class ClaudeCLIProvider:
             admission = await admit(self._cfg, plan.model)  # QuotaExhausted, or a slowdown slot
             stderr: deque[str] = deque(maxlen=_STDERR_LINES)
             state = RunState(plan.model, self._cfg.use_api_key, stderr, self._cfg.account)
-            with _workspace(plan.cwd) as cwd:
-                options = ClaudeAgentOptions(cwd=cwd, stderr=stderr.append, **plan.sdk_options)
-                limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
-                run = CLIRun(plan.prompt, options, limits, provider=NAME, model=plan.model)
-                self._runs.add(run)
-                try:
-                    async with run:
-                        try:
-                            async for msg in run.messages():
-                                for chunk in state.handle(msg):
-                                    yield chunk
-                        except LLMCallError:
-                            raise
-                        except Exception as exc:
-                            raise state.translate(exc) from exc
-                finally:
-                    self._runs.discard(run)
-                    if stderr:
-                        _log.debug("Claude CLI stderr (last lines): %s", " | ".join(stderr))
+            limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
+            if plan.poolable and self._cfg.pool_size > 0:
+                async for chunk in self._pooled(plan, limits, state, stderr):
+                    yield chunk
+            else:
+                with _workspace(plan.cwd) as cwd:
+                    options = ClaudeAgentOptions(cwd=cwd, stderr=stderr.append, **plan.sdk_options)
+                    run = CLIRun(plan.prompt, options, limits, provider=NAME, model=plan.model)
+                    self._runs.add(run)
+                    try:
+                        async with run:
+                            try:
+                                async for msg in run.messages():
+                                    for chunk in state.handle(msg):
+                                        yield chunk
+                            except LLMCallError:
+                                raise
+                            except Exception as exc:
+                                raise state.translate(exc) from exc
+                    finally:
+                        self._runs.discard(run)
+                        if stderr:
+                            _log.debug("Claude CLI stderr (last lines): %s", " | ".join(stderr))
             error = state.error()
             if error is not None:
                 raise error
@@ -175,6 +201,43 @@ class ClaudeCLIProvider:
         finally:
             admission.release()
             slot.release()
+
+    def _pool(self) -> ClaudePool:
+        from ._claude_pool import ClaudePool
+        from ._claude_worker import PooledCLI
+
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None or pool.closed:
+            pool = self._pools[loop] = ClaudePool(self._cfg, PooledCLI.start)
+        return pool
+
+    async def _pooled(
+        self, plan: CallPlan, limits: Limits, state: RunState, stderr: deque[str]
+    ) -> AsyncGenerator[Chunk, None]:
+        """The call through a warm pooled process (see :mod:`._claude_pool`)."""
+        from ._claude_pool import pool_key
+        from ._claude_worker import pooled_messages
+
+        messages = pooled_messages(
+            self._pool(),
+            pool_key(plan.sdk_options),
+            plan.sdk_options,
+            plan.prompt,
+            limits,
+            provider=NAME,
+            model=plan.model,
+            stderr=stderr,
+        )
+        async with contextlib.aclosing(messages):
+            try:
+                async for msg in messages:
+                    for chunk in state.handle(msg):
+                        yield chunk
+            except LLMCallError:
+                raise
+            except Exception as exc:
+                raise state.translate(exc) from exc
 
     async def complete(self, request: Request) -> Response:
         async with contextlib.aclosing(self._events(request)) as events:
@@ -208,9 +271,16 @@ class ClaudeCLIProvider:
         raise MalformedResponse("Claude CLI run ended without a response", provider=NAME, model=request.model)
 
     async def aclose(self) -> None:
-        """Terminate CLI processes still running (on this event loop)."""
+        """Terminate CLI processes still running (on this event loop), pooled ones included."""
         runs, self._runs = list(self._runs), set()
         loop = asyncio.get_running_loop()
+        pools = list(self._pools.items())
+        self._pools.clear()
+        for pool_loop, pool in pools:
+            if pool_loop is loop:
+                await pool.aclose()
+            else:
+                pool.kill_now()
         for run in runs:
             if run.loop is loop:
                 await run.aclose()
