@@ -22,8 +22,7 @@ from llm_call.providers.claude_quota import (
     record_rate_limit_event,
     slow,
 )
-from llm_call.tasks import TaskManager
-from llm_call.tasks.store import open_store
+from llm_call.tasks import TaskManager, open_store
 from llm_call.types import TaskStatus
 from support.redis_server import RedisServer, redis_server
 from support.tasks_env import openai_server
