@@ -21,6 +21,11 @@ Example::
         print(event.kind, event.data)
     print((await tasks.result(task_id)).text)
 
+Layer: ``tasks`` sits above the validation loop, the retry layer and the pipeline, and below
+``client``: a task runs the validated call (``_pipeline.execute``: validation, retries,
+deadline), so the task manager imports them, and ``client`` imports ``tasks.auto`` for
+``mode="background"``/``"auto"``. Nothing below imports ``tasks``.
+
 Guarantee (details in docs/tasks.md): a submitted task is durable when ``submit`` returns; it is
 executed at least once (more than once only if the process running it dies, up to
 ``settings.tasks.max_executions`` executions), and it ends in exactly one final state.
