@@ -4,7 +4,8 @@ Per request (recorded by the gateway middleware): count and latency histogram by
 method and status. Per answer: tokens, cost, retries and validation failures by answering model;
 upstream errors by llm_call error type. At scrape time: circuit breaker states (from
 ``llm_call.health()`` when the retry layer provides it), tasks by status and the queue depth
-(from the task manager), and the Claude subscription's quota per account and window
+(from the task manager), the Claude subscription's quota per account and window, and the warm
+``max/*`` CLI pool (processes idle/busy, started, replaced by reason, calls, memory)
 (utilization, status, reset time). Label children are cached, so recording a request is a dict lookup
 plus an ``inc`` and an ``observe``.
 
@@ -126,6 +127,17 @@ class ServerMetrics:
             "llm_call_claude_quota_resets_at_seconds", "When the usage window resets (Unix time)",
             ["account", "window"], registry=r,
         )
+        self.pool_processes = Gauge(
+            "llm_call_claude_pool_processes", "Warm Claude CLI processes in the max/* pool, by state", ["state"], registry=r
+        )
+        self.pool_started = Gauge(
+            "llm_call_claude_pool_started", "Claude CLI processes started for the pool so far", registry=r
+        )
+        self.pool_replaced = Gauge(
+            "llm_call_claude_pool_replaced", "Pooled Claude CLI processes replaced so far, by reason", ["reason"], registry=r
+        )
+        self.pool_calls = Gauge("llm_call_claude_pool_calls", "Calls served by pooled Claude CLI processes so far", registry=r)
+        self.pool_rss = Gauge("llm_call_claude_pool_rss_bytes", "Memory (RSS) of the pooled Claude CLI processes", registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._token_children: dict[str, tuple[Any, Any]] = {}
 
@@ -216,6 +228,16 @@ class ServerMetrics:
                 if w.get("resets_at") is not None:
                     self.quota_resets.labels(account, name).set(w["resets_at"])
                 self.quota_status.labels(account, name).set(_QUOTA_STATUS.get(str(w.get("status")), 0))
+
+    def set_claude_pool(self, pool: dict[str, Any]) -> None:
+        """Gauges from ``llm_call.providers.claude_cli.pool_state()``."""
+        self.pool_processes.labels("idle").set(pool.get("idle", 0))
+        self.pool_processes.labels("busy").set(pool.get("busy", 0))
+        self.pool_started.set(pool.get("started", 0))
+        self.pool_calls.set(pool.get("calls", 0))
+        self.pool_rss.set(float(pool.get("rss_mb", 0.0)) * 1024 * 1024)
+        for reason, n in (pool.get("replaced_by_reason") or {}).items():
+            self.pool_replaced.labels(str(reason)).set(n)
 
     def set_tasks(self, counts: dict[str, int], queue_depth: int) -> None:
         for status in TaskStatus:
