@@ -30,7 +30,8 @@ from playwright.sync_api import sync_playwright
 
 from llm_call.config import Settings, set_settings
 from llm_call.server import ServerThread, create_app
-from llm_call.tasks.store import NewTask, Outcome, open_store
+from llm_call.tasks import open_store
+from llm_call.tasks.store import NewTask, Outcome
 from llm_call.types import TaskStatus
 
 CHROMIUM_ARGS = [
@@ -90,7 +91,8 @@ def measure(store_path: Path, loads: int) -> tuple[list[float], list[float], int
             context.add_init_script(OBSERVE)
             page = context.new_page()
             page.goto(f"{srv.url}/ui")
-            page.wait_for_function("window.__firstRows !== undefined || !document.getElementById('tasks-empty').hidden", timeout=30_000)
+            # a selector wait, not wait_for_function: the page's CSP forbids eval
+            page.wait_for_selector("#task-rows tr, #tasks-empty:not([hidden])", timeout=30_000)
             first = page.evaluate("window.__firstRows ?? performance.now()")
             rows = int(page.evaluate("document.getElementById('task-rows').children.length"))
             if i:  # the first load warms the browser's and the server's caches
