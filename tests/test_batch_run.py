@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from llm_call import batch
-from llm_call._batch_run import BatchReport, run_batch
-from llm_call.batch import BatchItem, ItemResult, check_items, parse_line
+from llm_call.batch import BatchItem, BatchReport, ItemResult, check_items, parse_line, run_batch
 from llm_call.config import Settings
 from llm_call.tasks import TaskManager
 from llm_call.testing import Fault, Reply, ScriptedLLMServer

@@ -248,3 +248,36 @@ def test_the_quota_is_shown_by_the_server_metrics_and_the_cli(
 
     check = _quota(served.settings)  # the doctor's quota line
     assert check.ok is True and "five_hour 93%" in check.detail and "slowed down" in check.detail
+
+
+async def test_above_slowdown_at_max_tasks_run_one_at_a_time(
+    claude_env: ClaudeEnv, managers: Callable[..., Awaitable[TaskManager]], use_settings: Callable[..., Any]
+) -> None:
+    use_settings(retry={"max_retries": 0}, claude={"slowdown_at": 0.9})
+    now = time.time()
+    first = Reply(text="first", headers=warning(now, util=0.95))
+    slow_reply = Reply(text="later", headers=warning(now, util=0.96), latency=1.0, times=None)
+    async with ScriptedLLMServer([first], default=slow_reply) as srv:
+        claude_env.use_subscription(srv)
+        assert (await llm_call.acall("max/sonnet", "learn the quota")).text == "first"
+        mgr = await managers()
+        peak = 0
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, srv.in_flight)
+                await asyncio.sleep(0.01)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            ids = [await mgr.submit({"model": "max/sonnet", "prompt": f"task {i}"}) for i in range(3)]
+            for task_id in ids:
+                assert (await result_of(mgr, task_id)).text == "later"
+        finally:
+            sampler.cancel()
+        assert peak == 1  # route_limits allow 4 max/* tasks at once; the quota allowed one
+        for task_id in ids:
+            events = [e async for e in mgr.events(task_id)]
+            slowdown = next(e for e in events if e.kind == "quota_slowdown")
+            assert slowdown.data["utilization"] >= 0.95 and slowdown.data["concurrency"] == 1

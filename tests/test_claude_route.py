@@ -467,8 +467,8 @@ async def test_missing_cli_is_a_config_error(claude_env: ClaudeEnv) -> None:
     ("kwargs", "needle"),
     [
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]}]},
-            "image",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+            "remote image URLs",
         ),
         ({"prompt": "hi", "seed": 1}, "not supported by the max/* route"),
         ({"prompt": "hi", "cwd": "/no/such/dir"}, "not an existing directory"),
@@ -539,7 +539,7 @@ def test_doctor_live_makes_a_tiny_call(claude_env: ClaudeEnv) -> None:
 
 
 def test_render_prompt_keeps_every_turn_in_order() -> None:
-    from llm_call.providers.claude_cli import render_prompt
+    from llm_call.providers._claude_plan import render_prompt
 
     system, prompt = render_prompt(
         [
@@ -564,14 +564,14 @@ def test_render_prompt_keeps_every_turn_in_order() -> None:
 
 
 def test_single_user_message_is_sent_as_is() -> None:
-    from llm_call.providers.claude_cli import render_prompt
+    from llm_call.providers._claude_plan import render_prompt
 
     assert render_prompt([{"role": "user", "content": "hi"}]) == (None, "hi")
 
 
 def test_allowed_builtin_tools_are_enabled_and_mcp_tools_only_allowed() -> None:
     from llm_call.config import ClaudeConfig
-    from llm_call.providers.claude_cli import plan_call
+    from llm_call.providers._claude_plan import plan_call
     from llm_call.types import Request
 
     request = Request(

@@ -29,15 +29,13 @@ import aiohttp
 import pytest
 
 from llm_call.errors import ConfigError
-from llm_call.tasks import TaskManager
+from llm_call.tasks import TaskManager, make_store, open_store
 from llm_call.tasks.redis_store import RedisTaskStore
 from llm_call.tasks.store import (
     FINAL_EVENT_KINDS,
     NewTask,
     Outcome,
     WorkerInfo,
-    make_store,
-    open_store,
 )
 from llm_call.testing import Reply, ScriptedLLMServer
 from llm_call.types import TaskRecord, TaskStatus

@@ -125,13 +125,6 @@ def test_unknown_response_id_is_not_found(serve_llm: Any) -> None:
         served.client().responses.cancel("resp_tk_doesnotexist")
 
 
-def test_streaming_responses_are_refused_clearly(serve_llm: Any) -> None:
-    served = serve_llm()
-    r = httpx.post(served.base_url + "/responses", json={"model": "up/x", "input": "hi", "stream": True})
-    assert r.status_code == 400
-    assert r.json()["error"]["param"] == "stream"
-
-
 @pytest.mark.parametrize(
     ("body", "status", "param"),
     [

@@ -14,7 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from llm_call.tasks.store import NewTask, TaskStore, open_store
+from llm_call.tasks import open_store
+from llm_call.tasks.store import NewTask, TaskStore
 from llm_call.testing import Fault, Reply
 from support.llm_server import Served, serve_llm
 from support.redis_server import RedisServer, redis_server

@@ -18,6 +18,7 @@ import httpx
 import pytest
 from playwright.async_api import Page, async_playwright, expect
 
+from llm_call.providers.claude_quota import QUOTA, record_rate_limit_event
 from llm_call.testing import Fault, Reply
 from support.llm_server import Served, serve_llm
 
@@ -201,8 +202,23 @@ async def test_routes_page_shows_counts_breakers_and_what_is_not_available(serve
     await expect(row.locator("td").nth(3)).to_have_text("1")
     await expect(row.locator("td").nth(4)).to_have_text("1")
     await expect(row.locator("td").nth(5)).to_have_text("1 (up/*)")
-    if await _get(f"{served.base_url}/usage/quota") == 404:
-        await expect(page.locator("#quota")).to_contain_text("not available")
+    await expect(page.locator("#quota")).to_contain_text("No quota reported yet")
+    await expect(page.locator("#pool")).to_contain_text("not available")
+    # the CLI reports the subscription's windows (as a max/* call in subscription mode would)
+    resets = time.time() + 2 * 3600
+    record_rate_limit_event(
+        {"type": "rate_limit_event", "rate_limit_info": {
+            "status": "allowed_warning", "rateLimitType": "five_hour", "utilization": 0.93, "resetsAt": resets,
+            "unifiedWindows": {"seven_day": {"utilization": 0.41, "resetsAt": resets + 86400, "status": "allowed"}}}}
+    )
+    try:
+        five = page.locator('#quota [data-window="five_hour"]')
+        await expect(five).to_contain_text("93% used")
+        await expect(five).to_contain_text("resets in 1 h 59 min")
+        await expect(page.locator('#quota [data-window="seven_day"]')).to_contain_text("41% used")
+        await expect(page.locator("#quota .pill")).to_have_text("allowed warning")
+    finally:
+        QUOTA.clear()
     await page.screenshot(path=tmp_path / "routes.png")
     async with httpx.AsyncClient() as client:
         await client.post(f"{served.base_url}/tasks/{running}/cancel", json={})

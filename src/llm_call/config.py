@@ -8,7 +8,7 @@ key path (``aliases.fast.modle: unknown key``); nothing falls back to defaults s
 Environment overrides (applied after the file): ``LLM_CALL_DEFAULT_MODEL``, ``LLM_CALL_TASKS``
 (task store path or ``redis://`` URL), ``LLM_CALL_API_KEYS`` and ``LLM_CALL_ADMIN_KEYS`` (server keys,
 comma lists; a blank item is an error),
-``LLM_CALL_CLAUDE_CLI``, ``LLM_CALL_CLAUDE_USE_API_KEY``. Provider keys stay in their own
+``LLM_CALL_CLAUDE_CLI``, ``LLM_CALL_CLAUDE_USE_API_KEY``, ``LLM_CALL_CLAUDE_POOL_SIZE``. Provider keys stay in their own
 variables (``OPENAI_API_KEY`` ...) and are read when a call needs them.
 
 Example ``llm_call.toml``::
@@ -123,6 +123,20 @@ class ClaudeConfig(_Strict):
     total_timeout: float | None = Field(default=None, gt=0)
     exit_timeout: float = Field(default=10.0, gt=0)
     max_turns: int | None = Field(default=None, ge=1)
+    pool_size: int = Field(
+        default=0, ge=0, le=64, description="Warm CLI processes kept for reuse (0: a fresh CLI per call; docs/claude.md)"
+    )
+    pool_max_calls: int = Field(default=100, ge=1, description="Calls one pooled process serves before it is replaced")
+    pool_idle_ttl: float = Field(default=300.0, gt=0, description="Seconds a pooled process may sit idle before it is stopped")
+    pool_max_rss_mb: int = Field(
+        default=400, ge=64, description="A pooled process using more memory (RSS, MB) after a call is replaced"
+    )
+    pool_mcp: bool = Field(
+        default=False, description="Pool calls that name MCP servers too (their servers' state then outlives a call)"
+    )
+    image_urls: bool = Field(
+        default=False, description="Pass remote image URLs on to the CLI (default: only inline base64 images)"
+    )
     # quota scheduling (docs/claude.md "Quota" and "Scheduling on the quota")
     account: str = Field(
         default="default", min_length=1, description="Name of the subscription the CLI is logged into; quota state is kept per account"
@@ -368,6 +382,11 @@ def _apply_env(data: dict[str, Any], env: os._Environ[str] | dict[str, str]) -> 
         data.setdefault("claude", {})["cli_path"] = v
     if (v := env.get("LLM_CALL_CLAUDE_USE_API_KEY")) is not None:
         data.setdefault("claude", {})["use_api_key"] = _env_bool("LLM_CALL_CLAUDE_USE_API_KEY", v)
+    if (v := env.get("LLM_CALL_CLAUDE_POOL_SIZE")) is not None:
+        try:
+            data.setdefault("claude", {})["pool_size"] = int(v)
+        except ValueError:
+            raise ConfigError(f"environment variable LLM_CALL_CLAUDE_POOL_SIZE={v!r} is not an integer") from None
 
 
 def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:

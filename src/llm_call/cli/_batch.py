@@ -21,8 +21,7 @@ if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
 
-    from .._batch_run import BatchReport
-    from ..batch import BatchItem, ItemResult, Problem
+    from ..batch import BatchItem, BatchReport, ItemResult, Problem
 
 __all__ = ["PlainDisplay", "RichDisplay", "print_problems", "print_summary", "register"]
 
@@ -294,7 +293,7 @@ def register(app: typer.Typer) -> None:
             display = RichDisplay(Console(stderr=True, force_terminal=True) if not err_console.is_terminal else err_console)
         elif mode == "plain":
             display = PlainDisplay(sys.stderr)
-        from .._batch_run import run_batch
+        from ..batch import run_batch
 
         async def go(stop: asyncio.Event) -> BatchReport:
             return await run_batch(

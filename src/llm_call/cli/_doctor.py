@@ -54,7 +54,7 @@ def _find_cli(settings: Settings) -> tuple[str | None, str]:
     import shutil
 
     from ..errors import ConfigError
-    from ..providers.claude_cli import bundled_cli_path, resolve_cli_path
+    from ..providers._claude_plan import bundled_cli_path, resolve_cli_path
 
     if settings.claude.cli_path:
         try:
@@ -136,7 +136,7 @@ def diagnose(settings: Settings, *, live: bool = False) -> list[Check]:
 def _quota(settings: Settings) -> Check:
     """The subscription's quota as the task store holds it (nothing sent anywhere)."""
     from ..errors import LLMCallError
-    from ..tasks.store import default_store_path
+    from ..tasks import default_store_path
     from ._quota import quota_line, read_report
 
     where = settings.tasks.store

@@ -27,7 +27,7 @@ _BAR = 20
 def read_report(settings: Settings, tasks: str | None = None) -> list[dict[str, Any]]:
     """:func:`~llm_call.providers.claude_quota.quota_report` of the states in the task store."""
     from ..providers.claude_quota import QUOTA, quota_report
-    from ..tasks.store import make_store
+    from ..tasks import make_store
 
     async def main() -> list[dict[str, Any]]:
         store = make_store(tasks)

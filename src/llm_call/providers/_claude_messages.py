@@ -58,7 +58,7 @@ from ..errors import (
     RateLimited,
 )
 from ..types import Chunk, Response, Usage
-from .claude_cli import LOGIN_HINT, NAME
+from ._claude_plan import LOGIN_HINT, NAME
 from .claude_quota import QUOTA, block_of, exhausted_error, record_rate_limit_event
 
 __all__ = ["RunState", "result_error"]

@@ -30,7 +30,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,7 @@ from claude_agent_sdk._internal.transport.subprocess_cli import SubprocessCLITra
 
 from ..errors import ProviderTimeout
 
-__all__ = ["CLIRun", "Limits", "ProcessRef", "live", "process_tree", "terminate"]
+__all__ = ["CLIRun", "Limits", "PidTransport", "ProcessRef", "kill_tree", "live", "process_tree", "terminate"]
 
 _log = logging.getLogger("llm_call.providers.claude_cli")
 
@@ -159,6 +159,11 @@ def _signal(refs: list[ProcessRef], sig: int) -> None:
                 os.kill(ref.pid, sig)
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and its descendants at once (no waiting; any thread)."""
+    _signal(process_tree(pid), signal.SIGKILL)
+
+
 async def terminate(refs: list[ProcessRef], grace: float = KILL_GRACE) -> None:
     """SIGTERM every process in ``refs``, wait up to ``grace`` s, SIGKILL the survivors.
 
@@ -193,6 +198,15 @@ class _Transport(SubprocessCLITransport):
         self.pid = getattr(process, "pid", None)
 
 
+#: the transport under a public name, for the warm pool (:mod:`._claude_worker`)
+PidTransport = _Transport
+
+
+async def _one_message(content: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """A prompt of content blocks (images) as the one stream-json user message ``query`` sends."""
+    yield {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
+
+
 @dataclass(slots=True)
 class Limits:
     """Watchdog settings of one run. ``deadline`` is absolute (``loop.time()``) or None."""
@@ -220,19 +234,21 @@ class CLIRun:
 
     def __init__(
         self,
-        prompt: str,
+        prompt: str | list[dict[str, Any]],
         options: ClaudeAgentOptions,
         limits: Limits,
         *,
         provider: str,
         model: str,
     ) -> None:
-        self._prompt = prompt
+        self._prompt: str | AsyncIterable[dict[str, Any]] = (
+            prompt if isinstance(prompt, str) else _one_message(prompt)
+        )
         self._options = options
         self._limits = limits
         self._provider = provider
         self._model = model
-        self._transport = _Transport(prompt=prompt, options=options)
+        self._transport = _Transport(prompt=self._prompt, options=options)
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._pump: asyncio.Task[None] | None = None
         self.loop = asyncio.get_running_loop()

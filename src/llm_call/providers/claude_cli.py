@@ -20,9 +20,14 @@ What a call does:
 - **Conversation**: system messages become the system prompt (replacing Claude Code's own).
   A single user message is the prompt as is; a longer conversation is rendered as a delimited
   transcript of the earlier turns followed by the latest user message, because the CLI takes
-  one prompt per run (:func:`render_prompt`). Images raise :class:`UsageError`.
+  one prompt per run (``_claude_content.render_content``). Images (OpenAI parts, Anthropic
+  blocks, base64 / data URLs) go as image blocks in that message through stream-json input.
+- **Warm pool** (``claude.pool_size > 0``): a call that needs no workspace of its own (no
+  built-in tools, ``cwd``, ``add_dirs``, ``resume``, ``max_budget_usd``; MCP only with
+  ``claude.pool_mcp``) runs on a warm CLI process started with the same fixed options, which is
+  reset with ``/clear`` before the next call (:mod:`._claude_pool`, :mod:`._claude_worker`).
 - **Isolation**: every call runs in its own working directory (a fresh temporary workspace,
-  removed afterwards, unless ``cwd=`` is given), with ``--strict-mcp-config`` (only the MCP
+  removed afterwards, unless ``cwd=`` is given; a pooled process has one of its own), with ``--strict-mcp-config`` (only the MCP
   servers the call names), no settings files (``setting_sources=[]``), no built-in tools unless
   ``allowed_tools`` names them, and permission mode ``dontAsk`` (anything not in
   ``allowed_tools`` is denied). Only an explicit ``permission_mode=`` changes that.
@@ -54,16 +59,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib.util
 import logging
-import os
-import shutil
 import tempfile
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -71,276 +72,35 @@ from ..errors import (
     LLMCallError,
     MalformedResponse,
     ProviderTimeout,
-    UsageError,
 )
-from ..types import Chunk, Message, Request, Response
-from .base import CLAUDE_ONLY_OPTIONS
+from ..types import Chunk, Request, Response
+from ._claude_plan import NAME, plan_call
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
-    from ._claude_process import CLIRun
+    from ._claude_messages import RunState
+    from ._claude_plan import CallPlan
+    from ._claude_pool import ClaudePool
+    from ._claude_process import CLIRun, Limits
 
-__all__ = ["CallPlan", "ClaudeCLIProvider", "bundled_cli_path", "plan_call", "render_prompt", "resolve_cli_path"]
+__all__ = ["ClaudeCLIProvider", "pool_state"]
 
 _log = logging.getLogger("llm_call.providers.claude_cli")
 
-NAME = "max"
-LOGIN_HINT = (
-    "run `claude /login` to log in with your Claude subscription "
-    "(or set LLM_CALL_CLAUDE_USE_API_KEY=1 to use ANTHROPIC_API_KEY)"
-)
-PERMISSION_MODES = frozenset({"default", "acceptEdits", "plan", "bypassPermissions", "dontAsk", "auto"})
-DEFAULT_PERMISSION_MODE = "dontAsk"
-OPTIONS = CLAUDE_ONLY_OPTIONS
-#: options other layers may pass along that mean nothing to the CLI
-_IGNORED = frozenset({"progress", "user", "stream_options", "metadata"})
 _STDERR_LINES = 40
 
 
-# -- the request as a CLI call ------------------------------------------------------------
+def pool_state() -> dict[str, Any]:
+    """The warm CLI pools of this process, summed: processes, idle, busy, started, replaced ...
 
+    Cheap, and imports no SDK (the server reads it for ``GET /v1/claude/pool`` and metrics)::
 
-def _part_text(part: Any, where: str) -> str:
-    if isinstance(part, str):
-        return part
-    if not isinstance(part, dict):
-        raise UsageError(f"{where}: a content part must be a dict, not {type(part).__name__}")
-    kind = part.get("type")
-    if kind in ("text", "input_text"):
-        return str(part.get("text", ""))
-    if kind in ("image_url", "image", "input_image"):
-        raise UsageError(
-            f"{where} contains an image: the max/* route (Claude Code CLI) takes text only",
-            hint="send images through an API route such as anthropic/claude-... (LiteLLM)",
-        )
-    raise UsageError(f"{where}: content part type {kind!r} is not supported by the max/* route")
-
-
-def _message_text(message: Message, where: str) -> str:
-    content = message.get("content")
-    if content is None:
-        text = ""
-    elif isinstance(content, str):
-        text = content
-    elif isinstance(content, list):
-        text = "".join(_part_text(p, where) for p in content)
-    else:
-        raise UsageError(f"{where}: content must be a string or a list of parts")
-    calls = message.get("tool_calls")
-    if calls:
-        rendered = [
-            f"[called tool {c.get('function', {}).get('name')} with {c.get('function', {}).get('arguments')}]"
-            for c in calls
-            if isinstance(c, dict)
-        ]
-        text = "\n".join([text, *rendered]) if text else "\n".join(rendered)
-    return text
-
-
-def render_prompt(messages: list[Message]) -> tuple[str | None, str]:
-    """``(system prompt, prompt)`` for the CLI from an OpenAI-shaped conversation.
-
-    System and developer messages become the system prompt. One user message is the prompt as
-    is. Earlier turns are rendered as a delimited transcript before the latest user message::
-
-        <conversation_history>
-        <turn role="user">
-        My name is Ada.
-        </turn>
-        <turn role="assistant">
-        Hello Ada!
-        </turn>
-        </conversation_history>
-
-        Continue the conversation above. The user's latest message:
-
-        What is my name?
+        >>> pool_state()["processes"]
+        0
     """
-    system: list[str] = []
-    turns: list[tuple[str, str]] = []
-    for i, m in enumerate(messages):
-        role = m.get("role")
-        text = _message_text(m, f"messages[{i}]")
-        if role in ("system", "developer"):
-            if text:
-                system.append(text)
-        else:
-            name = m.get("name") if role == "tool" else None
-            turns.append((f"{role} {name}" if name else str(role), text))
-    if not turns:
-        raise UsageError("the conversation has no user message")
-    last_role, last_text = turns[-1]
-    if last_role != "user":
-        raise UsageError(
-            f"the conversation ends with a {last_role.split()[0]} message: the max/* route answers "
-            "a user message (client-side tool calls and assistant prefill are not supported)"
-        )
-    system_prompt = "\n\n".join(system) if system else None
-    if len(turns) == 1:
-        return system_prompt, last_text
-    history = "\n".join(
-        f'<turn role="{role}">\n{text}\n</turn>' for role, text in turns[:-1]
-    )
-    prompt = (
-        f"<conversation_history>\n{history}\n</conversation_history>\n\n"
-        f"Continue the conversation above. The user's latest message:\n\n{last_text}"
-    )
-    return system_prompt, prompt
+    from ._claude_pool import pool_state as state
 
-
-def _str_list(value: Any, name: str) -> list[str]:
-    if isinstance(value, str):
-        value = [v.strip() for v in value.split(",")]
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise UsageError(f"option {name} must be a list of strings (or a comma list)")
-    return [v for v in value if v]
-
-
-@dataclasses.dataclass(slots=True)
-class CallPlan:
-    """Everything one CLI run needs, checked before any process starts."""
-
-    model: str
-    prompt: str
-    system_prompt: str | None
-    cwd: str | None  # None: a fresh temporary workspace
-    sdk_options: dict[str, Any]  # keyword arguments of ClaudeAgentOptions (cwd excluded)
-    timeout: float | None
-
-
-def _mcp_servers(value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict) or not isinstance(value.get("mcpServers"), dict):
-        raise UsageError('option mcp_config must be a dict like {"mcpServers": {"name": {...}}}')
-    extra = set(value) - {"mcpServers"}
-    if extra:
-        raise UsageError(f"option mcp_config has unknown keys {sorted(extra)} (only mcpServers)")
-    servers: dict[str, Any] = value["mcpServers"]
-    for name, server in servers.items():
-        if not isinstance(server, dict):
-            raise UsageError(f"mcp_config server {name!r} must be a dict")
-    return servers
-
-
-def _refuse_client_tools(opts: dict[str, Any]) -> None:
-    """Client-defined function tools cannot reach the CLI: it runs its own tools in its own loop.
-
-    With no tools given, ``tool_choice``/``parallel_tool_calls`` mean nothing and are dropped.
-    """
-    if opts.get("tools"):
-        raise UsageError(
-            "the max/* route (Claude Code CLI) runs its own tools and cannot return calls of "
-            "client-defined tools: remove tools/tool_choice, or use an API route (anthropic/..., openai/...)",
-            hint="the CLI's own tools are chosen with allowed_tools=[...] and mcp_config={...}",
-        )
-    for key in ("tools", "tool_choice", "parallel_tool_calls"):
-        opts.pop(key, None)
-
-
-def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | None = None) -> CallPlan:
-    """Check ``request`` and turn it into a :class:`CallPlan`. Raises UsageError/ConfigError."""
-    model = request.model.strip()
-    if not model or any(c.isspace() for c in model):
-        raise UsageError(f"invalid Claude model name {request.model!r}", hint="use max/sonnet, max/opus, max/haiku or max/<model id>")
-    system_prompt, prompt = render_prompt(request.messages)
-    opts = dict(request.options)
-    _refuse_client_tools(opts)
-    unknown = sorted(k for k, v in opts.items() if k not in OPTIONS and k not in _IGNORED and v is not None)
-    if unknown:
-        raise UsageError(
-            f"option(s) {unknown} are not supported by the max/* route (Claude Code CLI)",
-            hint=f"supported: {', '.join(sorted(OPTIONS))}",
-        )
-    env = os.environ if environ is None else environ
-    cli_env: dict[str, str] = {}
-    if not cfg.use_api_key and env.get("ANTHROPIC_API_KEY"):
-        cli_env["ANTHROPIC_API_KEY"] = ""  # the CLI treats an empty key as none: subscription login
-    if request.max_tokens is not None:
-        cli_env["CLAUDE_CODE_MAX_OUTPUT_TOKENS"] = str(request.max_tokens)
-    extra_env = opts.get("env")
-    if extra_env is not None:
-        if not isinstance(extra_env, dict) or not all(isinstance(v, str) for v in extra_env.values()):
-            raise UsageError("option env must be a dict of strings")
-        cli_env.update(extra_env)
-
-    allowed = _str_list(opts.get("allowed_tools") or [], "allowed_tools")
-    builtin = sorted({t.split("(", 1)[0] for t in allowed if not t.startswith("mcp__")})
-    kw: dict[str, Any] = {
-        "model": model,
-        "system_prompt": system_prompt,
-        "tools": builtin,  # [] turns every built-in tool off
-        "allowed_tools": allowed,
-        "strict_mcp_config": True,
-        "setting_sources": [],
-        "env": cli_env,
-        "include_partial_messages": True,  # text deltas, and activity for the idle watchdog
-    }
-    if cfg.cli_path:
-        kw["cli_path"] = resolve_cli_path(cfg.cli_path)
-    if opts.get("mcp_config") is not None:
-        kw["mcp_servers"] = _mcp_servers(opts["mcp_config"])
-    if opts.get("disallowed_tools") is not None:
-        kw["disallowed_tools"] = _str_list(opts["disallowed_tools"], "disallowed_tools")
-    mode = opts.get("permission_mode") or DEFAULT_PERMISSION_MODE
-    if mode not in PERMISSION_MODES:
-        raise UsageError(f"permission_mode {mode!r} is not one of {sorted(PERMISSION_MODES)}")
-    kw["permission_mode"] = mode
-    resume = opts.get("resume")
-    if resume is not None:
-        if not isinstance(resume, str) or not resume.strip():
-            raise UsageError("option resume must be a CLI session id (Response.extra['session_id'])")
-        kw["resume"] = resume.strip()
-    max_turns = opts.get("max_turns", cfg.max_turns)
-    if max_turns is not None:
-        if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1:
-            raise UsageError(f"max_turns must be an integer >= 1, not {max_turns!r}")
-        kw["max_turns"] = max_turns
-    budget = opts.get("max_budget_usd")
-    if budget is not None:
-        if not isinstance(budget, int | float) or budget <= 0:
-            raise UsageError(f"max_budget_usd must be > 0, not {budget!r}")
-        kw["max_budget_usd"] = float(budget)
-    persist = opts.get("persist_session")
-    if persist is not None:
-        if not isinstance(persist, bool):
-            raise UsageError("option persist_session must be True or False")
-        if not persist:
-            kw["extra_args"] = {"no-session-persistence": None}
-    if opts.get("effort") is not None:
-        kw["effort"] = str(opts["effort"])
-    if opts.get("add_dirs") is not None:
-        kw["add_dirs"] = _str_list(opts["add_dirs"], "add_dirs")
-    if opts.get("setting_sources") is not None:
-        kw["setting_sources"] = _str_list(opts["setting_sources"], "setting_sources")
-    cwd = opts.get("cwd")
-    if cwd is not None:
-        path = Path(cwd).expanduser()
-        if not path.is_dir():
-            raise UsageError(f"cwd {str(cwd)!r} is not an existing directory")
-        cwd = str(path.resolve())
-    timeout = request.timeout if request.timeout is not None else cfg.total_timeout
-    return CallPlan(model, prompt, system_prompt, cwd, kw, timeout)
-
-
-def bundled_cli_path() -> str | None:
-    """The CLI bundled in the installed claude-agent-sdk wheel (found without importing it)."""
-    spec = importlib.util.find_spec("claude_agent_sdk")
-    if spec is None or not spec.origin:
-        return None
-    path = Path(spec.origin).parent / "_bundled" / ("claude.exe" if os.name == "nt" else "claude")
-    return str(path) if path.is_file() else None
-
-
-def resolve_cli_path(configured: str | None) -> str | None:
-    """The configured CLI as an executable path; ConfigError if it names nothing runnable."""
-    if not configured:
-        return None
-    found = shutil.which(os.path.expanduser(configured))
-    if found is None:
-        raise ConfigError(
-            f"Claude CLI {configured!r} (claude.cli_path / LLM_CALL_CLAUDE_CLI) is not an executable",
-            hint="point it at a `claude` executable, or unset it to use the CLI bundled with claude-agent-sdk",
-        )
-    return found
+    return state()
 
 
 # -- the provider -------------------------------------------------------------------------
@@ -371,6 +131,7 @@ class ClaudeCLIProvider:
             weakref.WeakKeyDictionary()
         )
         self._runs: set[CLIRun] = set()
+        self._pools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ClaudePool] = weakref.WeakKeyDictionary()
 
     def _slot(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -405,25 +166,29 @@ class ClaudeCLIProvider:
             admission = await admit(self._cfg, plan.model)  # QuotaExhausted, or a slowdown slot
             stderr: deque[str] = deque(maxlen=_STDERR_LINES)
             state = RunState(plan.model, self._cfg.use_api_key, stderr, self._cfg.account)
-            with _workspace(plan.cwd) as cwd:
-                options = ClaudeAgentOptions(cwd=cwd, stderr=stderr.append, **plan.sdk_options)
-                limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
-                run = CLIRun(plan.prompt, options, limits, provider=NAME, model=plan.model)
-                self._runs.add(run)
-                try:
-                    async with run:
-                        try:
-                            async for msg in run.messages():
-                                for chunk in state.handle(msg):
-                                    yield chunk
-                        except LLMCallError:
-                            raise
-                        except Exception as exc:
-                            raise state.translate(exc) from exc
-                finally:
-                    self._runs.discard(run)
-                    if stderr:
-                        _log.debug("Claude CLI stderr (last lines): %s", " | ".join(stderr))
+            limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)
+            if plan.poolable and self._cfg.pool_size > 0:
+                async for chunk in self._pooled(plan, limits, state, stderr):
+                    yield chunk
+            else:
+                with _workspace(plan.cwd) as cwd:
+                    options = ClaudeAgentOptions(cwd=cwd, stderr=stderr.append, **plan.sdk_options)
+                    run = CLIRun(plan.prompt, options, limits, provider=NAME, model=plan.model)
+                    self._runs.add(run)
+                    try:
+                        async with run:
+                            try:
+                                async for msg in run.messages():
+                                    for chunk in state.handle(msg):
+                                        yield chunk
+                            except LLMCallError:
+                                raise
+                            except Exception as exc:
+                                raise state.translate(exc) from exc
+                    finally:
+                        self._runs.discard(run)
+                        if stderr:
+                            _log.debug("Claude CLI stderr (last lines): %s", " | ".join(stderr))
             error = state.error()
             if error is not None:
                 raise error
@@ -434,6 +199,43 @@ class ClaudeCLIProvider:
         finally:
             admission.release()
             slot.release()
+
+    def _pool(self) -> ClaudePool:
+        from ._claude_pool import ClaudePool
+        from ._claude_worker import PooledCLI
+
+        loop = asyncio.get_running_loop()
+        pool = self._pools.get(loop)
+        if pool is None or pool.closed:
+            pool = self._pools[loop] = ClaudePool(self._cfg, PooledCLI.start)
+        return pool
+
+    async def _pooled(
+        self, plan: CallPlan, limits: Limits, state: RunState, stderr: deque[str]
+    ) -> AsyncGenerator[Chunk, None]:
+        """The call through a warm pooled process (see :mod:`._claude_pool`)."""
+        from ._claude_pool import pool_key
+        from ._claude_worker import pooled_messages
+
+        messages = pooled_messages(
+            self._pool(),
+            pool_key(plan.sdk_options),
+            plan.sdk_options,
+            plan.prompt,
+            limits,
+            provider=NAME,
+            model=plan.model,
+            stderr=stderr,
+        )
+        async with contextlib.aclosing(messages):
+            try:
+                async for msg in messages:
+                    for chunk in state.handle(msg):
+                        yield chunk
+            except LLMCallError:
+                raise
+            except Exception as exc:
+                raise state.translate(exc) from exc
 
     async def complete(self, request: Request) -> Response:
         async with contextlib.aclosing(self._events(request)) as events:
@@ -467,9 +269,16 @@ class ClaudeCLIProvider:
         raise MalformedResponse("Claude CLI run ended without a response", provider=NAME, model=request.model)
 
     async def aclose(self) -> None:
-        """Terminate CLI processes still running (on this event loop)."""
+        """Terminate CLI processes still running (on this event loop), pooled ones included."""
         runs, self._runs = list(self._runs), set()
         loop = asyncio.get_running_loop()
+        pools = list(self._pools.items())
+        self._pools.clear()
+        for pool_loop, pool in pools:
+            if pool_loop is loop:
+                await pool.aclose()
+            else:
+                pool.kill_now()
         for run in runs:
             if run.loop is loop:
                 await run.aclose()

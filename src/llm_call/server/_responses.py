@@ -24,18 +24,26 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Body, FastAPI, Request
-from starlette.responses import Response
+from fastapi import Body, FastAPI, Query, Request
+from starlette.responses import Response, StreamingResponse
 
-from ..client import acall
+from ..client import acall, astream
 from ..errors import LLMCallError, RateLimited, TaskNotFound
-from ..types import TaskRecord, TaskStatus
+from ..types import Chunk, TaskRecord, TaskStatus, ToolCall, ToolCallDelta
 from ._background import manager
 from ._chat import cancelled_on_disconnect
 from ._errors import HTTPFailure, failure_for
-from ._schemas import InputMessage, ResponsesRequest, call_options
+from ._responses_stream import SSE_HEADERS, OutputEvents, follow_task, output_items, stream_chunks
+from ._schemas import (
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    InputMessage,
+    ResponsesRequest,
+    call_options,
+)
 
 if TYPE_CHECKING:
     from ..types import Response as LLMResponse
@@ -88,7 +96,20 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
     if not req.input:
         raise HTTPFailure(400, "input is an empty list; give a prompt string or messages", param="input")
     for i, item in enumerate(req.input):
-        messages.append(_message(item, f"input.{i}"))
+        if isinstance(item, FunctionCallItem):
+            call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
+                last["tool_calls"].append(call)  # parallel calls of one turn: one assistant message
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutputItem):
+            output = item.output
+            if isinstance(output, list):
+                output = "".join(str(p.get("text", "")) for p in output if isinstance(p, dict))
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+        else:
+            messages.append(_message(item, f"input.{i}"))
     return messages
 
 
@@ -97,6 +118,44 @@ def _message(item: InputMessage, where: str) -> dict[str, Any]:
     if isinstance(content, list):
         content = [_part(p, f"{where}.content.{j}") for j, p in enumerate(content)]
     return {"role": item.role, "content": content}
+
+
+def _chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Responses function tools (flat) as chat completion tools (nested under ``function``)."""
+    out = []
+    for i, tool in enumerate(tools):
+        if tool.get("type") != "function":
+            raise HTTPFailure(
+                400,
+                f"tools.{i}.type {tool.get('type')!r} is not supported: only function tools "
+                "(hosted tools such as web_search run on OpenAI's servers)",
+                param=f"tools.{i}.type",
+            )
+        if "function" in tool:  # already in the chat shape
+            out.append({"type": "function", "function": tool["function"]})
+            continue
+        if not isinstance(tool.get("name"), str):
+            raise HTTPFailure(400, f"tools.{i}.name is missing", param=f"tools.{i}.name")
+        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _chat_tool_choice(choice: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return choice
+
+
+def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``text.format`` as a chat ``response_format`` (None for plain text)."""
+    fmt = (text or {}).get("format")
+    if not isinstance(fmt, dict) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt.get("type") == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+        return {"type": "json_schema", "json_schema": schema}
+    return {"type": str(fmt["type"])}
 
 
 def call_args(req: ResponsesRequest) -> dict[str, Any]:
@@ -108,6 +167,15 @@ def call_args(req: ResponsesRequest) -> dict[str, Any]:
         args["top_p"] = req.top_p
     if req.max_output_tokens is not None:
         args["max_tokens"] = req.max_output_tokens
+    if req.tools:
+        args["tools"] = _chat_tools(req.tools)
+    if req.tool_choice is not None:
+        args["tool_choice"] = _chat_tool_choice(req.tool_choice)
+    if req.parallel_tool_calls is not None:
+        args["parallel_tool_calls"] = req.parallel_tool_calls
+    fmt = _response_format(req.text)
+    if fmt is not None:
+        args["response_format"] = fmt
     args.update(call_options(req))
     return args
 
@@ -124,18 +192,6 @@ def _usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
         "output_tokens_details": {"reasoning_tokens": 0},
         "total_tokens": inp + out,
     }
-
-
-def _output(item_id: str, text: str) -> list[dict[str, Any]]:
-    return [
-        {
-            "type": "message",
-            "id": f"msg_{item_id}",
-            "status": "completed",
-            "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
-        }
-    ]
 
 
 def _error(err: dict[str, Any] | None, status: TaskStatus) -> dict[str, Any] | None:
@@ -160,9 +216,9 @@ def _base(
         "background": background,
         "instructions": meta.get("instructions"),
         "metadata": meta.get("metadata") or {},
-        "parallel_tool_calls": True,
-        "tool_choice": "auto",
-        "tools": [],
+        "parallel_tool_calls": meta.get("parallel_tool_calls", True) is not False,
+        "tool_choice": meta.get("tool_choice") or "auto",
+        "tools": meta.get("tools") or [],
         "temperature": spec.get("temperature"),
         "top_p": spec.get("top_p"),
         "max_output_tokens": spec.get("max_tokens"),
@@ -180,6 +236,18 @@ def _base(
     }
 
 
+def response_meta(req: ResponsesRequest) -> dict[str, Any]:
+    """The request fields the response object echoes (stored with a background task)."""
+    meta: dict[str, Any] = {"instructions": req.instructions, "metadata": req.metadata}
+    if req.tools:
+        meta["tools"] = req.tools
+    if req.tool_choice is not None:
+        meta["tool_choice"] = req.tool_choice
+    if req.parallel_tool_calls is not None:
+        meta["parallel_tool_calls"] = req.parallel_tool_calls
+    return meta
+
+
 def response_from_task(rec: TaskRecord) -> dict[str, Any]:
     """The Responses object of a task (any task, not only those created through /v1/responses)."""
     spec = rec.request or {}
@@ -191,7 +259,8 @@ def response_from_task(rec: TaskRecord) -> dict[str, Any]:
     body["status"] = _STATUS.get(rec.status, "in_progress")
     if rec.status is TaskStatus.SUCCEEDED and rec.result is not None:
         text = str(result.get("text") or "")
-        body["output"] = _output(rec.id, text)
+        calls = [ToolCall.from_dict(c) for c in result.get("tool_calls") or ()]
+        body["output"] = output_items(rec.id, text, calls)
         body["output_text"] = text
         body["usage"] = _usage(result.get("usage"))
     body["error"] = _error(rec.error, rec.status)
@@ -211,14 +280,75 @@ def response_from_answer(resp: LLMResponse, request_id: str, req: ResponsesReque
     from ._chat import llm_call_extra
 
     spec = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": req.max_output_tokens}
-    meta = {"instructions": req.instructions, "metadata": req.metadata}
+    meta = response_meta(req)
     body = _base(_PREFIX + request_id, resp.model, time.time(), meta, spec, background=False)
     body["status"] = "completed"
-    body["output"] = _output(request_id, resp.text)
+    body["output"] = output_items(request_id, resp.text, resp.tool_calls)
     body["output_text"] = resp.text
     body["usage"] = _usage(resp.usage.to_dict())
     body["llm_call"] = llm_call_extra(resp)
     return body
+
+
+async def _start_stream(
+    state: ServerState, info: RequestInfo, req: ResponsesRequest, args: dict[str, Any], receive: Any
+) -> Response:
+    """A direct streamed response: the first chunk is awaited first, so an early failure keeps
+    its HTTP status; with validation the whole validated answer is awaited (see the stream module)."""
+    from ._chat import ClientGone
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.server.request_timeout
+
+    def on_error(exc: BaseException) -> HTTPFailure:
+        if isinstance(exc, LLMCallError):
+            state.metrics.observe_error(exc)
+            info.error = type(exc).__name__
+            return failure_for(exc)
+        info.error = "request_timeout"
+        return HTTPFailure(504, "the call did not finish within server.request_timeout", type="timeout_error", code="request_timeout")
+
+    meta = response_meta(req)
+    spec = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": req.max_output_tokens}
+    body = _base(_PREFIX + info.id, req.model or "", time.time(), meta, spec, background=False)
+    chunks: AsyncIterator[Chunk]
+    try:
+        async with cancelled_on_disconnect(receive), asyncio.timeout_at(deadline):
+            if "validate" in args:
+                whole = await acall(**args)
+                chunks = _whole(whole)
+            else:
+                chunks = astream(**args)
+            try:
+                first: Chunk | None = await anext(chunks)
+            except StopAsyncIteration:
+                first = None
+    except ClientGone:
+        raise
+    except (TimeoutError, LLMCallError) as exc:
+        raise on_error(exc) from None
+    if first is not None and first.model:
+        body["model"] = first.model
+
+    def on_done(final: Chunk, out: OutputEvents) -> dict[str, Any]:
+        done = {**body, "status": "completed", "output": out.output(), "output_text": out.text}
+        done["usage"] = _usage(final.usage.to_dict()) if final.usage else None
+        if final.model:
+            done["model"] = final.model
+        info.attempts = final.attempt
+        return done
+
+    events = stream_chunks(body, info.id, first, chunks, deadline, on_error, on_done)
+    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def _whole(resp: LLMResponse) -> AsyncIterator[Chunk]:
+    """A whole (validated) answer as the chunks of a stream."""
+    deltas = [ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(resp.tool_calls)]
+    if resp.text or deltas:
+        yield Chunk(text=resp.text, model=resp.model, tool_calls=deltas)
+    finish = resp.finish_reason or ("tool_calls" if deltas else "stop")
+    yield Chunk(model=resp.model, finish_reason=finish, usage=resp.usage, attempt=len(resp.attempts) or 1)
 
 
 async def _record(state: ServerState, request: Request, response_id: str) -> TaskRecord:
@@ -243,12 +373,12 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def create_response(request: Request, req: ResponsesRequest = Body(...)) -> Response:
         info: RequestInfo = request.scope["llm_call"]
         info.model = req.model
-        if req.stream:
-            raise HTTPFailure(400, "stream is not supported on /v1/responses; use background=true and poll "
-                              "GET /v1/responses/{id}, or stream /v1/chat/completions", param="stream")
         args = call_args(req)
         if state.settings.server.debug:
             info.prompt = args["messages"]
+        if req.stream and not req.background:
+            info.stream = True
+            return await _start_stream(state, info, req, args, request.receive)
         if not req.background:
             try:
                 async with cancelled_on_disconnect(request.receive), asyncio.timeout(state.settings.server.request_timeout):
@@ -263,16 +393,36 @@ def register(app: FastAPI, state: ServerState) -> None:
             state.metrics.observe_response(resp)
             info.attempts = len(resp.attempts) or 1
             return _json(response_from_answer(resp, info.id, req))
-        args["_meta"] = {"kind": "response", "instructions": req.instructions, "metadata": req.metadata}
+        args["_meta"] = {"kind": "response", **response_meta(req)}
         mgr = manager(state)
         task_id = await mgr.submit(args, priority=req.priority, tenant=info.caller.tenant)
         info.task_id = task_id
-        return _json(response_from_task(await mgr.status(task_id)))
+        rec = await mgr.status(task_id)
+        if req.stream:
+            info.stream = True
+            return StreamingResponse(follow_task(mgr, rec, None, response_from_task), media_type="text/event-stream", headers=SSE_HEADERS)
+        return _json(response_from_task(rec))
 
-    @app.get("/v1/responses/{response_id}", tags=["responses"], summary="Retrieve a background response", response_model=None)
-    async def retrieve_response(request: Request, response_id: str) -> Response:
+    @app.get(
+        "/v1/responses/{response_id}",
+        tags=["responses"],
+        summary="Retrieve a background response (stream=true follows it as events)",
+        response_model=None,
+    )
+    async def retrieve_response(
+        request: Request,
+        response_id: str,
+        stream: bool = Query(default=False, description="Follow the response as Server-Sent Events"),
+        starting_after: int | None = Query(default=None, ge=0, description="With stream: resume after this sequence_number"),
+    ) -> Response:
         rec = await _record(state, request, response_id)
         request.scope["llm_call"].task_id = rec.id
+        if stream:
+            request.scope["llm_call"].stream = True
+            body = follow_task(manager(state), rec, starting_after, response_from_task)
+            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
+        if starting_after is not None:
+            raise HTTPFailure(400, "starting_after applies only with stream=true", param="starting_after")
         return _json(response_from_task(rec))
 
     @app.post("/v1/responses/{response_id}/cancel", tags=["responses"], summary="Cancel a background response", response_model=None)

@@ -22,6 +22,8 @@ from ._errors import HTTPFailure, pydantic_failure
 
 __all__ = [
     "ChatCompletionRequest",
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
     "LLMCallExtras",
     "ResponsesRequest",
     "ReviewRequest",
@@ -137,20 +139,62 @@ class InputMessage(BaseModel):
     type: Literal["message"] | None = None
 
 
+class FunctionCallItem(BaseModel):
+    """A Responses input item: a function call the model made earlier (``type: function_call``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = ""
+    id: str | None = None
+
+
+class FunctionCallOutputItem(BaseModel):
+    """A Responses input item: the result of a function call (``type: function_call_output``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: str | list[dict[str, Any]]
+
+
+InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
+
+
 class ResponsesRequest(LLMCallExtras):
     """``POST /v1/responses``: the OpenAI Responses request (the subset llm_call serves)."""
 
     model: str | None = Field(default=None, min_length=1)
-    input: str | list[InputMessage] = Field(description="A prompt, or a list of messages")
+    input: str | list[InputItem] = Field(
+        description="A prompt, or a list of items: messages, function_call and function_call_output"
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        default=None, description='Function tools, {"type": "function", "name", "parameters", ...}'
+    )
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     instructions: str | None = Field(default=None, description="A system message placed before the input")
     background: bool = Field(default=False, description="Run as a background task and return at once")
     metadata: dict[str, str] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_output_tokens: int | None = Field(default=None, ge=1)
-    stream: bool = Field(default=False, description="Not supported: poll GET /v1/responses/{id}")
+    stream: bool = Field(default=False, description="Answer as Server-Sent Events (response.* events)")
     store: bool | None = None
     user: str | None = None
+    # accepted for client compatibility; they do not change what llm_call does
+    include: list[str] | None = None
+    text: dict[str, Any] | None = None
+    reasoning: dict[str, Any] | None = None
+    truncation: str | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    stream_options: dict[str, Any] | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     priority: int = Field(default=0, description="Background task priority (higher runs first)")
 
 

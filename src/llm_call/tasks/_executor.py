@@ -64,7 +64,7 @@ async def wait_event(event: asyncio.Event, timeout: float) -> None:
 
 
 @dataclass(eq=False, slots=True)
-class _Run:
+class RunningTask:
     """A task executing in this manager."""
 
     id: str
@@ -116,7 +116,7 @@ class TaskExecutor:
         #: route globs this manager runs at all (``llm-call worker --routes``); None: every route
         self.routes = list(routes) if routes is not None else None
         self.worker_id = worker_id or f"{kind}-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-        self._running: dict[str, _Run] = {}
+        self._running: dict[str, RunningTask] = {}
         self._listeners: dict[str, list[ProgressListener]] = {}
         self._notify: dict[str, asyncio.Event] = {}  # wakes events() followers: new events
         self._final_notify: dict[str, asyncio.Event] = {}  # wakes wait(): the state changed
@@ -186,7 +186,7 @@ class TaskExecutor:
                 id=self.worker_id, kind=self.kind, claims=self.claims, concurrency=self._limit
             )
             await self.store.heartbeat(self._info)
-            self._quota.start(self.settings.claude, self.store)
+            await self._quota.start(self.settings.claude, self.store)
             await self._recover()
             try:
                 await self.store.cleanup(time.time() - self._retention_s)
@@ -307,8 +307,8 @@ class TaskExecutor:
                 started += 1
         return started
 
-    def _new_run(self, task_id: str, route: str) -> _Run:
-        run = _Run(task_id, route, self._patterns_of(route), listeners=self._listeners.pop(task_id, ()))
+    def _new_run(self, task_id: str, route: str) -> RunningTask:
+        run = RunningTask(task_id, route, self._patterns_of(route), listeners=self._listeners.pop(task_id, ()))
         self._running[task_id] = run
         self._owned_queued.discard(task_id)
         for p in run.patterns:
@@ -318,7 +318,7 @@ class TaskExecutor:
     def _start(self, rec: TaskRecord) -> None:
         self._launch(self._new_run(rec.id, rec.route), rec)
 
-    def _launch(self, run: _Run, rec: TaskRecord) -> None:
+    def _launch(self, run: RunningTask, rec: TaskRecord) -> None:
         run.rec = rec
         self._call_listeners(run, "started", {"execution": rec.attempts})
         # in the executing loops' context, not the submitter's (a task started by submit())
@@ -329,7 +329,7 @@ class TaskExecutor:
         task.add_done_callback(self._bg.discard)
         run.settler = run.work = task
 
-    async def _run_call(self, run: _Run, spec: dict[str, Any]) -> Response:
+    async def _run_call(self, run: RunningTask, spec: dict[str, Any]) -> Response:
         """The stored call, as acall runs it directly, holding the route's semaphores."""
         resume = spec.get("_resume")
         if resume is not None:
@@ -347,7 +347,7 @@ class TaskExecutor:
                     )
                 return await execute_call(request, opts)
 
-    async def _settle(self, run: _Run, spec: dict[str, Any] | None, work: Awaitable[Response] | None = None) -> None:
+    async def _settle(self, run: RunningTask, spec: dict[str, Any] | None, work: Awaitable[Response] | None = None) -> None:
         """Run the stored call (``spec``) or await a running one (``work``) and record the
         outcome; a failure never becomes a result."""
         run.begun = True
@@ -387,7 +387,7 @@ class TaskExecutor:
         finally:
             self._end_run(run)
 
-    async def _finish(self, run: _Run, outcome: Outcome) -> None:
+    async def _finish(self, run: RunningTask, outcome: Outcome) -> None:
         """Record the outcome. A cancellation arriving meanwhile (close(), a late cancel) waits
         until the outcome is queued for the store, then is re-raised: work that finished is
         never left looking ``running``. (Store writes are queued when called, so an interrupted
@@ -432,7 +432,7 @@ class TaskExecutor:
         if cancelled:
             raise asyncio.CancelledError
 
-    def _keep_final(self, run: _Run, outcome: Outcome) -> None:
+    def _keep_final(self, run: RunningTask, outcome: Outcome) -> None:
         """Keep the committed final record of a task someone here waits for or listens to."""
         rec = run.rec
         if (
@@ -447,14 +447,14 @@ class TaskExecutor:
         progress = dict(run.progress) if run.progress else rec.progress
         self._final_records[run.id] = final_record(rec, outcome, progress, self.worker_id)
 
-    def _cancel_run(self, run: _Run) -> None:
+    def _cancel_run(self, run: RunningTask) -> None:
         """Cancel a task running here. A settler that has not begun yet is not cancelled (its
         ``finally`` would never run): it sees ``cancel_requested`` at its first step."""
         run.cancel_requested = True
         if run.work is not None and (run.begun or run.work is not run.settler):
             run.work.cancel()
 
-    def _end_run(self, run: _Run) -> None:
+    def _end_run(self, run: RunningTask) -> None:
         if self._running.pop(run.id, None) is None:
             return
         if run.events:  # not stored with an outcome (shutdown): the next flush stores them
@@ -470,17 +470,17 @@ class TaskExecutor:
 
     # -- progress events -----------------------------------------------------------------------------
 
-    def _sink(self, run: _Run) -> ProgressListener:
+    def _sink(self, run: RunningTask) -> ProgressListener:
         return functools.partial(self._on_event, run)
 
-    def _call_listeners(self, run: _Run, kind: str, data: dict[str, Any]) -> None:
+    def _call_listeners(self, run: RunningTask, kind: str, data: dict[str, Any]) -> None:
         for listener in run.listeners:
             try:
                 listener(kind, data)
             except Exception:
                 _log.exception("progress callback failed on %s event; ignoring", kind)
 
-    def _on_event(self, run: _Run, kind: str, data: dict[str, Any]) -> None:
+    def _on_event(self, run: RunningTask, kind: str, data: dict[str, Any]) -> None:
         now = time.time()
         self._call_listeners(run, kind, data)
         prog = run.progress

@@ -63,18 +63,20 @@ class QuotaScheduler:
     def __init__(self) -> None:
         self.cfg: ClaudeConfig | None = None  # set by start(): inactive until then
         self._store: MetaStore | None = None
-        self._refreshed = 0.0
+        self._refreshed = float("-inf")
 
     @property
     def active(self) -> bool:
         return self.cfg is not None
 
-    def start(self, cfg: ClaudeConfig, store: object) -> None:
-        """Act on ``cfg``; share quota state through ``store`` (if it can hold it)."""
+    async def start(self, cfg: ClaudeConfig, store: object) -> None:
+        """Act on ``cfg``; share quota state through ``store`` (if it can hold it) and read what
+        other processes stored there."""
         self.cfg = cfg
         if hasattr(store, "put_meta") and hasattr(store, "read_meta"):
             self._store = store  # type: ignore[assignment]
             QUOTA.attach(store)  # type: ignore[arg-type]
+            await self.refresh()
 
     def detach(self) -> None:
         if self._store is not None:
@@ -97,6 +99,14 @@ class QuotaScheduler:
         if cfg is None or block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage) is None:
             return []
         return list(MAX_ROUTES)
+
+    def may_start_now(self, route: str) -> bool:
+        """Whether a new task of ``route`` may skip the dispatcher (not while the quota holds
+        or slows ``max/*``)."""
+        cfg = self.cfg
+        if cfg is None or not is_max_route(route):
+            return True
+        return not self.hold() and slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None
 
     def cap(self, pattern: str, running: int, room: int, hold: list[str]) -> int:
         """How many tasks of the route-limit ``pattern`` may start, of ``room``: none of a

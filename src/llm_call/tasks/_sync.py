@@ -36,46 +36,46 @@ class SyncTasks:
         priority: int | None = None,
         **call_kwargs: Any,
     ) -> str:
-        from . import submit
+        from ._default import submit
 
         return portal.run(submit(request, idempotency_key=idempotency_key, priority=priority, **call_kwargs), "tasks.submit")
 
     def status(self, task_id: str) -> TaskRecord:
-        from . import status
+        from ._default import status
 
         return portal.run(status(task_id), "tasks.status")
 
     def result(self, task_id: str) -> Response:
-        from . import result
+        from ._default import result
 
         return portal.run(result(task_id), "tasks.result")
 
     def wait(self, task_id: str, timeout: float | None = None) -> TaskRecord:
-        from . import wait
+        from ._default import wait
 
         return portal.run(wait(task_id, timeout), "tasks.wait")
 
     def wait_result(self, task_id: str, timeout: float | None = None) -> Response:
-        from . import wait_result
+        from ._default import wait_result
 
         return portal.run(wait_result(task_id, timeout), "tasks.wait_result")
 
     def cancel(self, task_id: str) -> TaskRecord:
-        from . import cancel
+        from ._default import cancel
 
         return portal.run(cancel(task_id), "tasks.cancel")
 
     def list_tasks(self, status: TaskStatus | str | None = None, limit: int = 100) -> list[TaskRecord]:
-        from . import list_tasks
+        from ._default import list_tasks
 
         return portal.run(list_tasks(status, limit), "tasks.list_tasks")
 
     def events(self, task_id: str, after: int = 0, *, follow: bool = True) -> Iterator[TaskEvent]:
-        from . import events
+        from ._default import events
 
         return portal.iterate(events(task_id, after, follow=follow), "tasks.events")
 
     def review(self, task_id: str, *, approve: bool = False, reply: str | None = None) -> TaskRecord:
-        from . import review
+        from ._default import review
 
         return portal.run(review(task_id, approve=approve, reply=reply), "tasks.review")

@@ -73,7 +73,7 @@ class _Relay:
 
 
 async def _background(request: Request, opts: CallOptions) -> TaskHandle:
-    from . import get_manager
+    from ._default import get_manager
 
     spec = call_spec(request, opts)
     manager = await get_manager()
@@ -107,7 +107,7 @@ async def _direct_with_handoff(request: Request, opts: CallOptions, timeout: flo
         raise
     if work in done or work.done():
         return work.result()
-    from . import get_manager
+    from ._default import get_manager
 
     try:
         manager = await get_manager()

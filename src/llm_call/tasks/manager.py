@@ -43,10 +43,11 @@ from typing import Any
 from .._progress import ProgressListener
 from ..errors import QueueFull, TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
 from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
-from ._executor import STALE_BEATS, TaskExecutor, _Run, wait_event
+from ._executor import STALE_BEATS, RunningTask, TaskExecutor, wait_event
 from ._handle import TaskHandle, outcome_of
 from ._spec import response_dict, spec_from_kwargs
-from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo, make_store
+from ._stores import make_store
+from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
 
 __all__ = ["TaskManager"]
 
@@ -255,6 +256,8 @@ class TaskManager(TaskExecutor):
             return False
         if len(self._running) >= self._limit or not hasattr(self.store, "submit_started"):
             return False
+        if not self._quota.may_start_now(task.route):  # max/* held or slowed: the dispatcher decides
+            return False
         return all(self._route_count[p] < self._route_limits[p] for p in self._patterns_of(task.route))
 
     async def _submit_started(self, task: NewTask) -> tuple[TaskRecord, bool]:
@@ -277,7 +280,7 @@ class TaskManager(TaskExecutor):
         self._submitted(run, (rec, created))
         return rec, created
 
-    def _submitted(self, run: _Run, got: tuple[TaskRecord, bool] | None) -> None:
+    def _submitted(self, run: RunningTask, got: tuple[TaskRecord, bool] | None) -> None:
         """Start a task committed as running here, or give its slots back."""
         rec = None if got is None else got[0]
         if rec is not None and got is not None and got[1] and rec.status is TaskStatus.RUNNING and not self._stopping:

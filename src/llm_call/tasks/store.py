@@ -1,4 +1,7 @@
-"""The :class:`TaskStore` protocol between the task manager and its storage, and ``open_store``.
+"""The :class:`TaskStore` protocol between the task manager and its storage.
+
+This is the interface for backend authors: implement it (and register the URL scheme in
+``tasks/_stores.py``) and every manager, worker, server and CLI command works with the backend.
 
 A store is the durable half of the task system: the queue, the task records, their events and the
 registry of live workers. The manager never sees SQL (or Redis): it calls these methods, and any
@@ -35,7 +38,7 @@ manager (``adopter``) or to every worker.
 
 Example::
 
-    store = await open_store("/tmp/tasks.db")      # or None for the default location
+    store = await llm_call.tasks.open_store("/tmp/tasks.db")   # or None for the default location
     rec, created = await store.submit(NewTask(request={"model": "openai/x", "messages": [...]},
                                               route="openai/x"))
     print((await store.get(rec.id)).status)        # queued
@@ -53,7 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import ConfigError
 from ..types import TaskEvent, TaskRecord, TaskStatus
 
 __all__ = [
@@ -64,11 +66,8 @@ __all__ = [
     "RecoveryReport",
     "TaskStore",
     "WorkerInfo",
-    "default_store_path",
     "final_event_data",
-    "make_store",
     "new_task_id",
-    "open_store",
     "pid_alive",
 ]
 
@@ -342,46 +341,6 @@ class TaskStore(Protocol):
     async def cleanup(self, older_than: float) -> int:
         """Delete final tasks (and their events) finished before the epoch time ``older_than``."""
         ...
-
-
-def default_store_path() -> Path:
-    """``$XDG_DATA_HOME/llm_call/tasks.db`` (default ``~/.local/share/llm_call/tasks.db``)."""
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(base) / "llm_call" / "tasks.db"
-
-
-def make_store(location: str | os.PathLike[str] | None = None) -> TaskStore:
-    """The store for ``location`` (SQLite path, ``sqlite:///path``, ``redis://`` URL), unopened.
-
-    ``None`` means ``settings.tasks.store`` (``--tasks``/``LLM_CALL_TASKS``), else the default path.
-    """
-    if location is None:
-        from ..config import get_settings
-
-        location = get_settings().tasks.store
-    if location is None:
-        location = default_store_path()
-    text = os.fspath(location)
-    if text.startswith(("redis://", "rediss://", "unix://")):
-        from .redis_store import RedisTaskStore  # saq/redis themselves load in open()
-
-        return RedisTaskStore(text)
-    if "://" in text and not text.startswith("sqlite:///"):
-        raise ConfigError(
-            f"task store {text!r}: unknown URL scheme", hint="give a file path, sqlite:///path or redis://..."
-        )
-    if text.startswith("sqlite:///"):
-        text = text[len("sqlite:///") :]  # as SQLAlchemy: sqlite:///rel.db, sqlite:////abs.db
-    from .sqlite_store import SQLiteTaskStore
-
-    return SQLiteTaskStore(text)
-
-
-async def open_store(location: str | os.PathLike[str] | None = None) -> TaskStore:
-    """:func:`make_store` and :meth:`TaskStore.open`: a ready store, or ConfigError now."""
-    store = make_store(location)
-    await store.open()
-    return store
 
 
 def pid_alive(pid: int) -> bool:

@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
+CODE_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\r?\n(.*?)```", re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -194,7 +194,7 @@ def extract_json(text: str) -> Any:
         return json.loads(stripped)
     except ValueError as exc:
         first_error = exc
-    for match in _FENCE.finditer(text):
+    for match in CODE_FENCE.finditer(text):
         lang = match.group(1).lower()
         if lang not in ("", "json", "json5", "jsonc"):
             continue

@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from ..errors import UsageError
-from ._base import _FENCE, ValidationContext, Verdict
+from ._base import CODE_FENCE, ValidationContext, Verdict
 
 __all__ = [
     "Contains",
@@ -278,7 +278,7 @@ class Length:
 
 def code_block(text: str) -> str:
     """The first fenced code block (any language), or the whole text."""
-    match = _FENCE.search(text)
+    match = CODE_FENCE.search(text)
     return match.group(2) if match else text
 
 

@@ -84,7 +84,7 @@ def _shares(total: int, n_models: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(n_models)]
 
 
-class _Run:
+class _ValidatedCall:
     """The state of one validated call, shared by the complete and the stream loops."""
 
     __slots__ = (
@@ -329,7 +329,7 @@ class _Run:
         )
 
 
-async def _loop(run: _Run) -> Response:
+async def _loop(run: _ValidatedCall) -> Response:
     for n in run.numbers():
         run.before_attempt(n)
         if n > run.first:
@@ -362,7 +362,7 @@ async def run_validated(request: Request, opts: CallOptions) -> Response:
                                     max_attempts=3, escalate=["openai/gpt-4o"])
         resp.parsed, resp.extra["passed_attempt"], [a.ok for a in resp.attempts]
     """
-    return await _loop(_Run(request, opts))
+    return await _loop(_ValidatedCall(request, opts))
 
 
 async def resume_validated(
@@ -385,7 +385,7 @@ async def resume_validated(
     if not history:
         raise UsageError("resume_validated needs the history from HumanReviewNeeded")
     previous = [a if isinstance(a, Attempt) else Attempt.from_dict(a) for a in attempts or []]
-    run = _Run(request, opts, history=[*history, {"role": "user", "content": reply}], previous=previous)
+    run = _ValidatedCall(request, opts, history=[*history, {"role": "user", "content": reply}], previous=previous)
     return await _loop(run)
 
 
@@ -398,7 +398,7 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
     passed; its ``data`` has ``passed_attempt`` and ``attempts``. Exhaustion raises as in
     :func:`run_validated`, after the failed attempt's text.
     """
-    run = _Run(request, opts)
+    run = _ValidatedCall(request, opts)
     for n in run.numbers():
         run.before_attempt(n)
         if n > run.first:

@@ -713,46 +713,33 @@
     box.replaceChildren(el("p", { cls: "muted", text: what + " not available on this server." }));
   }
 
-  function windowRows(data) {
-    // any {name: {utilization, resets_at, status}} shape, or a list of such objects with a name
-    let windows = data.windows || data.data || data;
-    if (!Array.isArray(windows)) {
-      windows = Object.entries(windows)
-        .filter(([, v]) => v && typeof v === "object" && !Array.isArray(v))
-        .map(([name, v]) => ({ name, ...v }));
-    }
-    return windows;
+  function windowRow(name, w) {
+    const util = Number(w.utilization);
+    const meter = el("meter", { min: 0, max: 1, low: 0.7, high: 0.9, optimum: 0 });
+    meter.value = Number.isFinite(util) ? util : 0;
+    const bits = [Number.isFinite(util) ? Math.round(util * 100) + "% used" : "utilization unknown"];
+    if (w.status) bits.push(String(w.status).replace(/_/g, " "));
+    if (w.resets_in_s !== null && w.resets_in_s !== undefined) bits.push("resets in " + span(w.resets_in_s));
+    else if (w.resets_at) bits.push("resets " + stamp(w.resets_at));
+    return [el("strong", { text: name.replace(/_/g, " ") }), el("span", { "data-window": name }, meter, " " + bits.join(" · "))];
   }
 
   function renderQuota(data) {
     const box = $("quota");
-    const windows = windowRows(data);
-    if (!windows.length) {
-      box.replaceChildren(el("p", { cls: "muted", text: "No quota reported yet (no max/* call since the server started)." }));
+    const accounts = Array.isArray(data.accounts) ? data.accounts : [];
+    if (!accounts.length) {
+      box.replaceChildren(el("p", { cls: "muted", text: "No quota reported yet: no max/* call in subscription mode since the store was created." }));
       return;
     }
-    const rows = windows.map((w) => {
-      const util = Number(w.utilization !== undefined ? w.utilization : w.used);
-      const fraction = util > 1 ? util / 100 : util;
-      const meter = el("meter", { min: 0, max: 1, low: 0.7, high: 0.9, optimum: 0 });
-      meter.value = Number.isFinite(fraction) ? fraction : 0;
-      const reset = w.resets_at || w.reset_at || w.resets;
-      const resetText = reset ? "resets " + (typeof reset === "number" ? "in " + span(reset - Date.now() / 1000) : String(reset)) : "";
-      return el(
-        "div",
-        { cls: "kv" },
-        el("strong", { text: w.name || w.window || w.type || "window" }),
-        el("span", null, meter, " ", Number.isFinite(fraction) ? Math.round(fraction * 100) + "%" : "?", " ", w.status ? "(" + w.status + ") " : "", resetText),
-      );
-    });
-    box.replaceChildren(...rows);
-  }
-
-  function renderPool(data) {
-    const box = $("pool");
-    const entries = Object.entries(data || {}).filter(([k]) => k !== "object");
     box.replaceChildren(
-      el("div", { cls: "kv" }, ...entries.flatMap(([k, v]) => [el("strong", { text: k }), el("span", { text: typeof v === "object" ? JSON.stringify(v) : v })])),
+      ...accounts.map((a) => {
+        const head = el("h3", null, el("span", { text: "account " + (a.account || "default") }), pill(a.status || "none"));
+        if (a.blocked) head.append(el("span", { cls: "error", text: "blocked (" + (a.blocked.reason || a.blocked.window || "") + ")" }));
+        else if (a.slowed) head.append(el("span", { cls: "muted", text: "slowed down" }));
+        if (a.updated_at) head.append(el("span", { cls: "muted", text: "seen " + ago(a.updated_at) }));
+        const windows = Object.entries(a.windows || {}).flatMap(([name, w]) => windowRow(name, w || {}));
+        return el("div", { cls: "account", "data-account": a.account || "default" }, head, el("div", { cls: "kv" }, ...windows));
+      }),
     );
   }
 
@@ -770,7 +757,8 @@
       renderRoutes(await api("/v1/routes"));
       setConn(true, "live · updated " + new Date().toLocaleTimeString());
       await optional("/v1/usage/quota", $("quota"), "Subscription quota", renderQuota);
-      await optional("/v1/claude/pool", $("pool"), "The CLI pool", renderPool);
+      // no endpoint reports the CLI pool yet: say so rather than guess a URL
+      notAvailable($("pool"), "The Claude CLI pool state is");
     });
   }
 

@@ -1,4 +1,4 @@
-"""Running a batch through the task manager (the public side is :mod:`llm_call.batch`).
+"""Running a batch through the task manager: :func:`run_batch` (exported by :mod:`llm_call.batch`).
 
 Every line becomes a task of a :class:`~llm_call.tasks.TaskManager` running in this process, so
 the route limits of ``settings.tasks.route_limits`` apply (``max/*`` at 4 at a time by default)
@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
-from .batch import BatchItem, ItemResult, RouteStats, read_done, summarize
-from .errors import LLMCallError, UsageError, error_to_dict
-from .types import TaskRecord, TaskStatus
+from ..errors import LLMCallError, UsageError, error_to_dict
+from ..types import TaskRecord, TaskStatus
+from ._items import BatchItem, ItemResult, RouteStats, read_done, summarize
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .tasks import TaskManager, TaskStore
+    from ..config import Settings
+    from ..tasks import TaskManager, TaskStore
 
 __all__ = ["BatchObserver", "BatchReport", "result_from_record", "run_batch"]
 
@@ -177,7 +177,7 @@ class _Writer:
         self._fh.close()
 
 
-class _Run:
+class _BatchRun:
     """One batch run: the feeders, the in-flight tasks, the stop flag."""
 
     def __init__(
@@ -291,7 +291,7 @@ async def run_batch(
         report = await run_batch(items, "out.jsonl", concurrency=32)
         sys.exit(report.exit_code)
     """
-    from .tasks import TaskManager
+    from ..tasks import TaskManager
 
     if concurrency < 1:
         raise UsageError(f"concurrency must be >= 1, not {concurrency}")
@@ -307,13 +307,13 @@ async def run_batch(
     # the lines are left unreserved so any worker on the same store may help; this manager
     # claims them (and, while it runs, any other unreserved task: it is a worker too)
     manager = TaskManager(store, settings=settings, concurrency=concurrency, kind="batch", claims="all")
-    run: _Run | None = None
+    run: _BatchRun | None = None
     try:
         if observer is not None:
             observer.begin(len(todo), routes, report.skipped)
         if todo:
             await manager.start()
-            run = _Run(manager, writer, observer, fail_fast)
+            run = _BatchRun(manager, writer, observer, fail_fast)
             report.interrupted, report.stopped_early = await _drive(run, todo, concurrency, stop)
     except asyncio.CancelledError:
         report.interrupted = True
@@ -336,7 +336,7 @@ async def run_batch(
 
 
 async def _drive(
-    run: _Run, todo: Sequence[BatchItem], concurrency: int, stop: asyncio.Event | None
+    run: _BatchRun, todo: Sequence[BatchItem], concurrency: int, stop: asyncio.Event | None
 ) -> tuple[bool, bool]:
     """Feed ``todo`` through ``concurrency`` feeders until done, failed fast or stopped.
 

@@ -1,33 +1,6 @@
-"""Batch runs: many requests from a JSONL file, run through the task manager, results to JSONL.
+"""Batch lines: parse and check the input, the result lines, and the per-route summary.
 
-Each input line is one request, in our format::
-
-    {"id": "q1", "model": "openai/gpt-4o-mini", "prompt": "What is 2 + 2?",
-     "validation": ["contains:4"], "max_attempts": 2, "timeout": 60}
-
-(keys: ``id``, ``model``, ``prompt`` or ``messages``, ``system``, ``validation``,
-``max_attempts``, ``escalate``, ``fallbacks``, ``mcp_config``, ``allowed_tools``, ``timeout``,
-``temperature``, ``max_tokens``, ``tools_after``, ``tools_mcp_config``, ``human_after``,
-``budget_usd``, ``budget_tokens``, ``deadline_s``, ``options`` (provider options),
-``description``), or in the original project's format: ``{"id": ..., "llm_config": {...}}`` or
-a bare ``llm_config`` dict with an ``id`` (see :mod:`llm_call.legacy`). An unknown key is an
-error naming the key and the line.
-
-:func:`check_items` finds every problem of a file before anything runs (``--dry-run``);
-:func:`run_batch` (in :mod:`llm_call._batch_run`) submits the lines to a
-:class:`~llm_call.tasks.TaskManager` and appends one :class:`ItemResult` line per finished
-request to the output file, flushed at once, so an interrupted run loses nothing and
-``--resume`` skips the ids already there.
-
-Example::
-
-    from llm_call.batch import read_items, check_items, run_batch
-
-    items, problems = read_items("prompts.jsonl")
-    problems += check_items(items)          # fills in each item's route
-    assert not problems, problems
-    report = await run_batch(items, "out.jsonl", concurrency=16)
-    print(report.exit_code, [row.to_dict() for row in report.summary()])
+The package docstring (``llm_call.batch``) describes the file formats.
 """
 
 from __future__ import annotations
@@ -41,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, LLMCallError, UsageError
-from .legacy import LEGACY_KEYS, LEGACY_ONLY_KEYS, map_llm_config
-from .providers.base import CLAUDE_ONLY_OPTIONS
+from ..errors import ConfigError, LLMCallError, UsageError
+from ..legacy import LEGACY_KEYS, LEGACY_ONLY_KEYS, map_llm_config
+from ..providers.base import CLAUDE_ONLY_OPTIONS
 
 if TYPE_CHECKING:
-    from ._batch_run import BatchReport
-    from .config import Settings
-    from .providers.router import Route
+    from ..config import Settings
+    from ..providers.router import Route
 
 __all__ = [
     "NATIVE_KEYS",
@@ -62,7 +34,6 @@ __all__ = [
     "percentile",
     "read_done",
     "read_items",
-    "run_batch",
     "summarize",
 ]
 
@@ -278,8 +249,8 @@ def _route_label(route: Route) -> str:
 
 
 def _route_problems(item: BatchItem, settings: Settings) -> list[str]:
-    from ._request import default_model
-    from .providers.router import resolve
+    from .._request import default_model
+    from ..providers.router import resolve
 
     out: list[str] = []
     model = item.model or default_model(settings)
@@ -322,7 +293,7 @@ def _missing_dependency(kind: str) -> str | None:
 
 def _validation_problem(specs: Any) -> str | None:
     try:
-        from .validation import parse_specs
+        from ..validation import parse_specs
     except ImportError as exc:  # the validation layer is part of the package; this is a broken install
         return f"cannot check validation specs: {exc}"
     try:
@@ -337,10 +308,10 @@ def check_items(items: list[BatchItem], settings: Settings | None = None) -> lis
 
     Nothing is sent anywhere. Fills in each item's ``route``.
     """
-    from ._request import build_request
+    from .._request import build_request
 
     if settings is None:
-        from .config import get_settings
+        from ..config import get_settings
 
         settings = get_settings()
     problems: list[Problem] = []
@@ -526,12 +497,3 @@ def _stats(name: str, results: list[ItemResult]) -> RouteStats:
     row.p50_s = percentile(latencies, 50)
     row.p95_s = percentile(latencies, 95)
     return row
-
-
-async def run_batch(items: list[BatchItem], out: str | os.PathLike[str], **options: Any) -> BatchReport:
-    """Run checked ``items`` through the task manager and write ``out``; see
-    :func:`llm_call._batch_run.run_batch` for the options (``concurrency``, ``resume``,
-    ``fail_fast``, ``observer``, ``stop``, ``store``, ``settings``)."""
-    from ._batch_run import run_batch as run
-
-    return await run(items, out, **options)

@@ -1,0 +1,155 @@
+"""The quota state without a CLI: parsing ``rate_limit_event`` lines, the decisions taken on
+them, and the state shared through the task store (SQLite file and Redis) so that a second
+process schedules on what the first one learnt. The real-CLI tests are in test_claude_quota.py."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llm_call.errors import QuotaExhausted, error_from_dict, error_to_dict
+from llm_call.providers.claude_quota import (
+    QUOTA,
+    QuotaBook,
+    QuotaState,
+    block_of,
+    parse_rate_limit_info,
+    record_rate_limit_event,
+    slow,
+)
+from llm_call.tasks import TaskManager, open_store
+from llm_call.types import TaskStatus
+from support.redis_server import RedisServer, redis_server
+from support.tasks_env import openai_server
+
+__all__ = ["redis_server"]
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(autouse=True)
+def _fresh_quota() -> Iterator[None]:
+    QUOTA.clear()
+    yield
+    QUOTA.clear()
+
+
+def info(status: str = "allowed", **extra: Any) -> dict[str, Any]:
+    return {
+        "status": status,
+        "resetsAt": NOW + 3600,
+        "rateLimitType": "five_hour",
+        "overageStatus": "rejected",
+        "overageDisabledReason": "org_level_disabled",
+        "isUsingOverage": False,
+        "unifiedWindows": {
+            "five_hour": {"utilization": 0.5, "resetsAt": NOW + 3600, "status": status},
+            "seven_day": {"utilization": 0.2, "resetsAt": NOW + 86400, "status": "allowed"},
+        },
+        **extra,
+    }
+
+
+def test_a_line_without_a_window_keeps_the_last_reading_of_it() -> None:
+    first = parse_rate_limit_info(info(), "me", now=NOW)
+    line = info("allowed_warning", unifiedWindows={"five_hour": {"utilization": 0.91, "resetsAt": NOW + 3000, "status": "allowed_warning"}})
+    second = parse_rate_limit_info(line, "me", first, now=NOW + 1)
+    assert second.windows["five_hour"].utilization == 0.91
+    assert second.windows["seven_day"].utilization == 0.2  # not in the line: kept
+    assert QuotaState.from_dict(second.to_dict()) == second
+
+
+def test_record_takes_the_raw_stream_json_line_or_its_info() -> None:
+    line = {"type": "rate_limit_event", "rate_limit_info": info("rejected"), "uuid": "u", "session_id": "s"}
+    state = record_rate_limit_event(line, "pool")
+    assert state is not None and QUOTA.get("pool") is state and state.status == "rejected"
+    assert record_rate_limit_event({"type": "assistant", "message": {}}, "pool") is None
+    assert record_rate_limit_event(info(), "sdk") is not None  # RateLimitInfo.raw
+
+
+@pytest.mark.parametrize(
+    ("status", "overage", "allow_overage", "expected"),
+    [
+        ("allowed_warning", "rejected", True, None),
+        ("rejected", "rejected", True, ("five_hour", "rejected")),
+        ("rejected", "allowed", True, None),  # extra usage pays for the next call
+        ("rejected", "allowed", False, ("five_hour", "overage")),
+    ],
+)
+def test_block_decisions(status: str, overage: str, allow_overage: bool, expected: tuple[str, str] | None) -> None:
+    state = parse_rate_limit_info(info(status, overageStatus=overage), "me", now=NOW)
+    block = block_of(state, allow_overage=allow_overage, now=NOW)
+    assert (None if block is None else (block.window, block.reason)) == expected
+    if block is not None:
+        assert block.until == NOW + 3600
+        assert block_of(state, allow_overage=allow_overage, now=NOW + 3601) is None  # after the reset
+
+
+def test_overage_in_use_is_refused_before_the_next_call_when_not_allowed() -> None:
+    state = parse_rate_limit_info(info("allowed", isUsingOverage=True, overageStatus="allowed"), "me", now=NOW)
+    assert block_of(state, allow_overage=True, now=NOW) is None
+    block = block_of(state, allow_overage=False, now=NOW)
+    assert block is not None and block.reason == "overage"
+
+
+def test_slowdown_counts_only_windows_that_have_not_reset() -> None:
+    line = info(unifiedWindows={"seven_day": {"utilization": 0.97, "resetsAt": NOW + 10, "status": "allowed_warning"}})
+    state = parse_rate_limit_info(line, "me", now=NOW)
+    assert slow(state, 0.9, now=NOW) == 0.97
+    assert slow(state, 0.9, now=NOW + 11) is None
+    assert slow(state, 1.0, now=NOW) is None  # 1.0 turns it off
+
+
+def test_quota_exhausted_survives_the_task_store() -> None:
+    err = QuotaExhausted("used up", provider="max", model="sonnet", retry_after=12.0, window="five_hour", resets_at=NOW)
+    back = error_from_dict(error_to_dict(err))
+    assert isinstance(back, QuotaExhausted) and back.window == "five_hour" and back.retry_after == 12.0
+
+
+async def _shared_between_processes(location: str) -> None:
+    writer_store, reader_store = await open_store(location), await open_store(location)
+    try:
+        writer, reader = QuotaBook(), QuotaBook()
+        writer.attach(writer_store)
+        writer.observe(info("allowed_warning"), "team")
+        await writer.flush()
+        states = await reader.refresh(reader_store)
+        assert states["team"].windows["five_hour"].utilization == 0.5
+        assert states["team"].overage_disabled_reason == "org_level_disabled"
+    finally:
+        await writer_store.close()
+        await reader_store.close()
+
+
+async def test_state_is_shared_through_sqlite(tmp_path: Path) -> None:
+    await _shared_between_processes(str(tmp_path / "tasks.db"))
+
+
+async def test_state_is_shared_through_redis(redis_server: RedisServer) -> None:
+    await _shared_between_processes(f"{redis_server.url}?prefix=quota")
+
+
+async def test_a_worker_holds_max_tasks_while_another_process_saw_the_window_used_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_settings: Any
+) -> None:
+    use_settings(retry={"max_retries": 0}, tasks={"heartbeat_s": 0.2})
+    location = str(tmp_path / "tasks.db")
+    other = await open_store(location)  # another process learnt the quota
+    reset = time.time() + 3600
+    line = info("rejected", resetsAt=reset, unifiedWindows={"five_hour": {"utilization": 1.0, "resetsAt": reset, "status": "rejected"}})
+    await other.put_meta("claude_quota:default", parse_rate_limit_info(line, "default").to_dict())
+    await other.close()
+    async with openai_server(monkeypatch) as srv:
+        async with TaskManager(location, claims="all") as mgr:
+            held = await mgr.submit({"model": "max/sonnet", "prompt": "wait for me"}, reserve=False)
+            other_route = await mgr.submit({"model": "openai/x", "prompt": "run me"}, reserve=False)
+            async with asyncio.timeout(30):
+                await mgr.wait(other_route)
+            assert (await mgr.status(other_route)).status is TaskStatus.SUCCEEDED
+            assert (await mgr.status(held)).status is TaskStatus.QUEUED  # no CLI was started for it
+            assert len(srv.requests) == 1
