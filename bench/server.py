@@ -433,11 +433,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--no-messages", action="store_true", help="skip the /v1/messages targets")
-<<<<<<< HEAD
     parser.add_argument("--settle", type=float, default=2.0, help="seconds of pause before each target")
-=======
     parser.add_argument("--waiting", type=int, default=2000, help="requests held waiting at once (0: skip)")
->>>>>>> main
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = parser.parse_args()
     try:
