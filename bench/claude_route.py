@@ -1,11 +1,15 @@
-"""Benchmark of the ``max/*`` route: ``llm_call.acall("max/sonnet")`` versus ``claude_agent_sdk.query``.
+"""Benchmark of the ``max/*`` route: ``llm_call.acall("max/sonnet")`` (warm pool and one-shot)
+versus ``claude_agent_sdk.query``.
 
-Both drive the real Claude Code CLI (bundled with claude-agent-sdk) against the scripted
+All drive the real Claude Code CLI (bundled with claude-agent-sdk) against the scripted
 Anthropic server on 127.0.0.1, in the same run, interleaved call by call so that machine load
-hits both alike:
+hits all alike:
 
-- ``llm_call.acall``: the whole public call (routing, retry layer, per-call temporary
-  workspace, watchdogs, process-tree bookkeeping);
+- ``llm_call.acall (pool)``: the whole public call on the warm CLI pool
+  (``claude.pool_size`` = the concurrency): a warm process per call, ``/clear`` between calls;
+- ``llm_call.acall (one-shot, cwd=)``: the whole public call with ``cwd=`` (a call with its own
+  working directory never uses the pool): a fresh CLI per call, plus routing, retry layer,
+  watchdogs, process-tree bookkeeping;
 - ``sdk query (same flags)``: ``claude_agent_sdk.query`` with the CLI flags llm_call passes
   (no tools, strict MCP config, no setting sources, ``dontAsk``, partial messages), in a fixed
   directory: the difference to the row above is what llm_call adds per call;
@@ -14,8 +18,12 @@ hits both alike:
 20 sequential calls, then rounds of 20 concurrent calls (at most 4 at a time: llm_call's
 default ``claude.max_concurrency``, a semaphore for the SDK), the clients taking turns. While the concurrent runs go on, a sampler
 reads the RSS of every CLI process from ``/proc`` (Linux) to report peak memory per CLI process.
+Last, ``--reuse-calls`` (100) sequential pooled calls with the same options, counting the CLI
+processes the pool started for them (``pool_state()["started"]``; goal: at most 5 per 100).
 
-Run: ``.venv/bin/python bench/claude_route.py [--calls 20] [--concurrency 4]``
+Goals (issue 16): the pool's sequential median at most 0.2x the SDK's ``query`` (same flags).
+
+Run: ``.venv/bin/python bench/claude_route.py [--calls 20] [--concurrency 4] [--reuse-calls 100]``
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 Call = Callable[[], Awaitable[str]]
+POOL = "llm_call.acall (pool)"
+ONE_SHOT = "llm_call.acall (one-shot, cwd=)"
 
 
 def _descendants(root: int) -> list[int]:
@@ -120,7 +130,7 @@ def _with_limit(call: Call, limit: asyncio.Semaphore) -> Call:
     return run
 
 
-async def main(calls: int, concurrency: int, rounds: int) -> None:
+async def main(calls: int, concurrency: int, rounds: int, reuse_calls: int) -> None:
     from claude_agent_sdk import ClaudeAgentOptions, ResultMessage, query
 
     import llm_call
@@ -142,7 +152,10 @@ async def main(calls: int, concurrency: int, rounds: int) -> None:
             DISABLE_AUTOUPDATER="1",
             DISABLE_ERROR_REPORTING="1",
             CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
+            LLM_CALL_CLAUDE_POOL_SIZE=str(concurrency),
         )
+        from llm_call.providers.claude_cli import pool_state
+        from llm_call.providers.router import close_providers
 
         same_flags = ClaudeAgentOptions(
             model="sonnet",
@@ -155,8 +168,11 @@ async def main(calls: int, concurrency: int, rounds: int) -> None:
         )
         defaults = ClaudeAgentOptions(model="sonnet", cwd=fixed_cwd)
 
-        async def via_llm_call() -> str:
+        async def via_pool() -> str:
             return (await llm_call.acall("max/sonnet", "Say the sentence.")).text
+
+        async def via_one_shot() -> str:
+            return (await llm_call.acall("max/sonnet", "Say the sentence.", cwd=fixed_cwd)).text
 
         def via_sdk(options: ClaudeAgentOptions) -> Call:
             async def run() -> str:
@@ -169,12 +185,15 @@ async def main(calls: int, concurrency: int, rounds: int) -> None:
             return run
 
         contenders: dict[str, Call] = {
-            "llm_call.acall": via_llm_call,
+            POOL: via_pool,
+            ONE_SHOT: via_one_shot,
             "sdk query (same flags)": via_sdk(same_flags),
             "sdk query (defaults)": via_sdk(defaults),
         }
         for call in contenders.values():  # warm up: imports, first CLI start
             await _timed(call, answer)
+        # the pool's warm processes for the concurrent runs (started once, as a server would)
+        await asyncio.gather(*(_timed(via_pool, answer) for _ in range(concurrency)))
 
         seq: dict[str, list[float]] = {name: [] for name in contenders}
         cpu: dict[str, list[float]] = {name: [] for name in contenders}
@@ -187,7 +206,7 @@ async def main(calls: int, concurrency: int, rounds: int) -> None:
         }
         for _ in range(rounds):  # alternate, so that load changes hit every contender
             for name, call in contenders.items():
-                if name == "llm_call.acall":
+                if name in (POOL, ONE_SHOT):
                     limited = call  # llm_call queues itself (claude.max_concurrency, default 4)
                 else:
                     limited = _with_limit(call, asyncio.Semaphore(concurrency))
@@ -197,7 +216,20 @@ async def main(calls: int, concurrency: int, rounds: int) -> None:
                     times += await asyncio.gather(*(_timed(limited, answer) for _ in range(calls)))
                     walls.append(time.perf_counter() - started)
 
+        await asyncio.sleep(0.5)  # the last pooled calls' /clear
+        before = pool_state()
+        for _ in range(reuse_calls):
+            await _timed(via_pool, answer)
+        after = pool_state()
+        reuse = (reuse_calls, after["started"] - before["started"], after["replaced_by_reason"])
+        await close_providers()
+
     _report(seq, cpu, conc, calls, concurrency, rounds)
+    n, started, reasons = reuse
+    print(
+        f"\n{n} sequential pooled calls with the same options started {started} CLI process(es) "
+        f"({started * 100 / n:.1f} per 100 calls; goal <= 5); replacements so far by reason: {reasons or 'none'}"
+    )
 
 
 def _report(
@@ -218,21 +250,25 @@ def _report(
             f"{statistics.median(cpu[name]) * 1000:.1f} |"
         )
     base = "sdk query (same flags)"
-    diffs = [a - b for a, b in zip(seq["llm_call.acall"], seq[base], strict=True)]
-    cpu_diff = statistics.median(cpu["llm_call.acall"]) - statistics.median(cpu[base])
+    diffs = [a - b for a, b in zip(seq[ONE_SHOT], seq[base], strict=True)]
+    cpu_diff = statistics.median(cpu[ONE_SHOT]) - statistics.median(cpu[base])
     print(
-        f"\nllm_call over the SDK (same flags): wall, paired per call: mean "
+        f"\nllm_call one-shot over the SDK (same flags): wall, paired per call: mean "
         f"{statistics.fmean(diffs) * 1000:+.1f} ms, median {statistics.median(diffs) * 1000:+.1f} ms; "
         f"CPU median {cpu_diff * 1000:+.1f} ms"
     )
+    pool_median = statistics.median(seq[POOL])
+    for other in (base, "sdk query (defaults)"):
+        ratio = pool_median / statistics.median(seq[other])
+        print(f"pool median / {other} median: {ratio:.3f}x (goal <= 0.2x)")
     print(f"\n{calls} concurrent calls, at most {concurrency} at a time ({rounds} rounds, alternating)\n")
-    print("| client | mean per call (ms) | median (ms) | p95 (ms) | wall per round (s) | peak CLI processes | peak RSS per CLI process (MiB) | peak RSS all CLIs (MiB) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| client | mean per call (ms) | median (ms) | p95 (ms) | wall per round (s) | calls/s | peak CLI processes | peak RSS per CLI process (MiB) | peak RSS all CLIs (MiB) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, (times, walls, mem) in conc.items():
         s = _stats(times)
         wall = statistics.fmean(walls)
         print(
-            f"| {name} | {s['mean']:.0f} | {s['median']:.0f} | {s['p95']:.0f} | {wall:.2f} | "
+            f"| {name} | {s['mean']:.0f} | {s['median']:.0f} | {s['p95']:.0f} | {wall:.2f} | {calls / wall:.1f} | "
             f"{mem.peak_count} | {mem.peak_one / 1024:.0f} | {mem.peak_total / 1024:.0f} |"
         )
     print(
@@ -246,5 +282,6 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2, help="concurrent batches per client")
+    parser.add_argument("--reuse-calls", type=int, default=100, help="pooled calls for the processes-started count")
     args = parser.parse_args()
-    asyncio.run(main(args.calls, args.concurrency, args.rounds))
+    asyncio.run(main(args.calls, args.concurrency, args.rounds, args.reuse_calls))

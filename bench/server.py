@@ -18,13 +18,21 @@ over ``--rounds`` rounds and the table gives the median over rounds. "Added" lat
 target's percentile minus the upstream's in the same round. Both servers keep their default
 per-request logging (to a file).
 
+Waiting requests (issue 12): at the end, ``--waiting`` requests (default 2,000) are sent at
+once to a second upstream that answers after 15 s, through ``llm-call serve`` (endpoint ``slow``,
+as many connections as requests). Once all are in flight, the growth of the resident memory (RSS)
+of ``llm-call serve`` over its idle RSS, divided by the number of requests, is the memory a
+waiting request costs; the slow upstream (an aiohttp server holding the same requests) is the
+peer in the same run. Every request must then succeed (no 429 at the default limits).
+
 Run::
 
     .venv/bin/python bench/server.py                       # 3 rounds, about 2 minutes
-    .venv/bin/python bench/server.py --rounds 1 --no-litellm
+    .venv/bin/python bench/server.py --rounds 1 --no-litellm --waiting 0
 
 Goals (issue 6): added latency p50 <= 1 ms over the upstream; throughput >= 5x the LiteLLM
-proxy's. Issue 15: the same added p50 <= 1 ms for ``/v1/messages``.
+proxy's. Issue 15: the same added p50 <= 1 ms for ``/v1/messages``. Issue 12: 2,000 waiting
+requests on the default limits with no error.
 """
 
 from __future__ import annotations
@@ -143,10 +151,13 @@ def start_upstream(work: Path, procs: list[subprocess.Popen[bytes]]) -> tuple[st
     return url, proc.pid
 
 
-def start_llm_call(work: Path, upstream: str, procs: list[subprocess.Popen[bytes]]) -> Target:
+def start_llm_call(
+    work: Path, upstream: str, procs: list[subprocess.Popen[bytes]], slow: str | None = None, waiting: int = 0
+) -> Target:
     port = free_port()
     cfg = work / "llm_call.toml"
-    cfg.write_text(f'[endpoints.up]\nbase_url = "{upstream}/v1"\n\n[server]\napi_keys = ["{SERVER_KEY}"]\n')
+    slow_cfg = f'[endpoints.slow]\nbase_url = "{slow}/v1"\nmax_connections = {max(waiting, 1)}\n\n' if slow else ""
+    cfg.write_text(f'[endpoints.up]\nbase_url = "{upstream}/v1"\n\n{slow_cfg}[server]\napi_keys = ["{SERVER_KEY}"]\n')
     log = work / "llm_call.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
     with log.open("wb") as out:
@@ -247,8 +258,14 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="llm_call-bench-server-"))
     try:
         upstream, upstream_pid = start_upstream(work, procs)
+        slow: tuple[str, int] | None = None
+        if args.waiting:
+            (work / "slow").mkdir()
+            slow_proc, slow_url = start_scripted_server(work / "slow", text=ANSWER, latency=WAIT_LATENCY_S)
+            procs.append(slow_proc)  # type: ignore[arg-type]  # text mode; only terminated
+            slow = (slow_url, slow_proc.pid)
         targets = [Target("upstream (direct)", upstream + "/v1/chat/completions", "x", pid=upstream_pid)]
-        ours = start_llm_call(work, upstream, procs)
+        ours = start_llm_call(work, upstream, procs, slow[0] if slow else None, args.waiting)
         targets.append(ours)
         if not args.no_litellm:
             targets.append(start_litellm(work, upstream, procs))
@@ -274,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
                 print(f"round {r + 1}: {t.name:28s} {s.rps:8.0f} req/s  p50 {s.p50 * 1e3:6.2f} ms  "
                       f"p99 {s.p99 * 1e3:6.2f} ms  cpu {s.cpu_us:6.0f} us/req  errors {s.errors}", file=sys.stderr)
         report(targets, samples, added, args)
+        if slow is not None and not ours.error:
+            held = asyncio.run(hold_waiting(ours, args.waiting, slow[1]))
+            report_waiting(held, args.waiting)
         return 0
     finally:
         for p in procs:
@@ -289,6 +309,84 @@ def run(args: argparse.Namespace) -> int:
             print(f"logs and configs kept in {work}", file=sys.stderr)
         else:
             shutil.rmtree(work, ignore_errors=True)
+
+
+WAIT_LATENCY_S = 15.0
+
+
+def rss_kib(pid: int | None) -> int:
+    """Resident memory of ``pid`` and its descendants in KiB (Linux /proc)."""
+    if pid is None:
+        return 0
+    total, stack, tree = 0, [pid], _children()
+    while stack:
+        p = stack.pop()
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+        stack.extend(tree.get(p, []))
+    return total
+
+
+@dataclass
+class Waiting:
+    ours_kib: int  # RSS growth of llm-call serve with every request in flight
+    peer_kib: int  # the same for the slow upstream
+    in_flight: int
+    ok: int
+    statuses: dict[int, int]
+    seconds: float
+
+
+async def hold_waiting(target: Target, n: int, peer_pid: int) -> Waiting:
+    """Send ``n`` requests at once to the slow endpoint; measure RSS once all are in flight."""
+    body = json.dumps({"model": "slow/x", "messages": MESSAGES}).encode()
+    headers = {"Content-Type": "application/json", **target.headers}
+    base = target.url.removesuffix("/v1/chat/completions")
+    ours0, peer0 = rss_kib(target.pid), rss_kib(peer_pid)
+    statuses: dict[int, int] = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=WAIT_LATENCY_S * 8)) as session:
+
+        async def call() -> bool:
+            try:
+                async with session.post(target.url, data=body, headers=headers) as r:
+                    data = await r.read()
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                    return r.status == 200 and ANSWER.encode() in data
+            except (aiohttp.ClientError, TimeoutError):
+                statuses[0] = statuses.get(0, 0) + 1
+                return False
+
+        started = time.perf_counter()
+        calls = [asyncio.ensure_future(call()) for _ in range(n)]
+        in_flight = 0
+        while time.perf_counter() - started < WAIT_LATENCY_S * 0.8:
+            await asyncio.sleep(0.25)
+            async with session.get(base + "/metrics", headers=target.headers) as r:
+                for line in (await r.text()).splitlines():
+                    if line.startswith("llm_call_http_requests_in_flight "):
+                        in_flight = int(float(line.split()[1])) - 1  # less this scrape
+            if in_flight >= n:
+                break
+        await asyncio.sleep(0.5)  # the upstream side settles
+        ours1, peer1 = rss_kib(target.pid), rss_kib(peer_pid)
+        ok = sum(await asyncio.gather(*calls))
+    return Waiting(ours1 - ours0, peer1 - peer0, in_flight, ok, statuses, time.perf_counter() - started)
+
+
+def report_waiting(w: Waiting, n: int) -> None:
+    print(f"\n{n} requests waiting at once on a {WAIT_LATENCY_S:g} s upstream ({w.in_flight} seen in flight by the server; "
+          f"all done in {w.seconds:.1f} s):\n")
+    print("| process | RSS growth, all waiting | KiB per waiting request |")
+    print("| --- | ---: | ---: |")
+    print(f"| llm-call serve | {w.ours_kib / 1024:.1f} MiB | {w.ours_kib / n:.1f} |")
+    print(f"| scripted upstream (aiohttp server, peer) | {w.peer_kib / 1024:.1f} MiB | {w.peer_kib / n:.1f} |")
+    verdict = "met" if w.ok == n else "NOT met"
+    print(f"\nsucceeded: {w.ok} of {n}; statuses {dict(sorted(w.statuses.items()))} (goal: all, no 429: {verdict})")
 
 
 def report(
@@ -334,6 +432,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--no-messages", action="store_true", help="skip the /v1/messages targets")
+    parser.add_argument("--waiting", type=int, default=2000, help="requests held waiting at once (0: skip)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = parser.parse_args()
     try:

@@ -171,3 +171,17 @@ def test_validated_stream_sends_only_the_answer_that_passed(serve_llm: Any) -> N
     assert deltas == ['{"ok": true}']
     assert final.output_text == '{"ok": true}'
     assert len(served.upstream.requests) == 2
+
+
+def test_background_response_with_tools_keeps_its_function_calls(serve_llm: Any) -> None:
+    served = serve_llm([Reply(tool_calls=[ToolCall("get_weather", {"city": "Oslo"}, id="call_bg")], latency=0.2)])
+    client = served.client()
+    with client.responses.create(model="up/x", input="weather?", tools=[WEATHER], background=True, stream=True) as stream:
+        events = list(stream)
+    done = events[-1]
+    assert done.type == "response.completed"
+    calls = [(o.call_id, o.name, json.loads(o.arguments)) for o in done.response.output if o.type == "function_call"]
+    assert calls == [("call_bg", "get_weather", {"city": "Oslo"})]
+    assert [t.name for t in done.response.tools] == ["get_weather"]  # the request's tools, echoed
+    again = client.responses.retrieve(done.response.id)  # read back from the task store
+    assert [(o.type, getattr(o, "call_id", None)) for o in again.output] == [("function_call", "call_bg")]

@@ -207,3 +207,21 @@ def test_keyless_health_shows_no_paths(serve_llm: Any, tmp_path: Path) -> None:
     assert "tasks.db" in detailed.text
     open_server = serve_llm()
     assert "tasks.db" not in httpx.get(open_server.url + "/health").text
+
+
+# -- metrics labels --------------------------------------------------------------------------------------
+
+
+def test_metric_labels_take_no_client_chosen_values(serve_llm: Any) -> None:
+    """Every new label value is a time series kept forever: a client must not be able to mint them."""
+    served = serve_llm(aliases={"fast": "up/the-fast-one"})
+    for i in range(3):
+        r = httpx.post(served.base_url + "/chat/completions", json={"model": f"up/client-chosen-{i}", "messages": HI})
+        assert r.status_code == 200
+    assert httpx.post(served.base_url + "/chat/completions", json={"model": "fast", "messages": HI}).status_code == 200
+    httpx.request("PROPFIND", served.url + "/health")
+    text = httpx.get(served.url + "/metrics").text
+    assert "client-chosen" not in text
+    assert 'model="up/*"' in text
+    assert 'method="PROPFIND"' not in text and 'method="other"' in text
+

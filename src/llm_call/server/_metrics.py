@@ -4,19 +4,29 @@ Per request (recorded by the gateway middleware): count and latency histogram by
 method and status. Per answer: tokens, cost, retries and validation failures by answering model;
 upstream errors by llm_call error type. At scrape time: circuit breaker states (from
 ``llm_call.health()`` when the retry layer provides it), tasks by status and the queue depth
-(from the task manager), and the Claude subscription's quota per account and window
+(from the task manager), the Claude subscription's quota per account and window, and the warm
+``max/*`` CLI pool (processes idle/busy, started, replaced by reason, calls, memory)
 (utilization, status, reset time). Label children are cached, so recording a request is a dict lookup
 plus an ``inc`` and an ``observe``.
+
+Label values are bounded, whatever clients send (each new value is a new time series held
+forever): ``model`` is a name from the configuration (an alias, an alias's model, the default
+model) or else the route pattern the model resolved to (``openai/*``, ``max/*``, ``local/*``,
+``ENDPOINT/*``), and ``other`` for anything else (LiteLLM provider names, unknown strings);
+``method`` is a standard HTTP method or ``other``; ``route`` is a route template or ``unmatched``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..types import Response, TaskStatus, Usage
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
@@ -25,12 +35,57 @@ _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 _BREAKER_VALUES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 _QUOTA_STATUS = {"allowed": 0, "allowed_warning": 1, "rejected": 2}
 _log = logging.getLogger("llm_call.server")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_LABEL_CACHE_MAX = 1024
+OTHER = "other"
+
+
+class ModelLabels:
+    """The ``model`` label of a model string: bounded (see the module docstring)."""
+
+    def __init__(self, settings: Settings | None) -> None:
+        self.settings = settings
+        named: set[str] = set()
+        if settings is not None:
+            named.update(settings.aliases)
+            named.update(a.model for a in settings.aliases.values())
+            if settings.default_model:
+                named.add(settings.default_model)
+        self.named = frozenset(named)
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, model: str | None) -> str:
+        if not model:
+            return OTHER
+        label = self._cache.get(model)
+        if label is None:
+            label = self._label(model)
+            if len(self._cache) >= _LABEL_CACHE_MAX:
+                self._cache.clear()  # the cache is bounded too
+            self._cache[model] = label
+        return label
+
+    def _label(self, model: str) -> str:
+        if model in self.named or self.settings is None:
+            return model if model in self.named else OTHER
+        from ..errors import LLMCallError
+        from ..providers.router import resolve
+
+        try:
+            route = resolve(model, self.settings)
+        except LLMCallError:
+            return OTHER
+        if route.kind == "litellm":
+            return OTHER
+        prefix = route.endpoint if route.kind == "endpoint" and route.endpoint else route.kind
+        return f"{prefix}/*"
 
 
 class ServerMetrics:
     """The server's metrics; ``render()`` gives the Prometheus text format."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.model_label = ModelLabels(settings)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -72,10 +127,23 @@ class ServerMetrics:
             "llm_call_claude_quota_resets_at_seconds", "When the usage window resets (Unix time)",
             ["account", "window"], registry=r,
         )
+        self.pool_processes = Gauge(
+            "llm_call_claude_pool_processes", "Warm Claude CLI processes in the max/* pool, by state", ["state"], registry=r
+        )
+        self.pool_started = Gauge(
+            "llm_call_claude_pool_started", "Claude CLI processes started for the pool so far", registry=r
+        )
+        self.pool_replaced = Gauge(
+            "llm_call_claude_pool_replaced", "Pooled Claude CLI processes replaced so far, by reason", ["reason"], registry=r
+        )
+        self.pool_calls = Gauge("llm_call_claude_pool_calls", "Calls served by pooled Claude CLI processes so far", registry=r)
+        self.pool_rss = Gauge("llm_call_claude_pool_rss_bytes", "Memory (RSS) of the pooled Claude CLI processes", registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self._token_children: dict[str, tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        if method not in _METHODS:
+            method = OTHER
         key = (route, method, status)
         pair = self._children.get(key)
         if pair is None:
@@ -86,7 +154,7 @@ class ServerMetrics:
         pair[1].observe(seconds)
 
     def observe_response(self, response: Response) -> None:
-        model = response.model or "unknown"
+        model = self.model_label(response.model)
         self.observe_usage(model, response.usage)
         if response.cost_usd:
             self.cost.labels(model).inc(response.cost_usd)
@@ -95,6 +163,7 @@ class ServerMetrics:
     def observe_usage(self, model: str, usage: Usage | None) -> None:
         if usage is None:
             return
+        model = self.model_label(model)
         pair = self._token_children.get(model)
         if pair is None:
             pair = self._token_children[model] = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
@@ -106,6 +175,7 @@ class ServerMetrics:
     def observe_attempts(self, model: str, attempts: list[Any] | None) -> None:
         if not attempts:
             return
+        model = self.model_label(model)
         calls = 0  # answer attempts and failed provider calls (judge calls are not retries)
         rejected = 0
         for a in attempts:
@@ -158,6 +228,16 @@ class ServerMetrics:
                 if w.get("resets_at") is not None:
                     self.quota_resets.labels(account, name).set(w["resets_at"])
                 self.quota_status.labels(account, name).set(_QUOTA_STATUS.get(str(w.get("status")), 0))
+
+    def set_claude_pool(self, pool: dict[str, Any]) -> None:
+        """Gauges from ``llm_call.providers.claude_cli.pool_state()``."""
+        self.pool_processes.labels("idle").set(pool.get("idle", 0))
+        self.pool_processes.labels("busy").set(pool.get("busy", 0))
+        self.pool_started.set(pool.get("started", 0))
+        self.pool_calls.set(pool.get("calls", 0))
+        self.pool_rss.set(float(pool.get("rss_mb", 0.0)) * 1024 * 1024)
+        for reason, n in (pool.get("replaced_by_reason") or {}).items():
+            self.pool_replaced.labels(str(reason)).set(n)
 
     def set_tasks(self, counts: dict[str, int], queue_depth: int) -> None:
         for status in TaskStatus:

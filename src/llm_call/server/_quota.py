@@ -1,4 +1,5 @@
-"""``GET /v1/usage/quota``: the Claude subscription's quota as the ``max/*`` route last saw it.
+"""``GET /v1/usage/quota``: the Claude subscription's quota as the ``max/*`` route last saw it;
+``GET /v1/claude/pool``: this server's warm Claude CLI processes.
 
 The state comes from the CLI's ``rate_limit_event`` lines (any process that shares the task store:
 workers, this server, ``llm-call ask``); see :mod:`llm_call.providers.claude_quota`. It is about
@@ -53,4 +54,20 @@ def register(app: FastAPI, state: ServerState) -> None:
         cfg = state.settings.claude
         rows = quota_report(await read_states(state), cfg.allow_overage, cfg.slowdown_at)
         body = {"object": "llm_call.quota", "accounts": rows}
+        return Response(json.dumps(body), media_type="application/json")
+
+    @app.get("/v1/claude/pool", tags=["usage"], summary="The warm Claude CLI processes of the max/* route", response_model=None)
+    async def claude_pool() -> Response:
+        """Processes now (idle, busy), started and replaced (by reason) so far, calls served,
+        memory, and the configured limit (``claude.pool_size``; 0: the pool is off)::
+
+            {"object": "llm_call.claude_pool", "enabled": true, "size_limit": 4, "processes": 2,
+             "idle": 1, "busy": 1, "started": 3, "replaced": 1, "replaced_by_reason": {"max_calls": 1},
+             "calls": 250, "rss_mb": 371.5}
+        """
+        from ..providers.claude_cli import pool_state
+
+        body = {"object": "llm_call.claude_pool", **pool_state()}
+        body["size_limit"] = state.settings.claude.pool_size
+        body["enabled"] = state.settings.claude.pool_size > 0
         return Response(json.dumps(body), media_type="application/json")

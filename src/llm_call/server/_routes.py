@@ -92,6 +92,9 @@ def register(app: FastAPI, state: ServerState) -> None:
 
         cfg = state.settings.claude
         state.metrics.set_quota(quota_report(await read_states(state), cfg.allow_overage, cfg.slowdown_at))
+        from ..providers.claude_cli import pool_state
+
+        state.metrics.set_claude_pool(pool_state())
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
     from ._quota import register as register_quota

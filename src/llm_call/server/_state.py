@@ -35,6 +35,7 @@ class ServerState:
         return cls(
             settings=settings,
             auth=KeyAuth(server.api_keys, server.admin_keys),
+            metrics=ServerMetrics(settings),
             limiter=KeyLimiter(server.max_concurrent_per_key),
             browser=BrowserRules(server.allowed_hosts, server.cors_origins, server.host),
         )
