@@ -48,13 +48,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
 from ._errors import HTTPFailure
 from ._schemas import LLMCallExtras, call_options
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = [
     "ERROR_TYPES",
@@ -136,7 +139,7 @@ def _bad(param: str, message: str) -> HTTPFailure:
 # -- request -------------------------------------------------------------------------------
 
 
-def messages_call_args(req: MessagesRequest) -> dict[str, Any]:
+def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a Messages request (400 naming the field on what cannot be served)."""
     kwargs: dict[str, Any] = {"model": req.model, "messages": internal_messages(req.system, req.messages)}
     if req.max_tokens is not None:
@@ -157,7 +160,7 @@ def messages_call_args(req: MessagesRequest) -> dict[str, Any]:
             kwargs["tool_choice"] = choice
         if parallel is not None:
             kwargs["parallel_tool_calls"] = parallel
-    kwargs.update(call_options(req))
+    kwargs.update(call_options(req, settings))
     return kwargs
 
 

@@ -81,7 +81,7 @@ async def handle_count_tokens(state: ServerState, info: RequestInfo, raw: bytes)
 async def handle_messages(state: ServerState, info: RequestInfo, raw: bytes, receive: Receive | None = None) -> Response:
     """One Messages request, from its raw JSON body to the response to send."""
     req = parse_json_body(MessagesRequest, raw)
-    kwargs = messages_call_args(req)
+    kwargs = messages_call_args(req, state.settings)
     info.model = req.model
     if state.settings.server.debug:
         info.prompt = kwargs["messages"]
