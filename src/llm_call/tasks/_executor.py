@@ -288,10 +288,9 @@ class TaskExecutor:
         only: dict[str, Any] = {} if self.routes is None else {"routes": self.routes}
         patterns = list(self._route_limits)
         full = [p for p in patterns if self._route_count[p] >= self._route_limits[p]]
-        hold = self._quota.hold()  # max/* routes while the subscription's quota blocks calls
+        hold = await self._quota.hold()  # max/* routes while the subscription's quota blocks calls
         for i, pattern in enumerate(patterns):
-            room = min(self._route_limits[pattern] - self._route_count[pattern], self._limit - len(self._running))
-            cap = self._quota.cap(pattern, self._route_count[pattern], room, hold)
+            cap = self._quota.cap(pattern, self._route_count[pattern], min(self._route_limits[pattern] - self._route_count[pattern], self._limit - len(self._running)), hold)
             if cap <= 0:
                 continue
             exclude = list(dict.fromkeys([*patterns[:i], *full, *hold]))
@@ -359,7 +358,7 @@ class TaskExecutor:
                     assert work is not None
                     response = await work
                 elif self._quota.active and is_max_route(run.route) and "_resume" not in spec:
-                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run))
+                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run), run.progress)
                 elif run.patterns or "_resume" in spec:
                     response = await self._run_call(run, spec)
                 else:  # the common case, inline: one coroutine less per task
@@ -491,8 +490,6 @@ class TaskExecutor:
             prog["model"] = data.get("model")
         elif kind in ("escalated", "fallback", "quota_fallback"):
             prog["model"] = data.get("to_model")
-        elif kind in ("quota_wait", "quota_resume"):  # visible in the record while it waits
-            prog["waiting"] = {k: data.get(k) for k in ("reason", "window", "until")} if kind == "quota_wait" else None
         elif kind == "chunk":
             text = data.get("text")
             run.chars = int(data["chars"]) if "chars" in data else run.chars + (len(text) if isinstance(text, str) else 0)
@@ -577,7 +574,6 @@ class TaskExecutor:
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
             try:
-                await self._quota.refresh()
                 if self._running:
                     for task_id in await self.store.cancel_requests(self.worker_id):
                         run = self._running.get(task_id)
