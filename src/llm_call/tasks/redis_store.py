@@ -60,13 +60,8 @@ from ..errors import (
     TaskStoreError,
 )
 from ..types import TaskEvent, TaskRecord, TaskStatus
-from ._redis_codec import (
-    CANCELLED,
-    dumps,
-    error_template,
-    parse_limits,
-    record,
-)
+from ._json import dumps, loads
+from ._redis_codec import CANCELLED, error_template, parse_limits, record
 from ._saq import JOB_FUNCTION, LIB, SCRIPTS, lane_name
 from .store import (
     EventIn,
@@ -463,7 +458,7 @@ class RedisTaskStore:
             rows = await r.lrange(f"{self.prefix}:e:{task_id}", after, after + limit - 1)
         out = []
         for i, raw in enumerate(rows):
-            d = json.loads(raw)
+            d = loads(raw)
             out.append(TaskEvent(task_id=task_id, seq=after + 1 + i, kind=d["kind"], data=d.get("data") or {}, at=float(d["at"])))
         return out
 
