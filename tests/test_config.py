@@ -214,3 +214,26 @@ def test_settings_reference_lists_every_section() -> None:
     ref = settings_reference()
     for key in ("`default_model`", "`openai.connect_timeout`", "`retry.max_retries`", "`server.port`"):
         assert key in ref
+
+
+def test_mcp_servers_and_tool_profiles_are_strict(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(
+        '[claude.mcp_servers.files]\ncommand = "python"\nargs = ["srv.py"]\nenv = {API_TOKEN = "s3cret", MODE = "x"}\n'
+        '[claude.tool_profiles.research]\nallowed_tools = ["WebSearch", "mcp__files"]\nmcp_servers = ["files"]\n'
+    )
+    settings = load_settings(good)
+    assert settings.claude.mcp_servers["files"].cli_entry()["command"] == "python"
+    env = settings.masked()["claude"]["mcp_servers"]["files"]["env"]
+    assert env == {"API_TOKEN": "***", "MODE": "x"}
+    for text, where in (
+        ('[claude.mcp_servers.files]\ncommand = "python"\ncomand = "x"\n', "claude.mcp_servers.files.comand: unknown key"),
+        ('[claude.tool_profiles.r]\nmcp_servers = ["nope"]\n', "tool_profiles.r.mcp_servers names ['nope']"),
+        ('[claude.tool_profiles.r]\nallowed = ["Read"]\n', "claude.tool_profiles.r.allowed: unknown key"),
+        ('[claude.mcp_servers.web]\ntype = "http"\n', "needs url"),
+    ):
+        bad = tmp_path / "bad.toml"
+        bad.write_text(text)
+        with pytest.raises(ConfigError) as info:
+            load_settings(bad)
+        assert str(bad) in str(info.value) and where in str(info.value), str(info.value)

@@ -37,6 +37,7 @@ class CallOptions:
     fallbacks: list[str] = field(default_factory=list)
     tools_after: int | None = None
     tools_mcp_config: dict[str, Any] | None = None
+    tools_mcp_servers: list[str] | None = None
     human_after: int | None = None
     budget_usd: float | None = None
     budget_tokens: int | None = None
@@ -78,7 +79,7 @@ class CallOptions:
         if not self.validating:
             needs = [
                 name
-                for name in ("escalate", "tools_after", "tools_mcp_config", "human_after", "budget_usd", "budget_tokens")
+                for name in ("escalate", "tools_after", "tools_mcp_config", "tools_mcp_servers", "human_after", "budget_usd", "budget_tokens")
                 if getattr(self, name)
             ]
             if needs:
@@ -91,6 +92,10 @@ class CallOptions:
                 raise UsageError(f"{name} must be > 0, not {value}")
         if self.budget_tokens is not None and self.budget_tokens < 1:
             raise UsageError(f"budget_tokens must be >= 1, not {self.budget_tokens}")
+        if self.tools_mcp_servers is not None and (
+            not isinstance(self.tools_mcp_servers, list | tuple) or not all(isinstance(n, str) and n for n in self.tools_mcp_servers)
+        ):
+            raise UsageError("tools_mcp_servers must be a list of MCP server names declared under [claude.mcp_servers]")
         for model in (*self.escalate, *self.fallbacks):
             if not isinstance(model, str) or not model.strip():
                 raise UsageError(f"escalate/fallbacks entries must be model names, not {model!r}")

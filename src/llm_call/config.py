@@ -40,7 +40,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 
@@ -49,11 +49,14 @@ __all__ = [
     "ClaudeConfig",
     "EndpointConfig",
     "LocalConfig",
+    "LocalModelConfig",
+    "McpServerConfig",
     "OpenAIConfig",
     "RetryConfig",
     "ServerConfig",
     "Settings",
     "TasksConfig",
+    "ToolProfileConfig",
     "get_settings",
     "load_settings",
     "set_settings",
@@ -112,8 +115,49 @@ class OpenAIConfig(_Strict):
     max_connections_per_host: int = Field(default=0, ge=0, description="0 = no per-host limit")
 
 
+class McpServerConfig(_Strict):
+    """An MCP server the operator declares; requests pick it by name (``"mcp_servers": ["NAME"]``)."""
+
+    type: Literal["stdio", "http", "sse"] = Field(default="stdio", description="stdio: a command the CLI starts; http/sse: a URL")
+    command: str | None = Field(default=None, description="stdio: the program to run")
+    args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server (never shown to clients)")
+    url: str | None = Field(default=None, description="http/sse: the server's URL")
+    headers: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> McpServerConfig:
+        if self.type == "stdio" and not (self.command or "").strip():
+            raise ValueError("a stdio MCP server needs command (or set type = \"http\" with url)")
+        if self.type != "stdio" and not (self.url or "").startswith(("http://", "https://")):
+            raise ValueError(f"an {self.type} MCP server needs url = \"http(s)://...\"")
+        return self
+
+    def cli_entry(self) -> dict[str, Any]:
+        """The server as an entry of the CLI's ``mcpServers``."""
+        if self.type == "stdio":
+            return {"type": "stdio", "command": self.command, "args": list(self.args), "env": dict(self.env)}
+        return {"type": self.type, "url": self.url, "headers": dict(self.headers)}
+
+
+class ToolProfileConfig(_Strict):
+    """A named set of tools (built-in CLI tools and MCP servers) a request may pick with ``"tool_profile"``."""
+
+    allowed_tools: list[str] = Field(default_factory=list, description="Tools the model may use, e.g. Read, WebSearch, mcp__files")
+    mcp_servers: list[str] = Field(default_factory=list, description="Names from claude.mcp_servers")
+    description: str | None = None
+
+
 class ClaudeConfig(_Strict):
     """The Claude Code CLI route (``max/*``)."""
+
+    mcp_servers: dict[str, McpServerConfig] = Field(
+        default_factory=dict, description="MCP servers requests may name ([claude.mcp_servers.NAME]: command, args, env)"
+    )
+    tool_profiles: dict[str, ToolProfileConfig] = Field(
+        default_factory=dict, description="Tool sets requests may name ([claude.tool_profiles.NAME]: allowed_tools, mcp_servers)"
+    )
 
     cli_path: str | None = Field(default=None, description="Default: $LLM_CALL_CLAUDE_CLI or the SDK's bundled CLI")
     use_api_key: bool = Field(default=False, description="Keep ANTHROPIC_API_KEY in the CLI's environment")
@@ -156,6 +200,17 @@ class ClaudeConfig(_Strict):
     )
     slowdown_concurrency: int = Field(default=1, ge=1, description="max/* calls at once above slowdown_at")
 
+    @model_validator(mode="after")
+    def _profiles_name_declared_servers(self) -> ClaudeConfig:
+        for name in self.mcp_servers:
+            if not name or "__" in name or not all(c.isalnum() or c in "-_" for c in name):
+                raise ValueError(f"mcp_servers.{name}: a server name is letters, digits, - and _ (no '__')")
+        for name, profile in self.tool_profiles.items():
+            missing = [s for s in profile.mcp_servers if s not in self.mcp_servers]
+            if missing:
+                raise ValueError(f"tool_profiles.{name}.mcp_servers names {missing}, not declared under claude.mcp_servers")
+        return self
+
     @field_validator("quota_fallback")
     @classmethod
     def _fallback_not_max(cls, value: str | None) -> str | None:
@@ -164,8 +219,20 @@ class ClaudeConfig(_Strict):
         return value.strip() if value else value
 
 
+class LocalModelConfig(_Strict):
+    """A GGUF model the operator declares; used as ``local/NAME`` (the only local models HTTP requests may name)."""
+
+    path: str = Field(description="The .gguf file (~ expanded)")
+    description: str | None = None
+
+
 class LocalConfig(_Strict):
     """The embedded llama-cpp route (``local/*``). Sampling defaults suit SmolLM2-135M (docs/local.md)."""
+
+    models: dict[str, LocalModelConfig] = Field(
+        default_factory=dict, description="Declared models: [local.models.NAME] path = \"...gguf\"; used as local/NAME"
+    )
+    max_loaded: int = Field(default=2, ge=1, description="Models kept loaded at once; the least recently used is closed")
 
     max_concurrency: int = Field(default=1, ge=1, description="Generations at once per model (one llama instance each)")
     n_ctx: int = Field(default=2048, ge=128)
@@ -181,6 +248,14 @@ class LocalConfig(_Strict):
         default="You are a helpful assistant. Answer the question directly and briefly.",
         description="System prompt added when the conversation has none",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, LocalModelConfig]) -> dict[str, LocalModelConfig]:
+        for name in v:
+            if name == "smollm2" or not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '-', '_' and '.' (smollm2 is the bundled model)")
+        return v
 
 
 class RetryConfig(_Strict):
@@ -326,6 +401,12 @@ class Settings(_Strict):
                 if _SECRET_HEADER.search(name):
                     headers[name] = "***"
             ep["base_url"] = _URL_PASSWORD.sub(r"\1***@", ep["base_url"])
+        for mcp in data.get("claude", {}).get("mcp_servers", {}).values():
+            for section in ("env", "headers"):
+                values = mcp.get(section) or {}
+                for name in values:
+                    if _SECRET_HEADER.search(name):
+                        values[name] = "***"
         server = data.get("server", {})
         for key in ("api_keys", "admin_keys"):
             server[key] = ["***" for _ in server.get(key, [])]

@@ -38,6 +38,7 @@ CALL_OPTION_NAMES = frozenset(
         "fallbacks",
         "tools_after",
         "tools_mcp_config",
+        "tools_mcp_servers",
         "human_after",
         "budget_usd",
         "budget_tokens",

@@ -6,7 +6,7 @@ Each input line is one request, in our format::
      "validation": ["contains:4"], "max_attempts": 2, "timeout": 60}
 
 (keys: ``id``, ``model``, ``prompt`` or ``messages``, ``system``, ``validation``,
-``max_attempts``, ``escalate``, ``fallbacks``, ``mcp_config``, ``allowed_tools``, ``timeout``,
+``max_attempts``, ``escalate``, ``fallbacks``, ``mcp_config``, ``mcp_servers``, ``tool_profile``, ``allowed_tools``, ``timeout``,
 ``temperature``, ``max_tokens``, ``tools_after``, ``tools_mcp_config``, ``human_after``,
 ``budget_usd``, ``budget_tokens``, ``deadline_s``, ``options`` (provider options),
 ``description``), or in the original project's format: ``{"id": ..., "llm_config": {...}}`` or

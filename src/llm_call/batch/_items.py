@@ -58,6 +58,9 @@ NATIVE_KEYS: dict[str, str | None] = {
     "fallbacks": "fallbacks",
     "mcp_config": "mcp_config",
     "allowed_tools": "allowed_tools",
+    "mcp_servers": "mcp_servers",
+    "tool_profile": "tool_profile",
+    "tools_mcp_servers": "tools_mcp_servers",
     "timeout": "timeout",
     "temperature": "temperature",
     "max_tokens": "max_tokens",
@@ -72,7 +75,7 @@ NATIVE_KEYS: dict[str, str | None] = {
 #: keys next to ``llm_config`` in the wrapped original form (the original's test-case files)
 _WRAPPER_KEYS = frozenset({"id", "test_case_id", "description", "llm_config"})
 
-_STR_KEYS = ("model", "prompt", "system")
+_STR_KEYS = ("model", "prompt", "system", "tool_profile")
 _INT_KEYS = ("max_attempts", "max_tokens", "tools_after", "human_after", "budget_tokens")
 _NUM_KEYS = ("timeout", "temperature", "budget_usd", "deadline_s")
 _MCP_KEYS = ("mcp_config", "tools_mcp_config")
@@ -145,7 +148,7 @@ def _native(data: Mapping[str, Any], line: int) -> dict[str, Any]:
             raise UsageError(f"line {line}: {key!r} must be a number, not {value!r}")
         if key in _MCP_KEYS and not (isinstance(value, dict) and isinstance(value.get("mcpServers"), dict)):
             raise UsageError(f"line {line}: {key!r} must be an MCP config object with an 'mcpServers' object")
-        if key in ("escalate", "fallbacks"):
+        if key in ("escalate", "fallbacks", "mcp_servers", "tools_mcp_servers"):
             value = _as_list(value, key, line)
         elif key == "allowed_tools":
             value = [t.strip() for t in value.split(",") if t.strip()] if isinstance(value, str) else value

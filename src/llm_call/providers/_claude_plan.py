@@ -116,6 +116,33 @@ def _mcp_servers(value: Any) -> dict[str, Any]:
     return servers
 
 
+def _named_servers(cfg: ClaudeConfig, opts: dict[str, Any], allowed: list[str]) -> dict[str, Any]:
+    """The ``mcpServers`` entries for the ``mcp_servers`` and ``tool_profile`` options (names the
+    operator declared under ``[claude.mcp_servers]`` / ``[claude.tool_profiles]``); a profile's
+    tools are appended to ``allowed`` in place."""
+    names = _str_list(opts.get("mcp_servers") or [], "mcp_servers")
+    profile_name = opts.get("tool_profile")
+    if profile_name is not None:
+        profile = cfg.tool_profiles.get(str(profile_name))
+        if profile is None:
+            raise UsageError(
+                f"tool profile {profile_name!r} is not declared",
+                hint=f"declare it under [claude.tool_profiles.{profile_name}]; declared: {sorted(cfg.tool_profiles) or 'none'}",
+            )
+        names = [*names, *profile.mcp_servers]
+        allowed.extend(t for t in profile.allowed_tools if t not in allowed)
+    servers: dict[str, Any] = {}
+    for name in names:
+        server = cfg.mcp_servers.get(name)
+        if server is None:
+            raise UsageError(
+                f"MCP server {name!r} is not declared",
+                hint=f"declare it under [claude.mcp_servers.{name}]; declared: {sorted(cfg.mcp_servers) or 'none'}",
+            )
+        servers[name] = server.cli_entry()
+    return servers
+
+
 def _refuse_client_tools(opts: dict[str, Any]) -> None:
     """Client-defined function tools cannot reach the CLI: it runs its own tools in its own loop.
 
@@ -158,6 +185,7 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
         cli_env.update(extra_env)
 
     allowed = _str_list(opts.get("allowed_tools") or [], "allowed_tools")
+    named = _named_servers(cfg, opts, allowed)
     builtin = sorted({t.split("(", 1)[0] for t in allowed if not t.startswith("mcp__")})
     kw: dict[str, Any] = {
         "model": model,
@@ -173,6 +201,8 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
         kw["cli_path"] = resolve_cli_path(cfg.cli_path)
     if opts.get("mcp_config") is not None:
         kw["mcp_servers"] = _mcp_servers(opts["mcp_config"])
+    if named:
+        kw["mcp_servers"] = {**named, **kw.get("mcp_servers", {})}
     if opts.get("disallowed_tools") is not None:
         kw["disallowed_tools"] = _str_list(opts["disallowed_tools"], "disallowed_tools")
     mode = opts.get("permission_mode") or DEFAULT_PERMISSION_MODE

@@ -14,6 +14,8 @@ __all__ = ["CLAUDE_ONLY_OPTIONS", "ProgressCallback", "Provider", "message_text"
 CLAUDE_ONLY_OPTIONS = frozenset(
     {
         "mcp_config",
+        "mcp_servers",
+        "tool_profile",
         "allowed_tools",
         "disallowed_tools",
         "cwd",

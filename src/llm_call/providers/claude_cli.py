@@ -43,7 +43,9 @@ What a call does:
   (``QuotaExhausted`` naming the window, ``retry_after`` until its reset) and slowed above
   ``claude.slowdown_at``. docs/claude.md describes the scheduling built on it.
 
-Options (``acall(..., option=value)``): ``mcp_config``, ``allowed_tools``, ``disallowed_tools``,
+Options (``acall(..., option=value)``): ``mcp_config``, ``mcp_servers`` (names declared under
+``[claude.mcp_servers]``), ``tool_profile`` (a name under ``[claude.tool_profiles]``: its
+allowed tools and servers), ``allowed_tools``, ``disallowed_tools``,
 ``cwd``, ``permission_mode``, ``resume`` (a session id), ``max_turns``, ``max_budget_usd``,
 ``effort``, ``add_dirs``, ``setting_sources``, ``env`` (extra CLI environment),
 ``persist_session`` (default True: the CLI keeps the session under ``~/.claude/projects`` so

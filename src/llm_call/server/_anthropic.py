@@ -48,13 +48,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
 from ._errors import HTTPFailure
 from ._schemas import LLMCallExtras, call_options
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = [
     "ERROR_TYPES",
@@ -136,7 +139,7 @@ def _bad(param: str, message: str) -> HTTPFailure:
 # -- request -------------------------------------------------------------------------------
 
 
-def messages_call_args(req: MessagesRequest) -> dict[str, Any]:
+def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a Messages request (400 naming the field on what cannot be served)."""
     kwargs: dict[str, Any] = {"model": req.model, "messages": internal_messages(req.system, req.messages)}
     if req.max_tokens is not None:
@@ -157,7 +160,7 @@ def messages_call_args(req: MessagesRequest) -> dict[str, Any]:
             kwargs["tool_choice"] = choice
         if parallel is not None:
             kwargs["parallel_tool_calls"] = parallel
-    kwargs.update(call_options(req))
+    kwargs.update(call_options(req, settings))
     return kwargs
 
 
@@ -390,6 +393,11 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
     """The Anthropic ``message`` object for an llm_call Response."""
     content: list[dict[str, Any]] = []
     calls = list(resp.tool_calls or ())
+    reason = stop_reason(resp.finish_reason, bool(calls))
+    if reason == "tool_use" and not calls:
+        from ..errors import MalformedResponse
+
+        raise MalformedResponse("the answer ended for tool calls but carried none", model=resp.model)
     if resp.text or not calls:
         content.append({"type": "text", "text": resp.text})
     for call in calls:
@@ -401,7 +409,7 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         "role": "assistant",
         "model": resp.model,
         "content": content,
-        "stop_reason": stop_reason(resp.finish_reason, bool(calls)),
+        "stop_reason": reason,
         "stop_sequence": None,
         "usage": usage_dict(resp.usage.prompt_tokens, resp.usage.completion_tokens),
     }

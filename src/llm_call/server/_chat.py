@@ -32,6 +32,7 @@ from ._errors import HTTPFailure, failure_for
 from ._schemas import PASSTHROUGH, ChatCompletionRequest, call_options, parse_json_body
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..types import Response as LLMResponse
     from ._middleware import RequestInfo
     from ._state import ServerState
@@ -55,7 +56,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
 
 
-def chat_call_args(req: ChatCompletionRequest) -> dict[str, Any]:
+def chat_call_args(req: ChatCompletionRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a chat completion request."""
     kwargs: dict[str, Any] = {"model": req.model, "messages": req.messages}
     if req.temperature is not None:
@@ -67,7 +68,7 @@ def chat_call_args(req: ChatCompletionRequest) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             kwargs[name] = value
-    kwargs.update(call_options(req))
+    kwargs.update(call_options(req, settings))
     return kwargs
 
 
@@ -205,7 +206,7 @@ async def handle_chat(state: ServerState, info: RequestInfo, raw: bytes, receive
     the call.
     """
     req = parse_json_body(ChatCompletionRequest, raw)
-    kwargs = chat_call_args(req)
+    kwargs = chat_call_args(req, state.settings)
     info.model = req.model
     if state.settings.server.debug:
         info.prompt = req.messages

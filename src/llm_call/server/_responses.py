@@ -46,6 +46,7 @@ from ._schemas import (
 )
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ..types import Response as LLMResponse
     from ._middleware import RequestInfo
     from ._state import ServerState
@@ -158,7 +159,7 @@ def _response_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"type": str(fmt["type"])}
 
 
-def call_args(req: ResponsesRequest) -> dict[str, Any]:
+def call_args(req: ResponsesRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a Responses request."""
     args: dict[str, Any] = {"model": req.model, "messages": _messages(req)}
     if req.temperature is not None:
@@ -176,7 +177,7 @@ def call_args(req: ResponsesRequest) -> dict[str, Any]:
     fmt = _response_format(req.text)
     if fmt is not None:
         args["response_format"] = fmt
-    args.update(call_options(req))
+    args.update(call_options(req, settings))
     return args
 
 
@@ -373,7 +374,7 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def create_response(request: Request, req: ResponsesRequest = Body(...)) -> Response:
         info: RequestInfo = request.scope["llm_call"]
         info.model = req.model
-        args = call_args(req)
+        args = call_args(req, state.settings)
         if state.settings.server.debug:
             info.prompt = args["messages"]
         if req.stream and not req.background:

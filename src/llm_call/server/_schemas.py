@@ -5,20 +5,24 @@ The chat completion body is validated with ``model_validate_json`` straight from
 the plain dicts the providers take, without a ``model_dump`` per message.
 
 The llm_call extras (``validation``, ``max_attempts``, ``escalate``, ``fallbacks``,
-``mcp_config``, ``allowed_tools``, and the validation loop's ``human_after``, ``tools_after``,
-``tools_mcp_config``, ``budget_usd``, ``budget_tokens``, ``deadline_s``) are shared by chat completions, responses and tasks and map to
+``mcp_servers``, ``tool_profile``, ``allowed_tools``, and the validation loop's ``human_after``,
+``tools_after``, ``tools_mcp_servers``, ``budget_usd``, ``budget_tokens``, ``deadline_s``) are shared by chat completions, responses and tasks and map to
 :func:`llm_call.acall` options in :func:`call_options`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired
+from typing import TYPE_CHECKING, Any, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from ..errors import UsageError
 from ._errors import HTTPFailure, pydantic_failure
+from ._request_policy import check_judge, check_models, tool_options
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 __all__ = [
     "ChatCompletionRequest",
@@ -63,13 +67,28 @@ class LLMCallExtras(BaseModel):
     max_attempts: int | None = Field(default=None, ge=1, le=100, description="Validation attempts in all")
     escalate: list[str] | None = Field(default=None, description="Models to escalate to after failed attempts")
     fallbacks: list[str] | None = Field(default=None, description="Models to try when the provider fails")
-    mcp_config: dict[str, Any] | None = Field(default=None, description="MCP servers (max/* models)")
-    allowed_tools: list[str] | None = Field(default=None, description="Tools the model may use (max/* models)")
+    mcp_config: dict[str, Any] | None = Field(
+        default=None, description="Refused over HTTP (400): declare servers under [claude.mcp_servers] and use mcp_servers"
+    )
+    mcp_servers: list[str] | None = Field(
+        default=None, description="MCP servers for max/* models, by name: declared under [claude.mcp_servers.NAME]"
+    )
+    tool_profile: str | None = Field(
+        default=None, description="A tool profile for max/* models: declared under [claude.tool_profiles.NAME]"
+    )
+    allowed_tools: list[str] | None = Field(
+        default=None, description="MCP tools the model may use (mcp__SERVER or mcp__SERVER__TOOL of selected servers)"
+    )
     human_after: int | None = Field(
         default=None, ge=1, description="Stop for a human review after this many failed attempts (tasks: needs_review)"
     )
     tools_after: int | None = Field(default=None, ge=1, description="From this attempt on, give the model tools_mcp_config")
-    tools_mcp_config: dict[str, Any] | None = Field(default=None, description="MCP servers added by tools_after")
+    tools_mcp_config: dict[str, Any] | None = Field(
+        default=None, description="Refused over HTTP (400): use tools_mcp_servers"
+    )
+    tools_mcp_servers: list[str] | None = Field(
+        default=None, description="MCP servers (declared under [claude.mcp_servers]) added from attempt tools_after on"
+    )
     budget_usd: float | None = Field(default=None, gt=0, description="Stop when known cost passes this")
     budget_tokens: int | None = Field(default=None, ge=1, description="Stop when tokens used pass this")
     deadline_s: float | None = Field(default=None, gt=0, description="Stop validation retries after this many seconds")
@@ -232,7 +251,7 @@ def parse_json_body(model: type[BaseModel], raw: bytes) -> Any:
         raise pydantic_failure(exc.errors(include_url=False)) from None
 
 
-def check_specs(specs: list[Any] | None) -> None:
+def check_specs(specs: list[Any] | None, settings: Settings | None = None) -> None:
     """Parse validation specs now, so a bad one is a 422 naming it before any model call.
 
     Parsed with file reads refused: a spec that would read a server file (``schema:@path`` in
@@ -247,20 +266,26 @@ def check_specs(specs: list[Any] | None) -> None:
         raise HTTPFailure(400, f"validation is not available in this build: {exc}", param="validation") from None
     for i, spec in enumerate(specs):
         try:
-            parse_spec(spec, allow_files=False)
+            validator = parse_spec(spec, allow_files=False)
         except UsageError as exc:
             if exc.message == FILES_REFUSED:
                 message = f"validation[{i}]: {FILES_REFUSED}"
             else:
                 message = f"validation[{i}] {spec!r} is not a valid validation spec: {exc}"
             raise HTTPFailure(422, message, param=f"validation.{i}", code="invalid_validation_spec") from None
+        if settings is not None:
+            check_judge(validator, i, settings)
 
 
-def call_options(extras: LLMCallExtras) -> dict[str, Any]:
-    """The acall keyword options for the llm_call extras that were given."""
+def call_options(extras: LLMCallExtras, settings: Settings) -> dict[str, Any]:
+    """The acall keyword options for the llm_call extras that were given.
+
+    Tools and MCP servers only by the names the operator declared (:mod:`._request_policy`).
+    """
     opts: dict[str, Any] = {}
+    check_models(extras, settings)
     if extras.validation:
-        check_specs(extras.validation)
+        check_specs(extras.validation, settings)
         opts["validate"] = list(extras.validation)
     if extras.max_attempts is not None:
         opts["max_attempts"] = extras.max_attempts
@@ -268,10 +293,7 @@ def call_options(extras: LLMCallExtras) -> dict[str, Any]:
         opts["escalate"] = list(extras.escalate)
     if extras.fallbacks:
         opts["fallbacks"] = list(extras.fallbacks)
-    if extras.mcp_config is not None:
-        opts["mcp_config"] = extras.mcp_config
-    if extras.allowed_tools is not None:
-        opts["allowed_tools"] = list(extras.allowed_tools)
+    opts.update(tool_options(extras, settings.claude))
     for name in _MORE_OPTIONS:
         value = getattr(extras, name)
         if value is not None:
@@ -279,4 +301,4 @@ def call_options(extras: LLMCallExtras) -> dict[str, Any]:
     return opts
 
 
-_MORE_OPTIONS = ("human_after", "tools_after", "tools_mcp_config", "budget_usd", "budget_tokens", "deadline_s")
+_MORE_OPTIONS = ("human_after", "tools_after", "budget_usd", "budget_tokens", "deadline_s")

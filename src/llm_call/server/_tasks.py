@@ -40,6 +40,7 @@ from ._errors import HTTPFailure, failure_for
 from ._schemas import ReviewRequest, TaskRequest, call_options
 
 if TYPE_CHECKING:
+    from ..config import Settings
     from ._middleware import RequestInfo
     from ._state import ServerState
 
@@ -60,7 +61,7 @@ def task_body(rec: TaskRecord) -> dict[str, Any]:
     return body
 
 
-def _args(req: TaskRequest) -> dict[str, Any]:
+def _args(req: TaskRequest, settings: Settings) -> dict[str, Any]:
     if (req.prompt is None) == (req.messages is None):
         raise HTTPFailure(400, "give exactly one of prompt and messages", param="prompt")
     args: dict[str, Any] = {"model": req.model}
@@ -72,7 +73,7 @@ def _args(req: TaskRequest) -> dict[str, Any]:
         value = getattr(req, name)
         if value is not None:
             args[name] = value
-    args.update(call_options(req))
+    args.update(call_options(req, settings))
     if req.metadata:
         args["_meta"] = {"kind": "task", "metadata": req.metadata}
     return args
@@ -138,7 +139,7 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def submit_task(request: Request, req: TaskRequest = Body(...)) -> Response:
         info: RequestInfo = request.scope["llm_call"]
         info.model = req.model
-        args = _args(req)
+        args = _args(req, state.settings)
         mgr = manager(state)
         task_id = await mgr.submit(
             args, idempotency_key=req.idempotency_key, priority=req.priority, tenant=info.caller.tenant

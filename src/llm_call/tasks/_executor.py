@@ -38,7 +38,16 @@ from ..errors import (
 from ..types import Response, TaskRecord, TaskStatus
 from ._quota import QuotaScheduler, is_max_route
 from ._spec import jsonable, rebuild, response_dict
-from .store import EventIn, Outcome, TaskStore, WorkerInfo, final_record
+from .store import (
+    EventIn,
+    FinishesWithEvents,
+    Outcome,
+    RecordsOutcomeTime,
+    SubmitsStarted,
+    TaskStore,
+    WorkerInfo,
+    final_record,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -105,6 +114,8 @@ class TaskExecutor:
             raise UsageError(f"concurrency must be >= 1, not {concurrency}")
         self._store_arg = store
         self._store: TaskStore | None = store if isinstance(store, TaskStore) else None
+        self._fast_for: TaskStore | None = None
+        self._fast: tuple[SubmitsStarted | None, FinishesWithEvents | None, bool] = (None, None, False)
         self._owns_store = self._store is None
         self._settings = settings
         self._execute = execute
@@ -158,6 +169,18 @@ class TaskExecutor:
         if self._store is None:
             raise TaskError("the task manager is not started: await manager.start() first")
         return self._store
+
+    def _fast_paths(self) -> tuple[SubmitsStarted | None, FinishesWithEvents | None, bool]:
+        """The store's optional capabilities (``store.py``), looked up once per store."""
+        store = self.store
+        if self._fast_for is not store:
+            self._fast = (
+                store if isinstance(store, SubmitsStarted) else None,
+                store if isinstance(store, FinishesWithEvents) else None,
+                isinstance(store, RecordsOutcomeTime) and store.records_outcome_time is True,
+            )
+            self._fast_for = store
+        return self._fast
 
     @property
     def settings(self) -> Settings:
@@ -288,10 +311,9 @@ class TaskExecutor:
         only: dict[str, Any] = {} if self.routes is None else {"routes": self.routes}
         patterns = list(self._route_limits)
         full = [p for p in patterns if self._route_count[p] >= self._route_limits[p]]
-        hold = self._quota.hold()  # max/* routes while the subscription's quota blocks calls
+        hold = await self._quota.hold()  # max/* routes while the subscription's quota blocks calls
         for i, pattern in enumerate(patterns):
-            room = min(self._route_limits[pattern] - self._route_count[pattern], self._limit - len(self._running))
-            cap = self._quota.cap(pattern, self._route_count[pattern], room, hold)
+            cap = self._quota.cap(pattern, self._route_count[pattern], min(self._route_limits[pattern] - self._route_count[pattern], self._limit - len(self._running)), hold)
             if cap <= 0:
                 continue
             exclude = list(dict.fromkeys([*patterns[:i], *full, *hold]))
@@ -359,7 +381,7 @@ class TaskExecutor:
                     assert work is not None
                     response = await work
                 elif self._quota.active and is_max_route(run.route) and "_resume" not in spec:
-                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run))
+                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run), run.progress)
                 elif run.patterns or "_resume" in spec:
                     response = await self._run_call(run, spec)
                 else:  # the common case, inline: one coroutine less per task
@@ -393,17 +415,17 @@ class TaskExecutor:
         never left looking ``running``. (Store writes are queued when called, so an interrupted
         await still commits them, in order.)"""
         cancelled = False
-        keep = run.rec is not None and getattr(self.store, "records_outcome_time", False) is True
+        _, finish_with_events, records_outcome_time = self._fast_paths()  # store or None
+        keep = run.rec is not None and records_outcome_time
         if keep:
             outcome.at = time.time()
         events, run.events = run.events, []
         progress = dict(run.progress) if events or run.id in self._dirty else None
         self._dirty.discard(run.id)
-        finish_with_events = getattr(self.store, "finish_with_events", None)
         try:
             if finish_with_events is not None:  # events, progress and outcome in one transaction
                 try:
-                    recorded = await finish_with_events(run.id, self.worker_id, outcome, events, progress)
+                    recorded = await finish_with_events.finish_with_events(run.id, self.worker_id, outcome, events, progress)
                 except asyncio.CancelledError:
                     cancelled, recorded = True, False
             else:
@@ -491,8 +513,6 @@ class TaskExecutor:
             prog["model"] = data.get("model")
         elif kind in ("escalated", "fallback", "quota_fallback"):
             prog["model"] = data.get("to_model")
-        elif kind in ("quota_wait", "quota_resume"):  # visible in the record while it waits
-            prog["waiting"] = {k: data.get(k) for k in ("reason", "window", "until")} if kind == "quota_wait" else None
         elif kind == "chunk":
             text = data.get("text")
             run.chars = int(data["chars"]) if "chars" in data else run.chars + (len(text) if isinstance(text, str) else 0)
@@ -577,7 +597,6 @@ class TaskExecutor:
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
             try:
-                await self._quota.refresh()
                 if self._running:
                     for task_id in await self.store.cancel_requests(self.worker_id):
                         run = self._running.get(task_id)

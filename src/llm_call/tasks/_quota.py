@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import QuotaExhausted, error_to_dict
+from ..errors import LLMCallError, QuotaExhausted, error_to_dict
 from ..providers.base import CLAUDE_ONLY_OPTIONS
 from ..providers.claude_quota import QUOTA, MetaStore, block_of, slow
 from ..types import Attempt, Response
@@ -89,12 +89,21 @@ class QuotaScheduler:
         if self._store is None or now - self._refreshed < _REFRESH_S:
             return
         self._refreshed = now
-        await QUOTA.refresh(self._store)
+        try:
+            await QUOTA.refresh(self._store)
+        except LLMCallError as exc:  # keep scheduling on what this process knows
+            _log.warning("reading the Claude quota from the task store failed: %s", exc)
 
     # -- claims ------------------------------------------------------------------------------
 
-    def hold(self) -> list[str]:
-        """Route globs not to claim now: the ``max/*`` routes while the quota blocks calls."""
+    async def hold(self) -> list[str]:
+        """Route globs not to claim now: the ``max/*`` routes while the quota blocks calls (after
+        reading what other processes stored, at most every 2 s)."""
+        await self.refresh()
+        return self.held()
+
+    def held(self) -> list[str]:
+        """:meth:`hold` from the state known in this process."""
         cfg = self.cfg
         if cfg is None or block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage) is None:
             return []
@@ -106,7 +115,7 @@ class QuotaScheduler:
         cfg = self.cfg
         if cfg is None or not is_max_route(route):
             return True
-        return not self.hold() and slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None
+        return not self.held() and slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None
 
     def cap(self, pattern: str, running: int, room: int, hold: list[str]) -> int:
         """How many tasks of the route-limit ``pattern`` may start, of ``room``: none of a
@@ -123,22 +132,32 @@ class QuotaScheduler:
     # -- a task that meets a used-up window ---------------------------------------------------
 
     async def run(
-        self, spec: dict[str, Any], call: Callable[[dict[str, Any]], Awaitable[Response]], note: Note
+        self,
+        spec: dict[str, Any],
+        call: Callable[[dict[str, Any]], Awaitable[Response]],
+        note: Note,
+        progress: dict[str, Any],
     ) -> Response:
-        """``call(spec)``, applying ``on_quota_exhausted`` when it raises QuotaExhausted."""
+        """``call(spec)``, applying ``on_quota_exhausted`` when it raises QuotaExhausted;
+        ``progress`` (the task's) shows ``waiting`` while it waits."""
         decisions: list[Attempt] = []
         while True:
             try:
                 response = await call(spec)
             except QuotaExhausted as exc:
-                spec = await self._decide(spec, exc, note, decisions)
+                spec = await self._decide(spec, exc, note, decisions, progress)
                 continue
             if decisions:
                 response.attempts[:0] = decisions
             return response
 
     async def _decide(
-        self, spec: dict[str, Any], exc: QuotaExhausted, note: Note, decisions: list[Attempt]
+        self,
+        spec: dict[str, Any],
+        exc: QuotaExhausted,
+        note: Note,
+        decisions: list[Attempt],
+        progress: dict[str, Any],
     ) -> dict[str, Any]:
         assert self.cfg is not None
         model = str(spec.get("model") or "")
@@ -159,10 +178,12 @@ class QuotaScheduler:
             raise exc
         until = exc.resets_at if exc.resets_at is not None else time.time() + (exc.retry_after or 60.0)
         reason = f"Claude subscription quota: the {exc.window or 'usage'} window is used up"
+        progress["waiting"] = {"reason": reason, "window": exc.window, "until": until}
         note("quota_wait", {**info, "until": until, "reason": reason})
         decisions.append(self._attempt("quota_wait", model, exc))
         _log.info("task waits for the Claude quota (%s window) until %s", exc.window, time.ctime(until))
         await asyncio.sleep(max(until - time.time(), _MIN_WAIT_S))
+        progress["waiting"] = None
         note("quota_resume", {"model": model, "window": exc.window})
         return spec
 

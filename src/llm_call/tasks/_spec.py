@@ -133,7 +133,7 @@ def is_long_running(request: Request, opts: CallOptions) -> bool:
     validator (judge calls), or escalation to tools."""
     if opts.long_running or opts.tools_mcp_config or opts.tools_after is not None:
         return True
-    if request.options.get("mcp_config"):
+    if request.options.get("mcp_config") or request.options.get("mcp_servers") or request.options.get("tool_profile"):
         return True
     specs = opts.validate
     if specs is not None and not isinstance(specs, list | tuple):

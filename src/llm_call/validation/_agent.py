@@ -88,6 +88,7 @@ class AgentValidator:
         criteria: dict[str, Any] | None = None,
         name: str = "agent",
         mcp_config: dict[str, Any] | None = None,
+        mcp_servers: list[str] | None = None,
     ) -> None:
         if not isinstance(prompt_template, str) or not prompt_template.strip():
             raise UsageError("agent validator needs a non-empty prompt template")
@@ -108,6 +109,7 @@ class AgentValidator:
         )
         self.forbidden = criteria.get("must_not_contain_string_in_reasoning")
         self.mcp_config = mcp_config
+        self.mcp_servers = list(mcp_servers) if mcp_servers else None
         self.template = prompt_template
         self.model = model
         self.name = name
@@ -187,6 +189,8 @@ class AgentValidator:
         if context.budget is not None:
             timeout = context.budget.remaining_time()
         extra: dict[str, Any] = {} if self.mcp_config is None else {"mcp_config": self.mcp_config}
+        if self.mcp_servers:
+            extra["mcp_servers"] = self.mcp_servers
         request, opts = build_request(
             model,
             self.render(text, context.original_prompt),
@@ -244,7 +248,9 @@ def agent(
     criteria: dict[str, Any] | None = None,
     *,
     mcp_config: dict[str, Any] | None = None,
+    mcp_servers: list[str] | None = None,
 ) -> AgentValidator:
     """An LLM judge validator. ``model`` defaults to the model being validated; ``mcp_config``
-    gives a Claude-route judge tools (e.g. to run the code it checks)."""
-    return AgentValidator(prompt_template, model=model, criteria=criteria, mcp_config=mcp_config)
+    (or ``mcp_servers``, names declared under ``[claude.mcp_servers]``) gives a Claude-route judge
+    tools (e.g. to run the code it checks)."""
+    return AgentValidator(prompt_template, model=model, criteria=criteria, mcp_config=mcp_config, mcp_servers=mcp_servers)

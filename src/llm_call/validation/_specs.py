@@ -78,7 +78,11 @@ def _agent(**kw: Any) -> Validator:
     criteria = {k: kw.pop(k) for k in list(kw) if k in CRITERIA_KEYS}
     extra = kw.pop("criteria", None) or {}
     return AgentValidator(
-        kw.pop("prompt"), model=kw.pop("model", None), criteria={**extra, **criteria}, mcp_config=kw.pop("mcp_config", None)
+        kw.pop("prompt"),
+        model=kw.pop("model", None),
+        criteria={**extra, **criteria},
+        mcp_config=kw.pop("mcp_config", None),
+        mcp_servers=kw.pop("mcp_servers", None),
     )
 
 
@@ -178,7 +182,8 @@ SPECS: tuple[Spec, ...] = (
             Param("must_contain_in_details", "json", help="details keys (list), {key: expected}, or a substring"),
             Param("must_not_contain_string_in_reasoning", help="text the judge's explanation must not contain"),
             Param("criteria", "dict", help="the criteria above as one dict", aliases=("success_criteria",)),
-            Param("mcp_config", "dict", help="MCP servers for a max/* judge"),
+            Param("mcp_config", "dict", help="MCP servers for a max/* judge (not over HTTP: use mcp_servers)"),
+            Param("mcp_servers", "list", help="names declared under [claude.mcp_servers] for a max/* judge"),
         ),
         "prompt",
         ("agent_task",),

@@ -14,7 +14,8 @@ UsageError. An escalated model receives the whole history, feedback included.
 
 Stages:
 
-- tools: from attempt ``tools_after`` (1-based) on, ``tools_mcp_config`` is passed as the
+- tools: from attempt ``tools_after`` (1-based) on, ``tools_mcp_servers`` (names declared under
+  ``[claude.mcp_servers]``) are added to the ``mcp_servers`` option, and/or ``tools_mcp_config`` is passed as the
   ``mcp_config`` option (merged with one already given). It applies to the Claude route only:
   if a model from that attempt on is not ``max/*``, the call is a UsageError before any request.
 - human: after ``human_after`` failed attempts (or when attempts run out, if ``human_after`` is
@@ -153,8 +154,12 @@ class _ValidatedCall:
 
     def _check_stages(self) -> None:
         opts = self.opts
-        if (opts.tools_after is None) != (opts.tools_mcp_config is None):
-            raise UsageError("tools_after and tools_mcp_config go together: give both or neither")
+        tools = opts.tools_mcp_config is not None or bool(opts.tools_mcp_servers)
+        if (opts.tools_after is None) == tools:
+            raise UsageError(
+                "tools_after and tools_mcp_config (or tools_mcp_servers: names declared under [claude.mcp_servers]) "
+                "go together: give both or neither"
+            )
         if opts.human_after is not None and opts.human_after < 1:
             raise UsageError(f"human_after must be >= 1, not {opts.human_after}")
         if opts.tools_after is None:
@@ -210,6 +215,9 @@ class _ValidatedCall:
         if n == 1 and self.budget is None and opts.tools_after is None and self.messages == self.request.messages:
             return self.request  # the first attempt asks exactly what the caller asked
         req = self.request.replace(model=self.model_for(n), messages=list(self.messages))
+        if opts.tools_after is not None and n >= opts.tools_after and opts.tools_mcp_servers:
+            given_names = list(req.options.get("mcp_servers") or [])
+            req.options["mcp_servers"] = given_names + [s for s in opts.tools_mcp_servers if s not in given_names]
         if opts.tools_after is not None and n >= opts.tools_after and opts.tools_mcp_config is not None:
             given = req.options.get("mcp_config")
             if isinstance(given, dict):

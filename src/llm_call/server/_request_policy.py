@@ -1,0 +1,157 @@
+"""What a request over HTTP may ask for: only what the operator declared in the config file.
+
+The HTTP surface is untrusted; operator configuration is trusted (docs/security.md). Anything that
+starts a process (an MCP server), enables a tool, or loads a file (a model) comes from the config
+file, and a request picks it by name:
+
+- ``"mcp_servers": ["files"]``        servers declared under ``[claude.mcp_servers.files]``
+- ``"tool_profile": "research"``      ``[claude.tool_profiles.research]`` (allowed tools + servers)
+- ``"tools_mcp_servers": [...]``      the same names, for the validation loop's tool stage
+- ``allowed_tools``                   only ``mcp__SERVER`` / ``mcp__SERVER__TOOL`` of servers the
+                                      request selected; built-in CLI tools come from a profile
+- ``validation`` agent judges         ``mcp_servers=NAME`` instead of ``mcp_config``
+- ``local/NAME`` models               ``local/smollm2`` or ``[local.models.NAME]``; never a path
+                                      (in ``model``, ``escalate``, ``fallbacks`` or a judge's model)
+
+A raw ``mcp_config``, ``tools_mcp_config``, a judge's ``mcp_config``, a built-in tool name or an
+undeclared name is a 400 naming the config key to use. Library callers (``acall`` in their own
+process) are operators and keep the raw options; this module only runs for HTTP requests.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import HTTPFailure
+
+if TYPE_CHECKING:
+    from ..config import ClaudeConfig, Settings
+    from ._schemas import LLMCallExtras
+
+__all__ = ["check_judge", "check_models", "tool_options"]
+
+_CODE = "not_declared_by_operator"
+
+
+def _refuse(message: str, param: str) -> HTTPFailure:
+    return HTTPFailure(400, message, param=param, code=_CODE)
+
+
+def _declared_servers(names: list[str], claude: ClaudeConfig, param: str) -> None:
+    for i, name in enumerate(names):
+        if name not in claude.mcp_servers:
+            raise _refuse(
+                f"{param}[{i}]: MCP server {name!r} is not declared by the server's operator; "
+                f"servers are declared in the config file under [claude.mcp_servers.{name}] "
+                f"(declared: {', '.join(sorted(claude.mcp_servers)) or 'none'})",
+                f"{param}.{i}",
+            )
+
+
+def tool_options(extras: LLMCallExtras, claude: ClaudeConfig) -> dict[str, Any]:
+    """The acall options for the request's MCP servers, tool profile and allowed tools. Raises
+    a 400 :class:`HTTPFailure` for anything not declared under ``[claude.*]``."""
+    if extras.mcp_config is not None:
+        raise _refuse(
+            "mcp_config cannot be sent over HTTP: an MCP server is a process started on the server. "
+            "Declare it in the config file under [claude.mcp_servers.NAME] (command, args, env) and send "
+            '"mcp_servers": ["NAME"]',
+            "mcp_config",
+        )
+    if extras.tools_mcp_config is not None:
+        raise _refuse(
+            "tools_mcp_config cannot be sent over HTTP: an MCP server is a process started on the server. "
+            "Declare it in the config file under [claude.mcp_servers.NAME] and send "
+            '"tools_mcp_servers": ["NAME"] with tools_after',
+            "tools_mcp_config",
+        )
+    opts: dict[str, Any] = {}
+    selected: list[str] = []
+    if extras.mcp_servers:
+        _declared_servers(extras.mcp_servers, claude, "mcp_servers")
+        opts["mcp_servers"] = list(extras.mcp_servers)
+        selected.extend(extras.mcp_servers)
+    if extras.tool_profile is not None:
+        profile = claude.tool_profiles.get(extras.tool_profile)
+        if profile is None:
+            raise _refuse(
+                f"tool profile {extras.tool_profile!r} is not declared by the server's operator; profiles are "
+                f"declared in the config file under [claude.tool_profiles.{extras.tool_profile}] "
+                f"(declared: {', '.join(sorted(claude.tool_profiles)) or 'none'})",
+                "tool_profile",
+            )
+        opts["tool_profile"] = extras.tool_profile
+        selected.extend(profile.mcp_servers)
+    if extras.tools_mcp_servers:
+        _declared_servers(extras.tools_mcp_servers, claude, "tools_mcp_servers")
+        opts["tools_mcp_servers"] = list(extras.tools_mcp_servers)
+        selected.extend(extras.tools_mcp_servers)
+    if extras.allowed_tools is not None:
+        for i, tool in enumerate(extras.allowed_tools):
+            server = tool[len("mcp__"):].split("__", 1)[0] if tool.startswith("mcp__") else None
+            if server is None or server not in selected:
+                raise _refuse(
+                    f"allowed_tools[{i}] {tool!r} is not a tool of an MCP server this request selected. Over HTTP, "
+                    "allowed_tools may name only mcp__SERVER or mcp__SERVER__TOOL for servers in mcp_servers, "
+                    "tools_mcp_servers or the tool profile; built-in Claude Code tools (Bash, Read, WebFetch ...) are "
+                    'enabled only by a profile declared under [claude.tool_profiles.NAME] (send "tool_profile": "NAME")',
+                    f"allowed_tools.{i}",
+                )
+        opts["allowed_tools"] = list(extras.allowed_tools)
+    return opts
+
+
+def check_models(extras: LLMCallExtras, settings: Settings) -> None:
+    """Every model the request names (``model``, ``escalate``, ``fallbacks``) may be loaded for it."""
+    model = getattr(extras, "model", None)
+    if isinstance(model, str):
+        _check_model(model, settings, "model")
+    for field in ("escalate", "fallbacks"):
+        for i, name in enumerate(getattr(extras, field) or ()):
+            _check_model(name, settings, f"{field}.{i}")
+
+
+def _check_model(name: str, settings: Settings, param: str) -> None:
+    """``local/...`` over HTTP: the bundled model or a declared name, never a path on the disk.
+
+    One message for every refused name, whatever is (or is not) at that path: a client cannot
+    tell a missing file from a directory or a file that does not load.
+    """
+    from ..errors import ConfigError
+    from ..providers.router import resolve
+
+    try:
+        route = resolve(name, settings)
+    except ConfigError:
+        return  # not a model at all: the call reports it
+    if route.kind != "local" or route.aliases:  # an alias is the operator's choice
+        return
+    if route.provider_model == "smollm2" or route.provider_model in settings.local.models:
+        return
+    declared = ", ".join(f"local/{n}" for n in ["smollm2", *sorted(settings.local.models)])
+    raise HTTPFailure(
+        404,
+        f"{param}: that local model is not available to requests. Requests may use {declared}; the "
+        "operator declares more in the config file under [local.models.NAME] (path = \"....gguf\")",
+        param=param,
+        code="model_not_found",
+    )
+
+
+def check_judge(validator: Any, index: int, settings: Settings) -> None:
+    """A parsed validation spec: an agent judge may name declared MCP servers, never a raw config,
+    and only models a request may use."""
+    claude = settings.claude
+    judge_model = getattr(validator, "model", None)
+    if getattr(validator, "expensive", False) and isinstance(judge_model, str):
+        _check_model(judge_model, settings, f"validation.{index}")
+    if getattr(validator, "mcp_config", None) is not None:
+        raise _refuse(
+            f"validation[{index}]: the agent validator's mcp_config cannot be sent over HTTP (an MCP server is "
+            "a process started on the server). Declare the server under [claude.mcp_servers.NAME] and give the "
+            "judge mcp_servers=NAME",
+            f"validation.{index}",
+        )
+    names = getattr(validator, "mcp_servers", None)
+    if names:
+        _declared_servers(list(names), claude, f"validation[{index}].mcp_servers")
