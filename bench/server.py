@@ -267,12 +267,12 @@ def run(args: argparse.Namespace) -> int:
         targets = [Target("upstream (direct)", upstream + "/v1/chat/completions", "x", pid=upstream_pid)]
         ours = start_llm_call(work, upstream, procs, slow[0] if slow else None, args.waiting)
         targets.append(ours)
-        if not args.no_litellm:
-            targets.append(start_litellm(work, upstream, procs))
         if not args.no_messages:
             targets.append(messages_target(ours, MESSAGES_OURS, "up/x", {"x-api-key": SERVER_KEY}))
-            if not args.no_litellm:
-                theirs = targets[2]
+        if not args.no_litellm:
+            theirs = start_litellm(work, upstream, procs)
+            targets.append(theirs)
+            if not args.no_messages:
                 targets.append(messages_target(theirs, MESSAGES_LITELLM, "x", theirs.headers))
         for t in targets:
             if t.error:
@@ -283,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         for r in range(args.rounds):
             base: Sample | None = None
             for t in live:
+                time.sleep(args.settle)  # the previous target's throughput phase may leave work behind
                 s = asyncio.run(measure(t, args.latency_calls, args.concurrency, args.seconds))
                 samples[t.name].append(s)
                 if base is None:
@@ -432,6 +433,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--no-litellm", action="store_true", help="skip the LiteLLM proxy")
     parser.add_argument("--no-messages", action="store_true", help="skip the /v1/messages targets")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds of pause before each target")
     parser.add_argument("--waiting", type=int, default=2000, help="requests held waiting at once (0: skip)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (server logs)")
     args = parser.parse_args()

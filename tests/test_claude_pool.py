@@ -314,3 +314,18 @@ def test_remote_image_urls_pass_on_when_the_operator_allows_them() -> None:
     url = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
     _, content = render_content([{"role": "user", "content": [url]}], allow_image_urls=True)
     assert content == [{"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}]
+
+
+def test_a_pool_left_on_a_finished_event_loop_is_killed_by_the_next_loop(
+    claude_env: ClaudeEnv, use_settings: Callable[..., Any]
+) -> None:
+    """One ``asyncio.run`` per call without closing the providers must not pile up processes."""
+    use_settings(claude={"use_api_key": True, "pool_size": 1})
+    with ScriptedLLMServer(default=Reply(text="ok", times=None)).running() as srv:
+        claude_env.use_server(srv)
+        seen: list[set[int]] = []
+        for _ in range(3):
+            assert asyncio.run(llm_call.acall("max/sonnet", "hi")).text == "ok"
+            seen.append(set(claude_env.processes()))
+        assert all(len(s) <= 1 for s in seen), seen  # the previous loop's process was killed
+        asyncio.run(close_providers())

@@ -34,3 +34,22 @@ def test_public_names_resolve_lazily() -> None:
 def test_cli_imports_no_provider_sdk() -> None:
     loaded = imported_after("import llm_call.cli")
     assert loaded.isdisjoint(SDKS), sorted(loaded & set(SDKS))
+
+
+def test_top_level_exports_what_callers_handle_without_loading_it_at_import() -> None:
+    """Task handles, the retry policy and its strategies, and the task errors come from
+    ``llm_call`` itself; the modules behind them load on first access, not at import."""
+    code = (
+        "import sys, llm_call\n"
+        "assert 'llm_call.retry' not in sys.modules and 'llm_call.tasks' not in sys.modules\n"
+        "names = ['TaskHandle', 'TaskManager', 'RetryPolicy', 'ManualClock', 'stop_after_attempt',\n"
+        "         'wait_full_jitter', 'retry_if_transient', 'QueueFull', 'TaskStoreError', 'QuotaExhausted']\n"
+        "assert set(names) <= set(llm_call.__all__)\n"
+        "policy = llm_call.RetryPolicy(stop=llm_call.stop_after_attempt(2) | llm_call.stop_after_delay(5))\n"
+        "assert issubclass(llm_call.QueueFull, llm_call.LLMCallError)\n"
+        "from llm_call.tasks import TaskHandle\n"
+        "assert llm_call.TaskHandle is TaskHandle\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr

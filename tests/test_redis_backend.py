@@ -183,6 +183,29 @@ def task(route: str = "openai/x", **kw: Any) -> NewTask:
     return NewTask(request={"model": route, "prompt": "hi"}, route=route, **kw)
 
 
+class _Marker:
+    """A value JSON cannot hold that knows its dict form (as llm_call's own types do)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"marker": True}
+
+
+async def test_both_stores_write_the_same_json(store: RedisTaskStore, tmp_path: Path) -> None:
+    """One codec for stored tasks: a value JSON cannot hold (stored as its ``to_dict()``) and a
+    non-finite float come back the same from SQLite and Redis (Redis used to raise TypeError
+    on the first and keep ``NaN`` where SQLite stored ``null``)."""
+    request = {"model": "openai/x", "prompt": "hi", "extra": _Marker(), "score": float("nan")}
+    sqlite = await open_store(tmp_path / "t.db")
+    try:
+        got = []
+        for s in (sqlite, store):
+            rec, _ = await s.submit(NewTask(request=dict(request), route="openai/x"))
+            got.append((await s.get(rec.id)).request)  # type: ignore[union-attr]
+    finally:
+        await sqlite.close()
+    assert got[0] == got[1] == {"model": "openai/x", "prompt": "hi", "extra": {"marker": True}, "score": None}
+
+
 async def test_location_selects_the_redis_backend(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(make_store(redis_server.url), RedisTaskStore)
     monkeypatch.setenv("LLM_CALL_TASKS", redis_server.url + "?prefix=env")

@@ -115,6 +115,31 @@ def test_alias_to_unknown_bare_name_is_config_error() -> None:
         resolve("fast", Settings.model_validate({"aliases": {"fast": "nonsense"}}))
 
 
+def test_glob_aliases_exact_name_first_then_first_matching_glob() -> None:
+    settings = Settings.model_validate(
+        {
+            "aliases": {
+                "claude-*haiku*": "openai/gpt-4o-mini",
+                "claude-*": "openai/gpt-4o",
+                "claude-opus-4": "vllm/big",
+                "fast": "claude-x",  # an alias may lead into a glob alias
+            },
+            **ENDPOINTS,
+        }
+    )
+    assert resolve("claude-3-5-haiku-20241022", settings).model == "openai/gpt-4o-mini"
+    assert resolve("claude-sonnet-4-5", settings).model == "openai/gpt-4o"
+    assert resolve("claude-opus-4", settings).model == "vllm/big"
+    assert resolve("fast", settings).model == "openai/gpt-4o"
+    with pytest.raises(ConfigError, match="unknown model 'gemini'"):
+        resolve("gemini", settings)
+
+
+def test_glob_alias_matching_its_own_target_is_a_loop() -> None:
+    with pytest.raises(ConfigError, match="alias loop"):
+        resolve("claude-a", Settings.model_validate({"aliases": {"claude-*": "claude-b"}}))
+
+
 def test_known_routes_lists_endpoints() -> None:
     routes = known_routes(Settings.model_validate(ENDPOINTS))
     assert {"max/*", "local/*", "openai/*", "vllm/*", "ollama/*"} <= set(routes)

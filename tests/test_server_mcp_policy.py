@@ -131,3 +131,30 @@ def test_undeclared_names_and_builtin_tools_are_400_naming_the_config_key(
         error = r.json()["error"]
         assert error["param"] == param and names in error["message"], error
     assert not served.upstream.requests
+
+
+def test_the_tool_stage_uses_declared_servers_by_name(claude_env: ClaudeEnv, serve_llm: Any) -> None:
+    script = [
+        Reply(text="I cannot see the file."),
+        Reply(tool_calls=[ToolCall("mcp__files__write_file", {"path": "n.txt", "content": "42"})]),
+        Reply(text="42", match_text="wrote 2 characters"),
+    ]
+    served = _serve(claude_env, serve_llm, script, mcp_servers={"files": _files_server(claude_env)})
+    r = httpx.post(
+        served.base_url + "/chat/completions",
+        json={
+            "model": "max/sonnet",
+            "messages": [{"role": "user", "content": "Write 42 to n.txt, then answer with the number."}],
+            "validation": [r"regex:^\d+$"],
+            "max_attempts": 2,
+            "tools_after": 2,
+            "tools_mcp_servers": ["files"],
+            "allowed_tools": ["mcp__files__write_file"],
+        },
+        timeout=100,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "42"
+    first, second, _ = _messages_requests(served)
+    assert not first.tools  # attempt 1: no MCP server
+    assert "mcp__files__write_file" in {t["name"] for t in second.tools}

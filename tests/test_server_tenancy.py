@@ -91,6 +91,12 @@ def test_keys_cannot_see_or_touch_each_others_tasks(serve_llm: Any, store: str) 
         assert r.status_code == 200 and r.json()["status"] == "cancelled"
         assert http.post(f"{base}/responses/{response}/cancel", json={}, headers=_h(A)).json()["status"] == "cancelled"
 
+        # another key's task id as a page cursor tells nothing: B gets the page of an unknown cursor
+        newer = http.post(f"{base}/tasks", json={"model": "up/x", "prompt": "later"}, headers=_h(A)).json()["id"]
+        assert http.get(f"{base}/tasks", params={"before": newer}, headers=_h(B)).json()["data"] == []
+        admin_page = http.get(f"{base}/tasks", params={"before": newer}, headers=_h(ADMIN)).json()["data"]
+        assert admin_page[0]["id"] == b_task
+
 
 def test_without_keys_there_is_one_tenant(serve_llm: Any) -> None:
     served = serve_llm()

@@ -10,6 +10,11 @@ Example::
     resp = await llm_call.acall("max/sonnet", "Write a haiku.", validate=["length:max=200"])
 
 Heavy modules (aiohttp, pydantic, provider SDKs) load on first use, so ``import llm_call`` is fast.
+
+This is the public API in one place: the calls, the types and errors a caller handles, the
+task handle and manager, and the retry policy with its strategies (loaded lazily, on first
+access). Backend authors implement :class:`llm_call.tasks.store.TaskStore`; validator authors
+:class:`llm_call.validation.Validator`.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from .errors import (
     ProviderFailed,
     ProviderHTTPError,
     ProviderTimeout,
+    QueueFull,
+    QuotaExhausted,
     RateLimited,
     StreamInterrupted,
     TaskCancelled,
@@ -37,6 +44,7 @@ from .errors import (
     TaskInterrupted,
     TaskNotFound,
     TaskPending,
+    TaskStoreError,
     UsageError,
     ValidationExhausted,
     ValidationFailed,
@@ -60,6 +68,20 @@ if TYPE_CHECKING:
     from ._retry import health
     from .client import acall, astream, call, stream
     from .legacy import acall_config, call_config
+    from .retry import (
+        ManualClock,
+        RetryPolicy,
+        retry_if_exception_type,
+        retry_if_transient,
+        stop_after_attempt,
+        stop_after_delay,
+        stop_never,
+        wait_exponential,
+        wait_fixed,
+        wait_full_jitter,
+        wait_retry_after,
+    )
+    from .tasks import TaskHandle, TaskManager
 
 __version__ = "0.1.0"
 
@@ -73,6 +95,7 @@ __all__ = [
     "HumanReviewNeeded",
     "LLMCallError",
     "MalformedResponse",
+    "ManualClock",
     "Message",
     "ModelNotFound",
     "ProviderConnectionError",
@@ -80,18 +103,24 @@ __all__ = [
     "ProviderFailed",
     "ProviderHTTPError",
     "ProviderTimeout",
+    "QueueFull",
+    "QuotaExhausted",
     "RateLimited",
     "Request",
     "Response",
+    "RetryPolicy",
     "StreamInterrupted",
     "TaskCancelled",
     "TaskError",
     "TaskEvent",
+    "TaskHandle",
     "TaskInterrupted",
+    "TaskManager",
     "TaskNotFound",
     "TaskPending",
     "TaskRecord",
     "TaskStatus",
+    "TaskStoreError",
     "ToolCall",
     "ToolCallDelta",
     "Usage",
@@ -106,7 +135,16 @@ __all__ = [
     "call",
     "call_config",
     "health",
+    "retry_if_exception_type",
+    "retry_if_transient",
+    "stop_after_attempt",
+    "stop_after_delay",
+    "stop_never",
     "stream",
+    "wait_exponential",
+    "wait_fixed",
+    "wait_full_jitter",
+    "wait_retry_after",
 ]
 
 _LAZY = {
@@ -117,6 +155,19 @@ _LAZY = {
     "health": ("_retry", "health"),
     "acall_config": ("legacy", "acall_config"),
     "call_config": ("legacy", "call_config"),
+    "ManualClock": ("retry", "ManualClock"),
+    "RetryPolicy": ("retry", "RetryPolicy"),
+    "retry_if_exception_type": ("retry", "retry_if_exception_type"),
+    "retry_if_transient": ("retry", "retry_if_transient"),
+    "stop_after_attempt": ("retry", "stop_after_attempt"),
+    "stop_after_delay": ("retry", "stop_after_delay"),
+    "stop_never": ("retry", "stop_never"),
+    "wait_exponential": ("retry", "wait_exponential"),
+    "wait_fixed": ("retry", "wait_fixed"),
+    "wait_full_jitter": ("retry", "wait_full_jitter"),
+    "wait_retry_after": ("retry", "wait_retry_after"),
+    "TaskHandle": ("tasks._handle", "TaskHandle"),
+    "TaskManager": ("tasks.manager", "TaskManager"),
 }
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "ClaudeConfig",
     "EndpointConfig",
     "LocalConfig",
+    "LocalModelConfig",
     "McpServerConfig",
     "OpenAIConfig",
     "RetryConfig",
@@ -218,8 +219,20 @@ class ClaudeConfig(_Strict):
         return value.strip() if value else value
 
 
+class LocalModelConfig(_Strict):
+    """A GGUF model the operator declares; used as ``local/NAME`` (the only local models HTTP requests may name)."""
+
+    path: str = Field(description="The .gguf file (~ expanded)")
+    description: str | None = None
+
+
 class LocalConfig(_Strict):
     """The embedded llama-cpp route (``local/*``). Sampling defaults suit SmolLM2-135M (docs/local.md)."""
+
+    models: dict[str, LocalModelConfig] = Field(
+        default_factory=dict, description="Declared models: [local.models.NAME] path = \"...gguf\"; used as local/NAME"
+    )
+    max_loaded: int = Field(default=2, ge=1, description="Models kept loaded at once; the least recently used is closed")
 
     max_concurrency: int = Field(default=1, ge=1, description="Generations at once per model (one llama instance each)")
     n_ctx: int = Field(default=2048, ge=128)
@@ -235,6 +248,14 @@ class LocalConfig(_Strict):
         default="You are a helpful assistant. Answer the question directly and briefly.",
         description="System prompt added when the conversation has none",
     )
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, LocalModelConfig]) -> dict[str, LocalModelConfig]:
+        for name in v:
+            if name == "smollm2" or not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"model name {name!r}: use letters, digits, '-', '_' and '.' (smollm2 is the bundled model)")
+        return v
 
 
 class RetryConfig(_Strict):

@@ -25,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import tempfile
+import time
 from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -193,8 +195,25 @@ class PooledCLI:
             _log.warning("Claude CLI pool: closing process %s failed", self.pid, exc_info=True)
 
     def kill_now(self) -> None:
+        """SIGKILL the tree at once (its loop is gone or elsewhere) and remove the workspace."""
         if self.pid is not None and not self._stopped:
             kill_tree(self.pid)
+            if self.loop.is_closed():
+                _reap(self.pid)  # no loop is left to reap it: no zombie either
+        self._stopped = True
+        shutil.rmtree(self._workspace, ignore_errors=True)
+
+
+def _reap(pid: int) -> None:
+    """Wait (briefly) for a SIGKILLed child of ours to end, and collect it."""
+    for _ in range(200):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return  # not ours, or already collected
+        if done:
+            return
+        time.sleep(0.005)
 
 
 def _timeout(kind: str, limits: Limits, provider: str, model: str) -> ProviderTimeout:

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from ..config import LocalConfig
 
-__all__ = ["INSTALL_HINT", "load_llama", "model_for", "resolve_model_path", "smollm2_path", "unload_models"]
+__all__ = ["INSTALL_HINT", "load_llama", "loaded_models", "model_for", "resolve_model_path", "smollm2_path", "unload_models"]
 
 _log = logging.getLogger("llm_call.local")
 
@@ -57,15 +57,25 @@ def smollm2_path() -> Path:
     )
 
 
-def resolve_model_path(name: str) -> Path:
-    """The GGUF file for ``local/<name>``: ``smollm2`` or a path. Raises ConfigError."""
+def resolve_model_path(name: str, cfg: LocalConfig | None = None) -> Path:
+    """The GGUF file for ``local/<name>``: ``smollm2``, a name declared under ``[local.models]``,
+    or (library callers) a path. Raises ConfigError."""
     if name == "smollm2":
         return smollm2_path()
+    declared = cfg.models.get(name) if cfg is not None else None
+    if declared is not None:
+        path = Path(declared.path).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"local model {name!r}: the file {path} declared in [local.models.{name}] does not exist",
+                hint=f"fix local.models.{name}.path in the config file",
+            )
+        return path.resolve()
     path = Path(name).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"local model file not found: {path}",
-            hint="use local/smollm2 or local/<path to a .gguf file>",
+            hint="use local/smollm2, a model declared under [local.models.NAME], or local/<path to a .gguf file>",
         )
     return path.resolve()
 
@@ -136,6 +146,7 @@ class LoadedModel:
         self.slots = Slots(key.max_concurrency)
         self._idle: list[Instance] = []
         self._lock = threading.Lock()
+        self.closed = False  # evicted from the registry: instances still busy are closed at checkin
 
     def checkout(self) -> Instance:
         """An idle instance, loading one if none is idle (worker thread; the caller holds a slot)."""
@@ -146,14 +157,19 @@ class LoadedModel:
 
     def checkin(self, instance: Instance) -> None:
         with self._lock:
-            self._idle.append(instance)
+            if not self.closed:
+                self._idle.append(instance)
+                return
+        instance.llm.close()
 
     def preload(self) -> None:
         """Load one instance now (blocking) so the first call does not pay for it."""
         self.checkin(self.checkout())
 
     def close(self) -> None:
+        """Free the idle instances now; busy ones are freed when their generation checks them in."""
         with self._lock:
+            self.closed = True
             idle, self._idle = self._idle, []
         for instance in idle:
             instance.llm.close()
@@ -239,22 +255,39 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = N
             lowlevel.llama_model_default_params = original
 
 
-_models: dict[_ModelKey, LoadedModel] = {}
+_models: OrderedDict[_ModelKey, LoadedModel] = OrderedDict()  # least recently used first
 _models_lock = threading.Lock()
 
 
 def model_for(path: Path, cfg: LocalConfig) -> LoadedModel:
-    """The registry entry for ``path`` with ``cfg``'s load settings (created, not loaded)."""
+    """The registry entry for ``path`` with ``cfg``'s load settings (created, not loaded).
+
+    At most ``cfg.max_loaded`` entries are kept: a new one evicts and closes the least recently used.
+    """
     key = _ModelKey(str(path), cfg.n_ctx, cfg.n_threads, cfg.max_concurrency)
+    evicted: list[LoadedModel] = []
     with _models_lock:
         model = _models.get(key)
-        if model is None:
-            model = _models[key] = LoadedModel(key)
-        return model
+        if model is not None:
+            _models.move_to_end(key)
+            return model
+        model = _models[key] = LoadedModel(key)
+        while len(_models) > cfg.max_loaded:
+            evicted.append(_models.popitem(last=False)[1])
+    for old in evicted:
+        _log.info("closing local model %s (local.max_loaded = %d)", old.key.path, cfg.max_loaded)
+        old.close()
+    return model
+
+
+def loaded_models() -> list[LoadedModel]:
+    """The registry's models, least recently used first."""
+    with _models_lock:
+        return list(_models.values())
 
 
 def unload_models() -> None:
-    """Free every idle loaded model (busy instances are dropped when their call ends)."""
+    """Free every idle loaded model (busy instances are freed when their call ends)."""
     with _models_lock:
         models = list(_models.values())
         _models.clear()

@@ -209,6 +209,10 @@ class ClaudeCLIProvider:
         loop = asyncio.get_running_loop()
         pool = self._pools.get(loop)
         if pool is None or pool.closed:
+            for old_loop, old in list(self._pools.items()):
+                if old_loop.is_closed():  # e.g. one asyncio.run() per call: its processes would linger
+                    del self._pools[old_loop]
+                    old.kill_now()
             pool = self._pools[loop] = ClaudePool(self._cfg, PooledCLI.start)
         return pool
 

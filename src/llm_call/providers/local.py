@@ -337,7 +337,7 @@ class LocalProvider:
 
     def _start(self, request: Request, on_text: Callable[[str], None] | None) -> tuple[_Job, LoadedModel]:
         params = self._params(request)
-        model = model_for(resolve_model_path(request.model), self.cfg)
+        model = model_for(resolve_model_path(request.model, self.cfg), self.cfg)
         return _Job(model, params, on_text), model
 
     @staticmethod

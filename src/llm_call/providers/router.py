@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..config import AliasConfig, Settings
     from .base import Provider
 
-__all__ = ["Route", "close_providers", "complete_once", "get_provider", "provider_request", "resolve", "stream_once"]
+__all__ = ["Route", "close_providers", "resolve"]
 
 _BARE_OPENAI = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$)|o[1-9][a-z]*-|ft:gpt|text-embedding-|davinci|babbage)")
 

@@ -393,6 +393,11 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
     """The Anthropic ``message`` object for an llm_call Response."""
     content: list[dict[str, Any]] = []
     calls = list(resp.tool_calls or ())
+    reason = stop_reason(resp.finish_reason, bool(calls))
+    if reason == "tool_use" and not calls:
+        from ..errors import MalformedResponse
+
+        raise MalformedResponse("the answer ended for tool calls but carried none", model=resp.model)
     if resp.text or not calls:
         content.append({"type": "text", "text": resp.text})
     for call in calls:
@@ -404,7 +409,7 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         "role": "assistant",
         "model": resp.model,
         "content": content,
-        "stop_reason": stop_reason(resp.finish_reason, bool(calls)),
+        "stop_reason": reason,
         "stop_sequence": None,
         "usage": usage_dict(resp.usage.prompt_tokens, resp.usage.completion_tokens),
     }

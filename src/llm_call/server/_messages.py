@@ -242,12 +242,15 @@ class _MessageStream:
                     chunk = None
             if finish is None:
                 raise StreamInterrupted("the stream ended without a finish reason", model=self.requested)
+            reason = stop_reason(finish, self.tool_calls > 0)
+            if reason == "tool_use" and not self.tool_calls:
+                raise StreamInterrupted("the stream ended for tool calls but carried none", model=self.requested)
             if self.index < 0:
                 yield self._text("")
             state.metrics.observe_usage(model, usage)
             info.attempts = info.attempts or 1
             u = usage or Usage()
-            yield self._close_block() + _end_events(stop_reason(finish, self.tool_calls > 0), usage_dict(u.prompt_tokens, u.completion_tokens))
+            yield self._close_block() + _end_events(reason, usage_dict(u.prompt_tokens, u.completion_tokens))
         except TimeoutError:
             yield _error_event(timeout_failure(state, info))
         except LLMCallError as exc:

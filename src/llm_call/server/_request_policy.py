@@ -10,6 +10,8 @@ file, and a request picks it by name:
 - ``allowed_tools``                   only ``mcp__SERVER`` / ``mcp__SERVER__TOOL`` of servers the
                                       request selected; built-in CLI tools come from a profile
 - ``validation`` agent judges         ``mcp_servers=NAME`` instead of ``mcp_config``
+- ``local/NAME`` models               ``local/smollm2`` or ``[local.models.NAME]``; never a path
+                                      (in ``model``, ``escalate``, ``fallbacks`` or a judge's model)
 
 A raw ``mcp_config``, ``tools_mcp_config``, a judge's ``mcp_config``, a built-in tool name or an
 undeclared name is a 400 naming the config key to use. Library callers (``acall`` in their own
@@ -23,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 from ._errors import HTTPFailure
 
 if TYPE_CHECKING:
-    from ..config import ClaudeConfig
+    from ..config import ClaudeConfig, Settings
     from ._schemas import LLMCallExtras
 
-__all__ = ["check_judge_tools", "tool_options"]
+__all__ = ["check_judge", "check_models", "tool_options"]
 
 _CODE = "not_declared_by_operator"
 
@@ -99,8 +101,50 @@ def tool_options(extras: LLMCallExtras, claude: ClaudeConfig) -> dict[str, Any]:
     return opts
 
 
-def check_judge_tools(validator: Any, index: int, claude: ClaudeConfig) -> None:
-    """A parsed validation spec: an agent judge may name declared MCP servers, never a raw config."""
+def check_models(extras: LLMCallExtras, settings: Settings) -> None:
+    """Every model the request names (``model``, ``escalate``, ``fallbacks``) may be loaded for it."""
+    model = getattr(extras, "model", None)
+    if isinstance(model, str):
+        _check_model(model, settings, "model")
+    for field in ("escalate", "fallbacks"):
+        for i, name in enumerate(getattr(extras, field) or ()):
+            _check_model(name, settings, f"{field}.{i}")
+
+
+def _check_model(name: str, settings: Settings, param: str) -> None:
+    """``local/...`` over HTTP: the bundled model or a declared name, never a path on the disk.
+
+    One message for every refused name, whatever is (or is not) at that path: a client cannot
+    tell a missing file from a directory or a file that does not load.
+    """
+    from ..errors import ConfigError
+    from ..providers.router import resolve
+
+    try:
+        route = resolve(name, settings)
+    except ConfigError:
+        return  # not a model at all: the call reports it
+    if route.kind != "local" or route.aliases:  # an alias is the operator's choice
+        return
+    if route.provider_model == "smollm2" or route.provider_model in settings.local.models:
+        return
+    declared = ", ".join(f"local/{n}" for n in ["smollm2", *sorted(settings.local.models)])
+    raise HTTPFailure(
+        404,
+        f"{param}: that local model is not available to requests. Requests may use {declared}; the "
+        "operator declares more in the config file under [local.models.NAME] (path = \"....gguf\")",
+        param=param,
+        code="model_not_found",
+    )
+
+
+def check_judge(validator: Any, index: int, settings: Settings) -> None:
+    """A parsed validation spec: an agent judge may name declared MCP servers, never a raw config,
+    and only models a request may use."""
+    claude = settings.claude
+    judge_model = getattr(validator, "model", None)
+    if getattr(validator, "expensive", False) and isinstance(judge_model, str):
+        _check_model(judge_model, settings, f"validation.{index}")
     if getattr(validator, "mcp_config", None) is not None:
         raise _refuse(
             f"validation[{index}]: the agent validator's mcp_config cannot be sent over HTTP (an MCP server is "

@@ -19,10 +19,10 @@ from typing_extensions import TypedDict  # pydantic needs this one on Python < 3
 
 from ..errors import UsageError
 from ._errors import HTTPFailure, pydantic_failure
-from ._request_policy import check_judge_tools, tool_options
+from ._request_policy import check_judge, check_models, tool_options
 
 if TYPE_CHECKING:
-    from ..config import ClaudeConfig, Settings
+    from ..config import Settings
 
 __all__ = [
     "ChatCompletionRequest",
@@ -251,7 +251,7 @@ def parse_json_body(model: type[BaseModel], raw: bytes) -> Any:
         raise pydantic_failure(exc.errors(include_url=False)) from None
 
 
-def check_specs(specs: list[Any] | None, claude: ClaudeConfig | None = None) -> None:
+def check_specs(specs: list[Any] | None, settings: Settings | None = None) -> None:
     """Parse validation specs now, so a bad one is a 422 naming it before any model call.
 
     Parsed with file reads refused: a spec that would read a server file (``schema:@path`` in
@@ -273,8 +273,8 @@ def check_specs(specs: list[Any] | None, claude: ClaudeConfig | None = None) -> 
             else:
                 message = f"validation[{i}] {spec!r} is not a valid validation spec: {exc}"
             raise HTTPFailure(422, message, param=f"validation.{i}", code="invalid_validation_spec") from None
-        if claude is not None:
-            check_judge_tools(validator, i, claude)
+        if settings is not None:
+            check_judge(validator, i, settings)
 
 
 def call_options(extras: LLMCallExtras, settings: Settings) -> dict[str, Any]:
@@ -283,8 +283,9 @@ def call_options(extras: LLMCallExtras, settings: Settings) -> dict[str, Any]:
     Tools and MCP servers only by the names the operator declared (:mod:`._request_policy`).
     """
     opts: dict[str, Any] = {}
+    check_models(extras, settings)
     if extras.validation:
-        check_specs(extras.validation, settings.claude)
+        check_specs(extras.validation, settings)
         opts["validate"] = list(extras.validation)
     if extras.max_attempts is not None:
         opts["max_attempts"] = extras.max_attempts

@@ -38,7 +38,16 @@ from ..errors import (
 from ..types import Response, TaskRecord, TaskStatus
 from ._quota import QuotaScheduler, is_max_route
 from ._spec import jsonable, rebuild, response_dict
-from .store import EventIn, Outcome, TaskStore, WorkerInfo, final_record
+from .store import (
+    EventIn,
+    FinishesWithEvents,
+    Outcome,
+    RecordsOutcomeTime,
+    SubmitsStarted,
+    TaskStore,
+    WorkerInfo,
+    final_record,
+)
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -105,6 +114,8 @@ class TaskExecutor:
             raise UsageError(f"concurrency must be >= 1, not {concurrency}")
         self._store_arg = store
         self._store: TaskStore | None = store if isinstance(store, TaskStore) else None
+        self._fast_for: TaskStore | None = None
+        self._fast: tuple[SubmitsStarted | None, FinishesWithEvents | None, bool] = (None, None, False)
         self._owns_store = self._store is None
         self._settings = settings
         self._execute = execute
@@ -158,6 +169,18 @@ class TaskExecutor:
         if self._store is None:
             raise TaskError("the task manager is not started: await manager.start() first")
         return self._store
+
+    def _fast_paths(self) -> tuple[SubmitsStarted | None, FinishesWithEvents | None, bool]:
+        """The store's optional capabilities (``store.py``), looked up once per store."""
+        store = self.store
+        if self._fast_for is not store:
+            self._fast = (
+                store if isinstance(store, SubmitsStarted) else None,
+                store if isinstance(store, FinishesWithEvents) else None,
+                isinstance(store, RecordsOutcomeTime) and store.records_outcome_time is True,
+            )
+            self._fast_for = store
+        return self._fast
 
     @property
     def settings(self) -> Settings:
@@ -392,17 +415,17 @@ class TaskExecutor:
         never left looking ``running``. (Store writes are queued when called, so an interrupted
         await still commits them, in order.)"""
         cancelled = False
-        keep = run.rec is not None and getattr(self.store, "records_outcome_time", False) is True
+        _, finish_with_events, records_outcome_time = self._fast_paths()  # store or None
+        keep = run.rec is not None and records_outcome_time
         if keep:
             outcome.at = time.time()
         events, run.events = run.events, []
         progress = dict(run.progress) if events or run.id in self._dirty else None
         self._dirty.discard(run.id)
-        finish_with_events = getattr(self.store, "finish_with_events", None)
         try:
             if finish_with_events is not None:  # events, progress and outcome in one transaction
                 try:
-                    recorded = await finish_with_events(run.id, self.worker_id, outcome, events, progress)
+                    recorded = await finish_with_events.finish_with_events(run.id, self.worker_id, outcome, events, progress)
                 except asyncio.CancelledError:
                     cancelled, recorded = True, False
             else:

@@ -1,18 +1,20 @@
 """Encoding between task records and the Redis hashes of the Redis task store, and small helpers.
 
 Kept apart from ``redis_store.py`` (the store's methods) and ``_saq.py`` (the scripts); no I/O.
+JSON goes through ``tasks._json``, the one codec both stores use: a value JSON cannot hold is
+stored as its ``to_dict()`` (else its repr, logged) and a non-finite float as ``null`` in both.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError, TaskCancelled, TaskError, error_to_dict
 from ..types import TaskRecord, TaskStatus
+from ._json import dumps, loads
 
-__all__ = ["CANCELLED", "dumps", "error_template", "parse_limits", "record"]
+__all__ = ["CANCELLED", "error_template", "parse_limits", "record"]
 
 
 def parse_limits(text: str, what: str) -> dict[str, int]:
@@ -29,12 +31,8 @@ def parse_limits(text: str, what: str) -> dict[str, int]:
     return limits
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-
-
 def _loads(text: str | None) -> Any:
-    return json.loads(text) if text else None
+    return loads(text) if text else None
 
 
 def _float(text: str | None) -> float | None:
@@ -45,7 +43,7 @@ def record(h: Mapping[str, str]) -> TaskRecord:
     return TaskRecord(
         id=h["id"],
         status=TaskStatus(h["status"]),
-        request=json.loads(h["request"]),
+        request=loads(h["request"]),
         route=h.get("route", ""),
         priority=int(h.get("priority") or 0),
         idempotency_key=h.get("idem") or None,

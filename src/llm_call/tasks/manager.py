@@ -254,7 +254,7 @@ class TaskManager(TaskExecutor):
             return False
         if task.owner != self.worker_id and (task.owner is not None or self.claims != "all"):
             return False
-        if len(self._running) >= self._limit or not hasattr(self.store, "submit_started"):
+        if len(self._running) >= self._limit or self._fast_paths()[0] is None:
             return False
         if not self._quota.may_start_now(task.route):  # max/* held or slowed: the dispatcher decides
             return False
@@ -265,7 +265,9 @@ class TaskManager(TaskExecutor):
         starts once that commit is durable. Queued as usual if others are waiting for a slot."""
         run = self._new_run(task.id, task.route)  # holds the slots (and takes the listeners)
         try:
-            write = self.store.submit_started(task, self.worker_id, claim_all=self.claims == "all")  # type: ignore[attr-defined]
+            submits_started = self._fast_paths()[0]
+            assert submits_started is not None
+            write = submits_started.submit_started(task, self.worker_id, claim_all=self.claims == "all")
         except BaseException:
             self._submitted(run, None)
             raise

@@ -46,6 +46,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import secrets
@@ -61,9 +62,12 @@ from ..types import TaskEvent, TaskRecord, TaskStatus
 __all__ = [
     "FINAL_EVENT_KINDS",
     "EventIn",
+    "FinishesWithEvents",
     "NewTask",
     "Outcome",
+    "RecordsOutcomeTime",
     "RecoveryReport",
+    "SubmitsStarted",
     "TaskStore",
     "WorkerInfo",
     "final_event_data",
@@ -341,6 +345,39 @@ class TaskStore(Protocol):
     async def cleanup(self, older_than: float) -> int:
         """Delete final tasks (and their events) finished before the epoch time ``older_than``."""
         ...
+
+
+# -- optional capabilities ---------------------------------------------------------------------
+# A store may offer these fast paths on top of TaskStore; the manager checks for them once per
+# store (isinstance) and otherwise uses the plain protocol methods.
+
+
+@runtime_checkable
+class SubmitsStarted(Protocol):
+    """Submit a task and, in the same transaction, claim it for ``worker_id`` when nothing this
+    worker may claim is queued (one commit instead of two). Queued at once; the future is done
+    when the write committed. The returned record's status says which happened."""
+
+    def submit_started(
+        self, task: NewTask, worker_id: str, *, claim_all: bool
+    ) -> asyncio.Future[tuple[TaskRecord, bool]]: ...
+
+
+@runtime_checkable
+class FinishesWithEvents(Protocol):
+    """``append_events`` of one task's events and progress, then ``finish``, in one transaction."""
+
+    async def finish_with_events(
+        self, task_id: str, worker_id: str, outcome: Outcome, events: Sequence[EventIn], progress: dict[str, Any] | None
+    ) -> bool: ...
+
+
+@runtime_checkable
+class RecordsOutcomeTime(Protocol):
+    """``records_outcome_time = True``: ``finish`` stores ``outcome.at`` as the finish time, so
+    the manager may keep the final record it builds instead of reading it back."""
+
+    records_outcome_time: bool
 
 
 def pid_alive(pid: int) -> bool:

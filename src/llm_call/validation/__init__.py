@@ -6,7 +6,8 @@
   :class:`Length`, :class:`PythonCode`, :class:`FieldPresent`, :class:`OneOf`;
 - the LLM judge :func:`agent` (``_agent``);
 - spec strings and dicts (``_specs``): :func:`parse_specs`, :func:`describe_validators`;
-- the loop (``loop``): :func:`run_validated`, :func:`stream_validated`, :func:`resume_validated`.
+- the feedback loop (``loop``, run by every validated call); :func:`resume_validated` continues
+  a call after :class:`~llm_call.errors.HumanReviewNeeded`.
 
 Example::
 
@@ -45,7 +46,7 @@ from ._builtin import (
     Regex,
 )
 from ._specs import FILES_REFUSED, describe_validators, parse_spec, parse_specs
-from .loop import resume_validated, run_validated, stream_validated
+from .loop import resume_validated
 
 __all__ = [
     "FILES_REFUSED",
@@ -72,6 +73,4 @@ __all__ = [
     "parse_spec",
     "parse_specs",
     "resume_validated",
-    "run_validated",
-    "stream_validated",
 ]
