@@ -237,3 +237,79 @@ def test_health_answers_503_once_the_task_store_writer_died(serve_llm: Any) -> N
     asyncio.run(kill())
     got = httpx.get(served.url + "/health")  # before the fix: 200, because reads still work
     assert got.status_code == 503
+
+
+# -- 5. a queue limit holds against several processes submitting at once -----------------------------
+
+_SUBMITTER = r"""
+import asyncio, json, os, sys, time
+from pathlib import Path
+from llm_call.config import Settings
+from llm_call.errors import QueueFull
+from llm_call.tasks import TaskManager
+
+store, go, limit, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+settings = Settings.model_validate({"tasks": {"queue_limits": {"openai/*": limit}}})
+
+async def main() -> None:
+    async with TaskManager(store, execute=False, settings=settings) as client:
+        print("ready", flush=True)
+        deadline = time.monotonic() + 30
+        while not go.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        got = await asyncio.gather(
+            *(client.submit({"model": "openai/x", "prompt": f"p{os.getpid()}-{i}"}) for i in range(n)),
+            return_exceptions=True,
+        )
+    full = [g for g in got if isinstance(g, QueueFull)]
+    other = [repr(g) for g in got if isinstance(g, BaseException) and not isinstance(g, QueueFull)]
+    print(json.dumps({"queued": len(got) - len(full) - len(other), "full": len(full), "other": other}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_processes_submitting_at_once_never_overshoot_a_queue_limit(
+    tmp_path: Path, request: pytest.FixtureRequest, worker_procs: list[subprocess.Popen[bytes]], backend: str
+) -> None:
+    import json
+
+    limit, procs, each = 4, 3, 6
+    if backend == "sqlite":
+        url = str(tmp_path / "limits.db")
+    else:
+        url = f"{request.getfixturevalue('redis_server').url}?prefix=q{uuid.uuid4().hex[:8]}"
+    go = tmp_path / "go"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
+    env["LLM_CALL_CONFIG"] = str(tmp_path / "none.toml")
+    (tmp_path / "none.toml").write_text("")
+    for _ in range(procs):
+        worker_procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _SUBMITTER, url, str(go), str(limit), str(each)],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        )
+    for p in worker_procs:  # all opened the store: start them together
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.strip() == b"ready", (line, p.stderr.read() if p.stderr else b"")
+    go.touch()
+    results = []
+    for p in worker_procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    assert all(r["other"] == [] for r in results), results
+    assert sum(r["queued"] for r in results) == limit, results  # before the fix: more than the limit
+
+    async def waiting() -> int:
+        store = await open_store(url)
+        try:
+            return len(await store.list_tasks(status=TaskStatus.QUEUED, limit=100))
+        finally:
+            await store.close()
+
+    assert asyncio.run(waiting()) == limit

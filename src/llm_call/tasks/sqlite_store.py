@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import (
+    QueueFull,
     TaskCancelled,
     TaskError,
     TaskInterrupted,
@@ -45,6 +46,7 @@ from .store import (
     WorkerInfo,
     final_event_data,
     pid_alive,
+    queue_full,
 )
 
 __all__ = ["SQLiteTaskStore"]
@@ -74,6 +76,19 @@ def _same_key(conn: sqlite3.Connection, task: NewTask) -> Sequence[Any] | None:
         (task.tenant or "", task.idempotency_key),
     ).fetchone()
     return row
+
+
+def _full_queue(conn: sqlite3.Connection, task: NewTask) -> QueueFull | None:
+    """The refusal when a queue limit of ``task`` is reached, counted inside the submit's own
+    write transaction, so that concurrent submitters (in any process) never overshoot it."""
+    for pattern, limit in task.queue_limits:
+        row = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' AND route GLOB ? LIMIT ?)",
+            (pattern, limit),
+        ).fetchone()
+        if row[0] >= limit:
+            return queue_full(task.route, pattern, limit)
+    return None
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
@@ -174,10 +189,18 @@ class SQLiteTaskStore:
     async def submit(self, task: NewTask) -> tuple[TaskRecord, bool]:
         request = task.request_json or _dumps(task.request)
         created_data = _dumps({"route": task.route, "priority": task.priority})
-        return await self._write(self._submit_op(task, request, created_data))
+        got = await self._write(self._submit_op(task, request, created_data))
+        if isinstance(got, QueueFull):
+            raise got
+        return got
 
-    def _submit_op(self, task: NewTask, request: str, created_data: str) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool]]:
-        def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+    def _submit_op(
+        self, task: NewTask, request: str, created_data: str
+    ) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool] | QueueFull]:
+        def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool] | QueueFull:
+            full = _full_queue(conn, task)
+            if full is not None:  # returned: raising would roll back and replay the group commit
+                return full
             if task.idempotency_key is not None:
                 row = _same_key(conn, task)
                 if row is not None:
@@ -204,7 +227,10 @@ class SQLiteTaskStore:
 
         def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             if conn.execute(f"SELECT 1 FROM tasks WHERE {where} LIMIT 1", params).fetchone() is not None:
-                return submit_op(conn)  # others wait: queue it behind them
+                got = submit_op(conn)  # others wait: queue it behind them
+                if isinstance(got, QueueFull):
+                    raise got
+                return got
             if task.idempotency_key is not None:
                 row = _same_key(conn, task)
                 if row is not None:

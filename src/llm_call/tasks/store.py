@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import TaskStoreError
+from ..errors import QueueFull, TaskStoreError
 from ..types import TaskEvent, TaskRecord, TaskStatus
 
 __all__ = [
@@ -74,6 +74,7 @@ __all__ = [
     "final_event_data",
     "new_task_id",
     "pid_alive",
+    "queue_full",
 ]
 
 #: event kinds that end a task's event stream (for now: ``needs_review`` rests until a review)
@@ -106,6 +107,11 @@ class NewTask:
     created_at: float = field(default_factory=time.time)
     #: ``request`` already encoded as JSON, when the caller has it (a store may use it)
     request_json: str | None = field(default=None, repr=False, compare=False)
+    #: (glob, most tasks waiting) pairs that match ``route`` (``tasks.queue_limits``): ``submit``
+    #: counts the queued tasks of each glob and inserts in one atomic step, raising
+    #: :func:`queue_full` (and storing nothing) when one is reached, so concurrent submitters
+    #: never overshoot a limit
+    queue_limits: tuple[tuple[str, int], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -384,6 +390,16 @@ class RecordsOutcomeTime(Protocol):
     the manager may keep the final record it builds instead of reading it back."""
 
     records_outcome_time: bool
+
+
+def queue_full(route: str, pattern: str, limit: int) -> QueueFull:
+    """The error of a submit refused because ``pattern``'s queue holds ``limit`` tasks."""
+    return QueueFull(
+        f"the queue for {pattern} is full ({limit} tasks waiting); nothing was queued",
+        hint="retry later, or raise tasks.queue_limits",
+        route=route,
+        limit=limit,
+    )
 
 
 def pid_alive(pid: int) -> bool:
