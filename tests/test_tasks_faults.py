@@ -239,6 +239,90 @@ def test_health_answers_503_once_the_task_store_writer_died(serve_llm: Any) -> N
     assert got.status_code == 503
 
 
+# -- 4. a worker is declared dead only when it cannot be alive ---------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_a_lock_held_longer_than_the_stale_window_does_not_requeue_a_running_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_procs: list[subprocess.Popen[bytes]]
+) -> None:
+    db = tmp_path / "lock.db"
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2}})
+    stale_after = 0.6  # what the worker's managers use: 3 heartbeats of 0.2 s
+    async with ScriptedLLMServer(default=Reply(text="done", latency=3.0, times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        store = SQLiteTaskStore(db)
+        await store.open()
+        try:
+            async with TaskManager(store, execute=False, settings=settings) as client:
+                task_id = await client.submit({"model": MODEL, "prompt": "slow"})
+                env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
+                (tmp_path / "llm_call.toml").write_text("[retry]\nmax_retries = 0\n[tasks]\nheartbeat_s = 0.2\n")
+                env["LLM_CALL_CONFIG"] = str(tmp_path / "llm_call.toml")
+                worker_procs.append(
+                    subprocess.Popen([LLM_CALL, "worker", "--tasks", str(db), "-j", "1"], env=env, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 (Popen returns at once)
+                )
+                for _ in range(600):
+                    if srv.in_flight == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert srv.in_flight == 1
+                # another process holds the write lock for several stale windows: the worker's
+                # heartbeats wait behind it, and the recovery below runs the moment it is free
+                lock = sqlite3.connect(db, isolation_level=None)
+                lock.execute("BEGIN IMMEDIATE")
+                await asyncio.sleep(stale_after * 3)
+                lock.execute("COMMIT")
+                report = await store.recover(max_executions=3, stale_after=stale_after)
+                lock.close()
+                assert report.requeued == [] and report.dead_workers == []  # before the fix: requeued
+                rec = await asyncio.wait_for(client.wait(task_id), 30)
+        finally:
+            await store.close()
+        assert rec.status is TaskStatus.SUCCEEDED and rec.attempts == 1
+        assert len(srv.requests) == 1  # run exactly once
+
+
+async def test_a_worker_whose_pid_was_reused_is_dead(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    try:
+        rec, _ = await store.submit(_task(1))
+        # registered long before this process (which now has its pid) started: a former process
+        former = WorkerInfo(id="former", kind="worker", claims="all", pid=os.getpid(), started_at=1000.0)
+        await store.heartbeat(former)
+        assert [r.id for r in await store.claim("former", limit=1)] == [rec.id]
+        report = await store.recover(max_executions=3, stale_after=3600)  # its heartbeat is fresh
+        assert report.dead_workers == ["former"] and report.requeued == [rec.id]  # before the fix: alive
+        alive = WorkerInfo(id="alive", kind="worker", claims="all")  # this process, registered now
+        await store.heartbeat(alive)
+        assert [r.id for r in await store.claim("alive", limit=1)] == [rec.id]
+        with sqlite3.connect(tmp_path / "tasks.db") as conn:  # silent for an hour, yet alive
+            conn.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 3600")
+        report = await store.recover(max_executions=3, stale_after=1.0)
+        assert report.dead_workers == [] and report.requeued == []
+    finally:
+        await store.close()
+
+
+async def test_cleanup_removes_every_expired_task_in_small_transactions(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    try:
+        await asyncio.gather(*(store.submit(_task(i)) for i in range(1200)))
+        with sqlite3.connect(tmp_path / "tasks.db") as conn:
+            conn.execute("UPDATE tasks SET status = 'succeeded', finished_at = 1.0")
+        keep, _ = await store.submit(_task(9999))
+        commits = store._db.commits
+        assert await store.cleanup(older_than=100.0) == 1200
+        assert store._db.commits - commits >= 3  # chunks, not one long transaction holding the lock
+        assert [r.id for r in await store.list_tasks()] == [keep.id]
+        assert await store.read_events(keep.id) != []
+    finally:
+        await store.close()
+
+
 # -- 5. a queue limit holds against several processes submitting at once -----------------------------
 
 _SUBMITTER = r"""

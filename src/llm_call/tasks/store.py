@@ -75,6 +75,7 @@ __all__ = [
     "new_task_id",
     "pid_alive",
     "queue_full",
+    "worker_process_alive",
 ]
 
 #: event kinds that end a task's event stream (for now: ``needs_review`` rests until a review)
@@ -415,3 +416,25 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+_START_SLACK_S = 2.0  # /proc/stat's boot time has whole seconds (and NTP may move it a little)
+
+
+def _process_started_at(pid: int) -> float | None:
+    """When a process of this host started (wall clock), from /proc; None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return float(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def worker_process_alive(pid: int, registered_at: float) -> bool:
+    """Whether the process that registered a worker at ``registered_at`` still runs on this host:
+    its pid is alive and was not taken over by a process started later (pid reuse)."""
+    if not pid_alive(pid):
+        return False
+    started = _process_started_at(pid)
+    return started is None or started <= registered_at + _START_SLACK_S
