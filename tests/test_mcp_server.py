@@ -22,6 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 
+import llm_call
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 from support.claude_env import MARKER_VAR, ClaudeEnv, claude_env
 from support.llm_server import Served, serve_llm
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.timeout(40)
 A, B, ADMIN = "alice-mcp-key-0123456789", "bob-mcp-key-0123456789", "admin-mcp-key-0123456789"
 KEYS = {"api_keys": [A, B], "admin_keys": [ADMIN]}
 SLOW = Reply(text="slow answer", latency=60, match_text="slow", times=None)
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+#: the llm_call this test imports: the stdio server subprocesses run the same code
+SRC = str(Path(llm_call.__file__).resolve().parents[1])
 CLI = ["-c", "from llm_call.cli import main; main()"]
 
 
@@ -206,7 +208,15 @@ def test_http_mcp_needs_a_valid_key(serve_llm: Any) -> None:
             r = http.post(served.url + "/mcp", json=body, headers={**headers, **auth})
             assert r.status_code == 401, r.text
             assert "API key" in r.json()["error"]["message"]
+        # stateless: no standalone event stream that would stay open with nothing on it
+        r = http.get(served.url + "/mcp", headers={"accept": "text/event-stream", "authorization": f"Bearer {A}"})
+        assert r.status_code == 405
 
+    async def listed() -> set[str]:
+        async with http_session(served, B) as session:
+            return {t.name for t in (await session.list_tools()).tools}
+
+    assert "ask" in asyncio.run(listed())  # the right key gets in
     connected = False
 
     async def run() -> None:

@@ -354,6 +354,7 @@ def mount_mcp(app: Any, state: Any) -> Callable[[], AbstractAsyncContextManager[
     """Add the streamable HTTP endpoint ``/mcp`` to the app; returns the async context manager
     factory the app's lifespan must enter (the SDK's session manager)."""
     from mcp.server.transport_security import TransportSecuritySettings
+    from starlette.routing import Route
 
     from ._background import manager
 
@@ -361,12 +362,12 @@ def mount_mcp(app: Any, state: Any) -> Callable[[], AbstractAsyncContextManager[
     # The gateway in front checks the Host header (server.allowed_hosts), keys and content types.
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     inner = server.streamable_http_app(stateless_http=True, transport_security=security, streamable_http_path="/mcp")
-    for route in inner.routes:
-        if getattr(route, "path", None) == "/mcp":
-            app.router.routes.append(route)
-            break
-    else:  # pragma: no cover - the SDK always has it
+    endpoint = next((getattr(r, "endpoint", None) for r in inner.routes if getattr(r, "path", None) == "/mcp"), None)
+    if endpoint is None:  # pragma: no cover - the SDK always has it
         raise RuntimeError("the MCP SDK's app has no /mcp route")
+    # POST only: stateless, a GET event stream would stay open with nothing ever sent on it,
+    # and there is no session to DELETE (both 405)
+    app.router.routes.append(Route("/mcp", endpoint=endpoint, methods=["POST"], include_in_schema=False))
     return server.session_manager.run  # type: ignore[no-any-return]
 
 
