@@ -29,7 +29,7 @@ from support.llm_server import Served, serve_llm
 
 __all__ = ["claude_env", "serve_llm"]
 
-pytestmark = pytest.mark.timeout(40)
+pytestmark = pytest.mark.timeout(90)
 
 A, B, ADMIN = "alice-mcp-key-0123456789", "bob-mcp-key-0123456789", "admin-mcp-key-0123456789"
 KEYS = {"api_keys": [A, B], "admin_keys": [ADMIN]}
@@ -288,3 +288,52 @@ def test_claude_code_asks_another_model_through_llm_call_mcp(claude_env: ClaudeE
         # Claude Code got the upstream's answer as the tool's result
         tool_results = [r for r in cc.requests if upstream_answer in r.last_user_text]
         assert tool_results, [r.last_user_text for r in cc.requests]
+
+
+def test_a_slow_ask_sends_heartbeats_and_a_cancelled_ask_stops_its_call(tmp_path: Path) -> None:
+    from mcp import Client
+
+    from llm_call.config import Settings, set_settings
+    from llm_call.server._auth import OPEN
+    from llm_call.server._mcp import build_mcp_server
+
+    with ScriptedLLMServer([Reply(text="too late", latency=60)]).running() as up:
+        settings = Settings.model_validate({"endpoints": {"up": {"base_url": up.openai_base_url}}})
+        set_settings(settings)
+        server = build_mcp_server(settings, manager=lambda: None, caller_of=lambda ctx: OPEN, heartbeat_s=0.05)
+
+        async def run() -> None:
+            messages: list[str] = []
+            beating = asyncio.Event()
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                messages.append(message or "")
+                if (message or "").startswith("working"):
+                    beating.set()
+
+            async with Client(server) as client:
+                call = asyncio.create_task(client.call_tool("ask", {"prompt": "take your time", "model": "up/x"},
+                                                            progress_callback=on_progress))
+                await asyncio.wait_for(beating.wait(), 30)  # heartbeats while the upstream is silent
+                assert up.in_flight == 1 and not call.done()
+                call.cancel()  # the client gives up: notifications/cancelled
+                for _ in range(200):
+                    if up.in_flight == 0:
+                        break
+                    await asyncio.sleep(0.05)
+                assert up.in_flight == 0  # the upstream request was closed, not left running
+            assert messages[0].startswith("attempt") and all(m.startswith("working") for m in messages[1:])
+
+        asyncio.run(run())
+
+
+def test_http_ask_is_bounded_by_the_request_timeout(serve_llm: Any) -> None:
+    served: Served = serve_llm([SLOW], server={**KEYS, "request_timeout": 0.5})
+
+    async def run() -> None:
+        async with http_session(served, A) as session:
+            result = await session.call_tool("ask", {"prompt": "slow question", "model": "up/x"})
+            assert result.is_error
+            assert "server.request_timeout" in _text(result) and "use submit" in _text(result)
+
+    asyncio.run(run())

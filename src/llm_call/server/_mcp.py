@@ -169,11 +169,13 @@ def build_mcp_server(
     manager: ManagerOf,
     caller_of: CallerOf,
     heartbeat_s: float = _HEARTBEAT_S,
+    call_timeout: float | None = None,
 ) -> Any:
     """The ``MCPServer`` with llm_call's tools.
 
     ``manager()`` gives the running task manager; ``caller_of(ctx)`` who a tool call acts for
-    (their tenant). Example (what ``llm-call mcp`` does)::
+    (their tenant); ``call_timeout`` bounds an ``ask`` (over HTTP: ``server.request_timeout``,
+    as for chat completions; long work belongs in ``submit``). Example (what ``llm-call mcp`` does)::
 
         server = build_mcp_server(settings, manager=lambda: mgr, caller_of=lambda ctx: OPEN)
         await server.run_stdio_async()
@@ -235,10 +237,19 @@ def build_mcp_server(
             text: str = (await acall(**args, progress=listener)).text
             return text
 
+        deadline = asyncio.timeout(call_timeout)
         try:
-            return await _with_progress(ctx, work, heartbeat_s)
+            async with deadline:
+                return await _with_progress(ctx, work, heartbeat_s)
         except LLMCallError as exc:
             raise _tool_error(exc) from None
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            raise ToolError(
+                f"the call ran longer than the server's limit of {call_timeout:g} s for a direct call "
+                "(server.request_timeout) and was stopped; for long work use submit, then wait"
+            ) from None
 
     @server.tool(description="Submit the same call as a background task; returns its task_id at once.")
     async def submit(
@@ -358,7 +369,12 @@ def mount_mcp(app: Any, state: Any) -> Callable[[], AbstractAsyncContextManager[
 
     from ._background import manager
 
-    server = build_mcp_server(state.settings, manager=lambda: manager(state), caller_of=caller_of_http_request)
+    server = build_mcp_server(
+        state.settings,
+        manager=lambda: manager(state),
+        caller_of=caller_of_http_request,
+        call_timeout=state.settings.server.request_timeout,
+    )
     # The gateway in front checks the Host header (server.allowed_hosts), keys and content types.
     security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
     inner = server.streamable_http_app(stateless_http=True, transport_security=security, streamable_http_path="/mcp")
