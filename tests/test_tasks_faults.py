@@ -19,14 +19,16 @@ from typing import Any
 import pytest
 
 from llm_call.config import Settings
+from llm_call.errors import TaskStoreError
 from llm_call.tasks import NewTask, TaskManager, WorkerInfo, open_store
 from llm_call.tasks.sqlite_store import SQLiteTaskStore
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 from llm_call.types import TaskStatus
+from support.llm_server import serve_llm
 from support.redis_server import RedisServer, redis_server
 from support.tasks_env import MODEL, sync_eventually
 
-__all__ = ["redis_server"]
+__all__ = ["redis_server", "serve_llm"]
 
 LLM_CALL = str(Path(sys.executable).parent / "llm-call")
 FINAL_KINDS = ("finished", "failed", "cancelled", "interrupted")
@@ -132,3 +134,106 @@ def test_cancel_while_the_worker_is_dead_then_a_new_worker_never_runs_it_again(
         with sqlite3.connect(db) as conn:
             kinds = [r[0] for r in conn.execute("SELECT kind FROM events WHERE task_id = ? ORDER BY seq", (task_id,))]
         assert "requeued" not in kinds and sum(k in FINAL_KINDS for k in kinds) == 1
+
+
+# -- 2. recording an outcome that fails once is retried, never left `running` ------------------------
+
+
+class FailingFinishStore(SQLiteTaskStore):
+    """A SQLite store whose first ``fail`` outcome writes raise, as a busy lock or an I/O error would."""
+
+    def __init__(self, path: Path, fail: int = 1) -> None:
+        super().__init__(path)
+        self.to_fail = fail
+        self.finish_calls = 0
+
+    def _maybe_fail(self) -> None:
+        self.finish_calls += 1
+        if self.to_fail > 0:
+            self.to_fail -= 1
+            raise TaskStoreError("task store: database is locked (injected)")
+
+    async def finish_with_events(self, *args: Any, **kwargs: Any) -> bool:
+        self._maybe_fail()
+        return await super().finish_with_events(*args, **kwargs)
+
+    async def finish(self, *args: Any, **kwargs: Any) -> bool:
+        self._maybe_fail()
+        return await super().finish(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fail", [1, 3])
+async def test_a_failed_outcome_write_is_retried_until_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail: int
+) -> None:
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2}})
+    async with ScriptedLLMServer(default=Reply(text="the answer", times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        store = FailingFinishStore(tmp_path / "tasks.db", fail=fail)
+        async with TaskManager(store, claims="all", settings=settings) as mgr:
+            task_id = await mgr.submit({"model": MODEL, "prompt": "q"})
+            rec = await asyncio.wait_for(mgr.wait(task_id), 20)  # before the fix: running forever
+        assert rec.status is TaskStatus.SUCCEEDED and rec.result["text"] == "the answer"
+        assert store.finish_calls == fail + 1 and len(srv.requests) == 1  # recorded, not re-run
+
+
+# -- 3. a dead writer thread fails every write promptly; health and workers notice -------------------
+
+
+class WriterKilled(BaseException):
+    """Not an Exception: what escapes the writer's error handling and kills its thread."""
+
+
+def _kill_writer(conn: sqlite3.Connection) -> None:
+    raise WriterKilled("injected")
+
+
+async def test_a_dead_writer_thread_fails_pending_and_later_writes(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    try:
+        assert store.broken() is None
+        # writes queued in the same batch as the fault, and one after it
+        pending = [store.submit(_task(i)) for i in range(5)]
+        results = await asyncio.wait_for(
+            asyncio.gather(*pending, store._write(_kill_writer), return_exceptions=True), 10
+        )
+        assert all(isinstance(r, TaskStoreError) for r in results[-1:])
+        broken = store.broken()
+        assert isinstance(broken, TaskStoreError) and "writer stopped" in str(broken)
+        with pytest.raises(TaskStoreError, match="writer stopped"):
+            await asyncio.wait_for(store.submit(_task(9)), 5)  # before the fix: waits forever
+        assert (await store.counts()).get("queued", 0) <= 5  # reads still work
+    finally:
+        await asyncio.wait_for(store.close(), 10)
+
+
+async def test_a_worker_on_a_broken_store_stops_with_the_error(tmp_path: Path) -> None:
+    from llm_call.tasks.worker import run_worker
+
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    settings = Settings.model_validate({"tasks": {"heartbeat_s": 0.2}})
+    ready = asyncio.Event()
+    worker = asyncio.create_task(run_worker(store, settings=settings, on_ready=lambda m: ready.set(), grace=0))
+    await asyncio.wait_for(ready.wait(), 10)
+    with pytest.raises(TaskStoreError):
+        await store._write(_kill_writer)
+    with pytest.raises(TaskStoreError, match="writer stopped"):  # `llm-call worker` exits non-zero
+        await asyncio.wait_for(worker, 10)
+
+
+def test_health_answers_503_once_the_task_store_writer_died(serve_llm: Any) -> None:
+    import httpx
+
+    served = serve_llm()
+    assert httpx.get(served.url + "/health").status_code == 200
+    store = served.server.app.state.llm_call.tasks.store
+
+    async def kill() -> None:
+        with pytest.raises(TaskStoreError):
+            await store._write(_kill_writer)
+
+    asyncio.run(kill())
+    got = httpx.get(served.url + "/health")  # before the fix: 200, because reads still work
+    assert got.status_code == 503

@@ -34,6 +34,7 @@ _COMMAND_MODULES = (
     "_validators",
     "_tasks",
     "_batch",
+    "_mcp",
 )
 
 

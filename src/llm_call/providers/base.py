@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
-from ..types import Chunk, Message, Request, Response
+from ..types import Chunk, Message, Request, Response, ToolCallDelta
 
-__all__ = ["CLAUDE_ONLY_OPTIONS", "ProgressCallback", "Provider", "message_text"]
+__all__ = ["CLAUDE_ONLY_OPTIONS", "ProgressCallback", "Provider", "message_text", "parse_retry_after", "tool_deltas"]
 
 #: options only the Claude Code CLI route understands; other routes reject them by name rather
 #: than drop them silently or send them to an API that would ignore them
@@ -67,3 +70,35 @@ def message_text(message: Message) -> str:
         if isinstance(part, dict) and part.get("type") == "text":
             parts.append(str(part.get("text", "")))
     return "".join(parts)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def tool_deltas(calls: list[dict[str, Any]]) -> list[ToolCallDelta]:
+    """``delta.tool_calls`` entries as ToolCallDelta (a missing index means the entry's position)."""
+    out = []
+    for i, c in enumerate(calls):
+        fn = c.get("function") or {}
+        args = fn.get("arguments")
+        if args is not None and not isinstance(args, str):
+            raise TypeError("tool call arguments are not a string")
+        out.append(ToolCallDelta(int(c.get("index", i)), c.get("id"), fn.get("name"), args or ""))
+    return out

@@ -261,7 +261,7 @@ def _status(exc: BaseException, default: int) -> int:
 
 
 def _retry_after(exc: Any) -> float | None:
-    from .openai_compat import parse_retry_after
+    from .base import parse_retry_after
 
     for source in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None)):
         if source is not None:

@@ -31,12 +31,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -55,7 +53,7 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
-from .base import CLAUDE_ONLY_OPTIONS
+from .base import CLAUDE_ONLY_OPTIONS, parse_retry_after, tool_deltas
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig, OpenAIConfig
@@ -69,17 +67,6 @@ _DEFAULT_BASE = "https://api.openai.com/v1"
 _DROP = frozenset({"progress"})
 _MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
-
-def _tool_deltas(calls: list[dict[str, Any]]) -> list[ToolCallDelta]:
-    """``delta.tool_calls`` entries as ToolCallDelta (a missing index means the entry's position)."""
-    out = []
-    for i, c in enumerate(calls):
-        fn = c.get("function") or {}
-        args = fn.get("arguments")
-        if args is not None and not isinstance(args, str):
-            raise TypeError("tool call arguments are not a string")
-        out.append(ToolCallDelta(int(c.get("index", i)), c.get("id"), fn.get("name"), args or ""))
-    return out
 
 _loads: Callable[[bytes], Any]
 try:
@@ -98,26 +85,6 @@ except ImportError:  # pragma: no cover - orjson is optional
 
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj).encode()
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date)."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, seconds) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _usage(data: Any) -> Usage:
@@ -570,7 +537,7 @@ class OpenAICompatProvider:
                 piece = delta.get("content")
                 calls = delta.get("tool_calls")
                 if calls:
-                    st.pending.extend(_tool_deltas(calls))
+                    st.pending.extend(tool_deltas(calls))
                 if piece:
                     if not isinstance(piece, str):
                         raise TypeError("content is not a string")

@@ -17,6 +17,7 @@ to be resumed by the next start) and closes the providers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -172,6 +173,16 @@ async def _count_tokens(state: ServerState, info: Any, raw: bytes, receive: Any)
     return await handle_count_tokens(state, info, raw)
 
 
+def _mcp_mount() -> Callable[[Any, ServerState], Callable[[], Any]] | None:
+    """``mount_mcp`` of the MCP server module, or None (logged) without the ``mcp`` package."""
+    try:
+        from ._mcp import mount_mcp
+    except ImportError as exc:
+        _log.warning("/mcp is not served: the mcp package is missing (pip install 'llm-call[mcp]'): %s", exc)
+        return None
+    return mount_mcp
+
+
 class _App(FastAPI):
     """FastAPI, with HTTP requests handed straight to the middleware stack (the gateway first):
     FastAPI's own ``__call__`` checks for OpenTelemetry on every request (~30 µs)."""
@@ -211,6 +222,8 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
     state = ServerState.from_settings(settings)  # ConfigError for a blank key
     check_public_bind(settings.server.host, state.auth)
     state.tasks = task_manager
+    #: the MCP SDK's session manager runner, set once /mcp is mounted (below)
+    mcp_sessions: Callable[[], Any] | None = None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -221,7 +234,8 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
 
         await start_tasks(state, given=task_manager)
         try:
-            yield
+            async with mcp_sessions() if mcp_sessions is not None else contextlib.nullcontext():
+                yield
         finally:
             await stop_tasks(state, owned=task_manager is None)
             from ..providers.router import close_providers
@@ -248,6 +262,9 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
     from . import _routes
 
     _routes.register(app, state)
+    mount_mcp = _mcp_mount()
+    if mount_mcp is not None:
+        mcp_sessions = mount_mcp(app, state)
     for route in app.routes:
         endpoint, path = getattr(route, "endpoint", None), getattr(route, "path", None)
         if endpoint is not None and isinstance(path, str):

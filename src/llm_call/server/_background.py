@@ -70,6 +70,9 @@ async def store_check(state: ServerState) -> tuple[bool, str, str]:
     mgr = state.tasks
     if mgr is None or getattr(mgr, "closed", False):
         return False, "task manager not running", "task manager not running"
+    if mgr.store.broken() is not None:
+        msg = "task store broken: its writer stopped; restart the server"
+        return False, msg, msg
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
             await mgr.store.counts()

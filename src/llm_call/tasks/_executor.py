@@ -21,7 +21,6 @@ import socket
 import time
 from collections.abc import Awaitable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._pipeline import execute as execute_call
@@ -36,8 +35,9 @@ from ..errors import (
     error_to_dict,
 )
 from ..types import Response, TaskRecord, TaskStatus
+from ._progress_sink import ProgressSink, RunningTask
 from ._quota import QuotaScheduler, is_max_route
-from ._spec import jsonable, rebuild, response_dict
+from ._spec import rebuild, response_dict
 from .store import (
     EventIn,
     FinishesWithEvents,
@@ -56,10 +56,11 @@ __all__ = ["TaskExecutor", "wait_event"]
 
 _log = logging.getLogger("llm_call.tasks")
 
-_CHUNK_EVERY_S = 0.5
 _TICK_S = 0.5  # cancel-request polling; heartbeats every settings.tasks.heartbeat_s
 _CLEANUP_EVERY_S = 3600.0
-_RECHECK_S = 5.0  # waiters of this manager's queued tasks re-read the store this often
+_RECHECK_S = 5.0
+_RECORD_RETRY_FIRST_S = 0.05  # recording an outcome that failed is retried after this, doubling
+_RECORD_RETRY_MAX_S = 2.0  # waiters of this manager's queued tasks re-read the store this often
 STALE_BEATS = 3  # a worker silent for 3 heartbeats is dead
 
 async def wait_event(event: asyncio.Event, timeout: float) -> None:
@@ -72,26 +73,7 @@ async def wait_event(event: asyncio.Event, timeout: float) -> None:
         return
 
 
-@dataclass(eq=False, slots=True)
-class RunningTask:
-    """A task executing in this manager."""
-
-    id: str
-    route: str
-    patterns: tuple[str, ...]
-    listeners: list[ProgressListener] | tuple[()] = ()
-    work: asyncio.Task[Any] | None = None  # what cancel() cancels
-    settler: asyncio.Task[None] | None = None  # records the outcome
-    cancel_requested: bool = False
-    begun: bool = False  # the settler has taken its first step (a Task cancelled before it never does)
-    progress: dict[str, Any] = field(default_factory=dict)
-    chars: int = 0
-    last_chunk_at: float = 0.0
-    rec: TaskRecord | None = None  # the claimed record (the final one is built from it)
-    events: list[EventIn] = field(default_factory=list)  # progress events not sent to the store yet
-
-
-class TaskExecutor:
+class TaskExecutor(ProgressSink):
     """State and task execution; see the module docstring and TaskManager."""
 
     def __init__(
@@ -142,6 +124,9 @@ class TaskExecutor:
         self._started = False
         self._stopping = False
         self._closed = False
+        #: set (with the reason) when the store broke for good: a worker exits for a restart
+        self.store_failure: TaskStoreError | None = None
+        self.store_failed = asyncio.Event()
         self._limit = 1
         self._route_limits: dict[str, int] = {}
         self._route_count: dict[str, int] = {}
@@ -422,29 +407,47 @@ class TaskExecutor:
         events, run.events = run.events, []
         progress = dict(run.progress) if events or run.id in self._dirty else None
         self._dirty.discard(run.id)
-        try:
-            if finish_with_events is not None:  # events, progress and outcome in one transaction
-                try:
-                    recorded = await finish_with_events.finish_with_events(run.id, self.worker_id, outcome, events, progress)
-                except asyncio.CancelledError:
-                    cancelled, recorded = True, False
-            else:
-                if events or progress is not None:
+        delay = _RECORD_RETRY_FIRST_S
+        while True:
+            try:
+                if finish_with_events is not None:  # events, progress and outcome in one transaction
                     try:
-                        keep = await self._store_events(events, {run.id: progress} if progress is not None else {}) and keep
+                        recorded = await finish_with_events.finish_with_events(run.id, self.worker_id, outcome, events, progress)
                     except asyncio.CancelledError:
-                        cancelled, keep = True, False
+                        cancelled, recorded = True, False
+                else:
+                    if events or progress is not None:
+                        try:
+                            keep = await self._store_events(events, {run.id: progress} if progress is not None else {}) and keep
+                        except asyncio.CancelledError:
+                            cancelled, keep = True, False
+                        events, progress = [], None
+                    try:
+                        recorded = await self.store.finish(run.id, self.worker_id, outcome)
+                    except asyncio.CancelledError:
+                        cancelled, recorded = True, False
+                if recorded:
+                    if keep and not cancelled:
+                        self._keep_final(run, outcome)
+                elif not cancelled:
+                    _log.warning("task %s: outcome %s not recorded: this worker no longer owns it", run.id, outcome.status)
+                break
+            except TaskStoreError:
+                # The task is still ``running`` under this live worker, so recovery will not touch
+                # it: recording must be retried here, or wait() would never return. A finish is
+                # fenced (only this worker's running task) and a failed write commits nothing,
+                # so a retry cannot record twice. Stop only when this worker stops (its task then
+                # goes back to recovery) or the store is broken for good (the worker exits).
+                if self._stopping or cancelled or self._store_broken():
+                    _log.exception("task %s: recording outcome %s failed; recovery will run it again", run.id, outcome.status)
+                    break
+                _log.warning("task %s: recording outcome %s failed; retrying in %.2f s", run.id, outcome.status, delay, exc_info=True)
                 try:
-                    recorded = await self.store.finish(run.id, self.worker_id, outcome)
+                    await asyncio.sleep(delay)
                 except asyncio.CancelledError:
-                    cancelled, recorded = True, False
-            if recorded:
-                if keep and not cancelled:
-                    self._keep_final(run, outcome)
-            elif not cancelled:
-                _log.warning("task %s: outcome %s not recorded: this worker no longer owns it", run.id, outcome.status)
-        except TaskStoreError:
-            _log.exception("task %s: recording outcome %s failed; recovery will run it again", run.id, outcome.status)
+                    cancelled = True
+                    break
+                delay = min(delay * 2, _RECORD_RETRY_MAX_S)
         self.finished[outcome.status.value] = self.finished.get(outcome.status.value, 0) + 1
         data: dict[str, Any] = {}
         if outcome.error is not None:
@@ -453,6 +456,9 @@ class TaskExecutor:
         self._touch(run.id)  # followers now; waiters when the run ends (_end_run), just after
         if cancelled:
             raise asyncio.CancelledError
+
+    def _store_broken(self) -> TaskStoreError | None:
+        return self.store.broken()
 
     def _keep_final(self, run: RunningTask, outcome: Outcome) -> None:
         """Keep the committed final record of a task someone here waits for or listens to."""
@@ -492,80 +498,6 @@ class TaskExecutor:
 
     # -- progress events -----------------------------------------------------------------------------
 
-    def _sink(self, run: RunningTask) -> ProgressListener:
-        return functools.partial(self._on_event, run)
-
-    def _call_listeners(self, run: RunningTask, kind: str, data: dict[str, Any]) -> None:
-        for listener in run.listeners:
-            try:
-                listener(kind, data)
-            except Exception:
-                _log.exception("progress callback failed on %s event; ignoring", kind)
-
-    def _on_event(self, run: RunningTask, kind: str, data: dict[str, Any]) -> None:
-        now = time.time()
-        self._call_listeners(run, kind, data)
-        prog = run.progress
-        prog["last"] = kind
-        prog["at"] = now
-        if kind == "attempt":
-            prog["attempt"] = data.get("number", int(prog.get("attempt") or 0) + 1)
-            prog["model"] = data.get("model")
-        elif kind in ("escalated", "fallback", "quota_fallback"):
-            prog["model"] = data.get("to_model")
-        elif kind == "chunk":
-            text = data.get("text")
-            run.chars = int(data["chars"]) if "chars" in data else run.chars + (len(text) if isinstance(text, str) else 0)
-            prog["chars"] = run.chars
-            if "tokens" in data:
-                prog["tokens"] = data["tokens"]
-            self._dirty.add(run.id)
-            if now - run.last_chunk_at < _CHUNK_EVERY_S:
-                return  # throttled: the record's progress still gets the totals
-            run.last_chunk_at = now
-            data = {k: v for k, v in prog.items() if k in ("chars", "tokens")}
-        if run.id not in self._running:
-            return
-        run.events.append(EventIn(run.id, kind, jsonable(data), now))
-        self._dirty.add(run.id)
-        self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        if self._flush_handle is None:
-            # at once (in store order with what other processes write, e.g. a cancel request);
-            # what is still pending when the task ends goes with its outcome
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._start_flush)
-
-    def _start_flush(self) -> None:
-        self._flush_handle = None
-        self._spawn(self._flush_events())
-
-    async def _flush_events(self) -> bool:
-        """Store the pending events and progress; False if that failed (they are lost)."""
-        events, self._pending = self._pending, []
-        dirty, self._dirty = self._dirty, set()
-        progress = {}
-        for tid in dirty:
-            run = self._running.get(tid)
-            if run is not None:
-                events.extend(run.events)
-                run.events = []
-                progress[tid] = dict(run.progress)
-        return await self._store_events(events, progress)
-
-    async def _store_events(self, events: list[EventIn], progress: dict[str, dict[str, Any]]) -> bool:
-        if not events and not progress:
-            return True
-        try:
-            await self.store.append_events(events, progress)
-        except TaskStoreError:
-            self._events_lost = True
-            _log.exception("storing %d progress event(s) failed; they are lost", len(events))
-            return False
-        for tid in {e.task_id for e in events}:
-            self._touch(tid)
-        return True
-
     # -- housekeeping --------------------------------------------------------------------------------
 
     async def _recover(self) -> None:
@@ -596,6 +528,12 @@ class TaskExecutor:
         next_recheck = loop.time() + _RECHECK_S
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
+            broken = self._store_broken()
+            if broken is not None:
+                _log.critical("task store broken, this manager stops running tasks: %s", broken)
+                self.store_failure = broken
+                self.store_failed.set()
+                return
             try:
                 if self._running:
                     for task_id in await self.store.cancel_requests(self.worker_id):

@@ -6,6 +6,11 @@ moment and applies them in one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``synchronous
 a thousand concurrent writes cost one fsync. If an operation raises, the batch is rolled back
 and its operations are replayed one per transaction, so only the faulty one fails.
 :meth:`GroupCommitDB.read` runs a query inline on the calling thread's own read connection.
+
+If the writer thread itself dies (a ``ROLLBACK`` that raises, any ``BaseException`` out of a
+batch), the database is **broken**: the writes it held and every write queued or made later fail
+at once with :class:`~llm_call.errors.TaskStoreError` (never wait forever), and :attr:`broken`
+says why, so ``/health`` answers 503 and a worker exits for its supervisor to restart it.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class GroupCommitDB:
         self._readers_lock = threading.Lock()
         self._closed = False
         self._sentinel_sent = False
+        self.broken: TaskStoreError | None = None  # set when the writer thread died
+        self._in_hand: list[_Item] = []  # the batch the writer is applying
         self.commits = 0  # write transactions committed (group commit makes it << writes)
 
     async def open(self) -> None:
@@ -138,6 +145,8 @@ class GroupCommitDB:
 
     def enqueue(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """Queue ``op`` now; the future gets its result once its transaction committed."""
+        if self.broken is not None:
+            raise self.broken
         if self._closed or self._writer is None:
             raise TaskStoreError(f"task store {self.path} is not open")
         loop = asyncio.get_running_loop()
@@ -155,8 +164,8 @@ class GroupCommitDB:
         if not items:
             return
         writer = self._writer
-        if writer is None or self._sentinel_sent:  # closed meanwhile: the writer is gone
-            err = TaskStoreError(f"task store {self.path} is not open")
+        if writer is None or self._sentinel_sent or self.broken is not None:  # the writer is gone
+            err = self.broken or TaskStoreError(f"task store {self.path} is not open")
             for _, fut, _ in items:
                 if not fut.done():
                     fut.set_exception(err)
@@ -164,6 +173,21 @@ class GroupCommitDB:
         self._queue.put(items)
 
     def _write_loop(self) -> None:
+        try:
+            self._apply_batches()
+        except BaseException as exc:  # the thread dies: fail everything now and from now on
+            self.broken = TaskStoreError(
+                f"task store {self.path}: its writer stopped ({type(exc).__name__}: {exc}); "
+                "no write can be made until the process restarts"
+            )
+            _log.critical("%s", self.broken, exc_info=True)
+            self._deliver([(fut, loop, None, self.broken) for _, fut, loop in self._in_hand])
+            # stay to fail what was handed over meanwhile (racing with ``broken`` being set),
+            # until close() sends the sentinel
+            while (nxt := self._queue.get()) is not None:
+                self._deliver([(fut, loop, None, self.broken) for _, fut, loop in nxt])
+
+    def _apply_batches(self) -> None:
         assert self._wconn is not None
         conn = self._wconn
         stop = False
@@ -181,7 +205,9 @@ class GroupCommitDB:
                     stop = True
                     break
                 batch.extend(nxt)
+            self._in_hand = batch
             self._run_batch(conn, batch)
+            self._in_hand = []
 
     def _run_batch(
         self,

@@ -43,8 +43,9 @@ from typing import Any
 from .._progress import ProgressListener
 from ..errors import QueueFull, TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
 from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
-from ._executor import STALE_BEATS, RunningTask, TaskExecutor, wait_event
+from ._executor import STALE_BEATS, TaskExecutor, wait_event
 from ._handle import TaskHandle, outcome_of
+from ._progress_sink import RunningTask
 from ._spec import response_dict, spec_from_kwargs
 from ._stores import make_store
 from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo

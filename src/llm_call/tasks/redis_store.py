@@ -517,6 +517,9 @@ class RedisTaskStore(RedisWorkers):
             got = await pipe.execute()
         return sum(int(n) for n in got)
 
+    def broken(self) -> TaskStoreError | None:
+        return None  # no writer thread to lose: every call reconnects or raises on its own
+
     async def counts(self) -> dict[str, int]:
         await self._prune(time.time() - self.retention_s, delete=False)
         async with self._io("counts") as r:

@@ -30,6 +30,7 @@ from ..errors import (
     TaskError,
     TaskInterrupted,
     TaskNotFound,
+    TaskStoreError,
     error_to_dict,
 )
 from ..types import TaskEvent, TaskRecord, TaskStatus
@@ -122,6 +123,9 @@ class SQLiteTaskStore:
 
     async def close(self) -> None:
         await self._db.close()
+
+    def broken(self) -> TaskStoreError | None:
+        return self._db.broken
 
     async def _write(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return await self._db.write(op)

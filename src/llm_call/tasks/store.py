@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ..errors import TaskStoreError
 from ..types import TaskEvent, TaskRecord, TaskStatus
 
 __all__ = [
@@ -317,6 +318,11 @@ class TaskStore(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Number of tasks per status."""
+        ...
+
+    def broken(self) -> TaskStoreError | None:
+        """Why this store can make no more writes (its writer died), or None while it can.
+        Transient failures are not "broken": they raise from the call that met them."""
         ...
 
     async def queued_count(self, route_pattern: str) -> int:

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .manager import TaskManager
 
@@ -66,17 +66,22 @@ async def run_worker(
     try:
         if on_ready is not None:
             on_ready(manager)
-        if burst:
-            drain = asyncio.create_task(manager.drain())
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({drain, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if drain.done():
-                drain.result()
-            else:
-                drain.cancel()
-        else:
-            await stop.wait()
+        stopper = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(manager.store_failed.wait())
+        waits: set[asyncio.Task[Any]] = {stopper, failed}
+        drain = asyncio.create_task(manager.drain()) if burst else None
+        if drain is not None:
+            waits.add(drain)
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in waits:
+                if not t.done():
+                    t.cancel()
+        if drain is not None and drain.done():
+            drain.result()
+        if manager.store_failure is not None:  # exit non-zero: the supervisor restarts us
+            raise manager.store_failure
     finally:
         await manager.close(grace=grace)
         if handle_signals:
