@@ -182,6 +182,41 @@ def run_one(
     )
 
 
+async def follow_latency(store: str, n: int) -> list[float]:
+    """Submit ``n`` tasks and follow each one's events from this process (a client that does not
+    run them): the delay from a ``finished`` event's timestamp (the worker's clock, same host)
+    to its arrival here, in ms."""
+    from llm_call.tasks import TaskManager
+
+    async with TaskManager(store, execute=False) as client:
+        ids = await asyncio.gather(*(client.submit({"model": "openai/bench", "prompt": f"ev {i}"}) for i in range(n)))
+
+        async def one(task_id: str) -> float:
+            async for ev in client.events(task_id):
+                if ev.kind == "finished":
+                    return (time.time() - ev.at) * 1000
+            raise RuntimeError(f"task {task_id} did not finish")
+
+        return sorted(await asyncio.wait_for(asyncio.gather(*(one(t) for t in ids)), 120))
+
+
+def event_latency(backend: str, n: int, base_url: str, redis: RedisServer | None, tmp: Path) -> str:
+    run_dir = Path(tempfile.mkdtemp(prefix=f"ev-{backend[:6]}-", dir=tmp))
+    store = f"{redis.url}?prefix=ev" if redis is not None else str(run_dir / "tasks.db")
+    config = run_dir / "llm_call.toml"
+    config.write_text(f'[openai]\nbase_url = "{base_url}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LLM_CALL_", "OPENAI_"))}
+    env.update(LLM_CALL_CONFIG=str(config), OPENAI_API_KEY="bench", XDG_DATA_HOME=str(run_dir / "xdg"))
+    os.environ.update(LLM_CALL_CONFIG=str(config), OPENAI_API_KEY="bench")
+    procs = start_workers(1, store, n, env, run_dir)
+    try:
+        got = asyncio.run(follow_latency(store, n))
+    finally:
+        stop(procs)
+    p99 = got[min(len(got) - 1, int(len(got) * 0.99))]
+    return f"| {backend} | {len(got)} | {statistics.median(got):.1f} | {p99:.1f} |"
+
+
 def table(rows: list[Row]) -> str:
     head = (
         "| backend | runs in | slots | submit/s | makespan s | tasks/s | eff | exec overhead p50 / p95 ms | "
@@ -209,7 +244,23 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2,4", help="Redis worker process counts")
     parser.add_argument("--sqlite-workers", default="0,1", help="SQLite worker process counts (0: in this process)")
     parser.add_argument("--update-docs", action="store_true")
+    parser.add_argument("--event-latency", type=int, default=0, metavar="N",
+                        help="only measure event delivery to a following client over N tasks (Redis pushed vs SQLite polled)")
     args = parser.parse_args()
+    if args.event_latency:
+        with tempfile.TemporaryDirectory(prefix="llm_call-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            scripted, base_url = start_scripted(args.latency, tmp)
+            try:
+                lines = ["| backend | tasks followed | finished event delivery p50 ms | p99 ms |", "| --- | ---: | ---: | ---: |"]
+                with RedisServer() as redis:
+                    lines.append(event_latency("Redis (pub/sub, polling fallback)", args.event_latency, base_url, redis, tmp))
+                lines.append(event_latency("SQLite (polled)", args.event_latency, base_url, None, tmp))
+            finally:
+                scripted.send_signal(signal.SIGTERM)
+                scripted.wait(timeout=10)
+        print("\n".join(lines))
+        return
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="llm_call-bench-") as tmp_name:
         tmp = Path(tmp_name)

@@ -397,3 +397,46 @@ def test_processes_submitting_at_once_never_overshoot_a_queue_limit(
             await store.close()
 
     assert asyncio.run(waiting()) == limit
+
+
+# -- 7. Redis pushes cancel requests and events: they arrive with polling set to once a minute -------
+
+
+async def test_redis_cancel_and_events_are_pushed_not_polled(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings.model_validate(
+        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": 60.0}}
+    )
+    url = f"{redis_server.url}?prefix=p{uuid.uuid4().hex[:8]}"
+    async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        worker_store, client_store = await open_store(url), await open_store(url)
+        try:
+            async with (
+                TaskManager(worker_store, claims="all", settings=settings) as worker,
+                TaskManager(client_store, execute=False, settings=settings) as client,
+            ):
+                await worker.start()
+                task_id = await client.submit({"model": MODEL, "prompt": "hang"})
+                seen: list[str] = []
+
+                async def follow() -> None:
+                    async for ev in client.events(task_id):
+                        seen.append(ev.kind)
+
+                follower = asyncio.create_task(follow())
+                for _ in range(400):  # the worker's call is in flight
+                    if srv.in_flight == 1:
+                        break
+                    await asyncio.sleep(0.025)
+                assert srv.in_flight == 1
+                await client.cancel(task_id)  # recorded; the worker in the other manager is told
+                rec = await asyncio.wait_for(client.wait(task_id), 10)  # polling alone: 60 s
+                await asyncio.wait_for(follower, 10)
+        finally:
+            await worker_store.close()
+            await client_store.close()
+    assert rec.status is TaskStatus.CANCELLED
+    assert seen[0] == "queued" and "started" in seen and seen[-1] == "cancelled"

@@ -290,6 +290,12 @@ class TasksConfig(_Strict):
     retention_s: float = Field(default=7 * 86400, gt=0)
     max_executions: int = Field(default=3, ge=1, description="Runs of one task before it is interrupted")
     heartbeat_s: float = Field(default=5.0, gt=0)
+    fallback_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="With a store that pushes cancel requests and events (Redis), how often they are "
+        "still polled in case a notice was lost",
+    )
 
 
 class ServerConfig(_Strict):

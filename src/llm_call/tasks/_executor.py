@@ -42,6 +42,7 @@ from .store import (
     EventIn,
     FinishesWithEvents,
     Outcome,
+    PushesNotices,
     RecordsOutcomeTime,
     SubmitsStarted,
     TaskStore,
@@ -133,6 +134,8 @@ class TaskExecutor(ProgressSink):
         self._sems: dict[str, asyncio.Semaphore] = {}
         self._heartbeat_s = 5.0
         self._max_executions = 3
+        self._fallback_poll_s = _TICK_S  # cancel polling when the store pushes cancels (settings)
+        self._pushes = False  # the store pushes cancel requests (PushesNotices)
         self._retention_s = 7 * 86400.0
         self._info: WorkerInfo | None = None
         self._quota = QuotaScheduler()  # max/* scheduling on the subscription's quota
@@ -196,6 +199,12 @@ class TaskExecutor(ProgressSink):
             await self.store.heartbeat(self._info)
             await self._quota.start(self.settings.claude, self.store)
             await self._recover()
+            if isinstance(self.store, PushesNotices):
+                try:
+                    await self.store.watch_cancels(self.worker_id, self._on_cancel_notice)
+                    self._pushes = True
+                except TaskStoreError:
+                    _log.exception("cannot watch cancel requests; polling them only")
             try:
                 await self.store.cleanup(time.time() - self._retention_s)
             except TaskStoreError:
@@ -519,6 +528,12 @@ class TaskExecutor(ProgressSink):
         for task_id in [t for t in self._final_notify if t not in self._running]:
             self._final_notify.pop(task_id).set()
 
+    def _on_cancel_notice(self, task_id: str) -> None:
+        """A cancel of a task running here was requested in another process (pushed)."""
+        run = self._running.get(task_id)
+        if run is not None and run.work is not None and not run.cancel_requested:
+            self._cancel_run(run)
+
     async def _housekeeping_loop(self) -> None:
         assert self._info is not None
         loop = asyncio.get_running_loop()
@@ -526,6 +541,7 @@ class TaskExecutor(ProgressSink):
         next_recover = loop.time() + self._heartbeat_s * STALE_BEATS
         next_cleanup = loop.time() + _CLEANUP_EVERY_S
         next_recheck = loop.time() + _RECHECK_S
+        next_cancel_poll = loop.time() + (self._fallback_poll_s if self._pushes else 0.0)
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
             broken = self._store_broken()
@@ -535,7 +551,8 @@ class TaskExecutor(ProgressSink):
                 self.store_failed.set()
                 return
             try:
-                if self._running:
+                if self._running and loop.time() >= next_cancel_poll:
+                    next_cancel_poll = loop.time() + (self._fallback_poll_s if self._pushes else 0.0)
                     for task_id in await self.store.cancel_requests(self.worker_id):
                         run = self._running.get(task_id)
                         if run is not None and run.work is not None and not run.cancel_requested:

@@ -37,7 +37,7 @@ import asyncio
 import fnmatch
 import logging
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 from .._progress import ProgressListener
@@ -48,7 +48,7 @@ from ._handle import TaskHandle, outcome_of
 from ._progress_sink import RunningTask
 from ._spec import response_dict, spec_from_kwargs
 from ._stores import make_store
-from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
+from .store import FINAL_EVENT_KINDS, NewTask, PushesNotices, TaskStore, WorkerInfo
 
 __all__ = ["TaskManager"]
 
@@ -93,6 +93,7 @@ class TaskManager(TaskExecutor):
         self._sems = {p: asyncio.Semaphore(n) for p, n in self._route_limits.items()}
         self._heartbeat_s = cfg.heartbeat_s
         self._max_executions = cfg.max_executions
+        self._fallback_poll_s = cfg.fallback_poll_s
         self._retention_s = cfg.retention_s
         if self._store is None:
             location = self._store_arg if self._store_arg is not None else cfg.store
@@ -379,6 +380,14 @@ class TaskManager(TaskExecutor):
 
         With ``timeout`` seconds, TaskPending if it is still going (it goes on).
         """
+        stop = await self._watch(task_id)
+        try:
+            return await self._wait(task_id, timeout, cap=0.5 if stop is None else self._fallback_poll_s)
+        finally:
+            if stop is not None:
+                await stop()
+
+    async def _wait(self, task_id: str, timeout: float | None, *, cap: float) -> TaskRecord:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         delay = 0.02
@@ -407,7 +416,7 @@ class TaskManager(TaskExecutor):
                 await event.wait()  # its end wakes us; housekeeping re-checks every few seconds
                 continue
             step = 5.0 if local else delay
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.5, cap)
             if deadline is not None:
                 left = deadline - loop.time()
                 if left <= 0:
@@ -422,8 +431,28 @@ class TaskManager(TaskExecutor):
     async def events(self, task_id: str, after: int = 0, *, follow: bool = True) -> AsyncIterator[TaskEvent]:
         """The task's events with ``seq > after``; with ``follow``, new ones as they come, until
         the task ends (or rests in needs_review)."""
+        stop = await self._watch(task_id) if follow else None
+        try:
+            async for ev in self._events(task_id, after, follow=follow, pushed=stop is not None):
+                yield ev
+        finally:
+            if stop is not None:
+                await stop()
+
+    async def _watch(self, task_id: str) -> Callable[[], Awaitable[None]] | None:
+        """Wake this task's waiters and followers as soon as the store pushes a new event."""
+        if not isinstance(self.store, PushesNotices) or task_id in self._running:
+            return None
+        try:
+            return await self.store.watch_events(task_id, lambda _: self._touch(task_id, final=True))
+        except TaskStoreError:
+            _log.warning("cannot watch the events of task %s; polling them", task_id, exc_info=True)
+            return None
+
+    async def _events(self, task_id: str, after: int, *, follow: bool, pushed: bool) -> AsyncIterator[TaskEvent]:
         seq = after
         delay = 0.02
+        cap = self._fallback_poll_s if pushed else 0.5
         while True:
             event = self._notify_event(task_id)
             batch = await self.store.read_events(task_id, after=seq)
@@ -445,7 +474,7 @@ class TaskManager(TaskExecutor):
                     yield ev
                 return
             step = 5.0 if self._is_local(rec) else delay
-            delay = min(delay * 1.5, 0.5)
+            delay = min(delay * 1.5, cap)
             await wait_event(event, step)
 
     # -- control -----------------------------------------------------------------------------------

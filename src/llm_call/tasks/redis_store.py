@@ -21,8 +21,9 @@ What lives where (nothing is cached in the process, so nothing can go stale):
   cluster-wide (``global_limits``); leases are renewed by heartbeats and expire with a dead worker;
 - **progress events** are appended to a Redis list (and published on ``{prefix}:ev:{id}``), so
   ``/v1/tasks/{id}/events`` on any server reads what a worker on any host reported;
-- **cancel** sets a flag that the worker running the task polls (and publishes on
-  ``{prefix}:cancel:{worker}``); the worker cancels the asyncio task, which closes the HTTP call
+- **cancel** sets a flag and publishes on ``{prefix}:cancel:{worker}``, which the worker running
+  the task is subscribed to (the flag is still polled every ``tasks.fallback_poll_s``, in case a
+  notice was lost); followers subscribe to ``{prefix}:ev:{id}`` the same way; the worker cancels the asyncio task, which closes the HTTP call
   or kills the Claude process;
 - **expiry**: final records, events, idempotency keys and SAQ jobs expire after
   ``settings.tasks.retention_s`` (Redis TTLs); indexes are pruned by :meth:`cleanup`.
@@ -48,7 +49,7 @@ import logging
 import math
 import socket
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -61,6 +62,7 @@ from ..errors import (
 from ..types import TaskEvent, TaskRecord, TaskStatus
 from ._json import dumps, loads
 from ._redis_codec import CANCELLED, glob_to_lua, parse_limits, record
+from ._redis_notices import RedisNotices
 from ._redis_workers import RedisWorkers
 from ._saq import JOB_FUNCTION, LIB, SCRIPTS, lane_name
 from .store import (
@@ -114,6 +116,7 @@ class RedisTaskStore(RedisWorkers):
         self._queues: dict[str, Any] = {}
         self._errors: tuple[type[BaseException], ...] = (OSError,)
         self._pending: list[tuple[str, list[Any], asyncio.Future[Any]]] = []
+        self._notices: RedisNotices | None = None
         self._flushes: set[asyncio.Future[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -176,7 +179,25 @@ class RedisTaskStore(RedisWorkers):
             raise ConfigError(f"task store {self.url}: Redis {info.get('redis_version')} is too old (need >= 6.2)")
         self._scripts = {name: self._r.register_script(LIB + body) for name, body in SCRIPTS.items()}
 
+    async def watch_cancels(self, worker_id: str, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``on_cancel(task_id)`` as soon as a cancel of a task running on ``worker_id`` is requested."""
+        return await self._notice_hub().watch(f"{self.prefix}:cancel:{worker_id}", on_cancel)
+
+    async def watch_events(self, task_id: str, on_event: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``on_event(count)`` as soon as an event of ``task_id`` is stored."""
+        return await self._notice_hub().watch(f"{self.prefix}:ev:{task_id}", on_event)
+
+    def _notice_hub(self) -> RedisNotices:
+        if self._r is None:
+            raise TaskStoreError(f"task store {self.url} is not open")
+        if self._notices is None:
+            self._notices = RedisNotices(self._r, self.url)
+        return self._notices
+
     async def _close_clients(self) -> None:
+        if self._notices is not None:
+            await self._notices.close()
+            self._notices = None
         for client in (self._r, self._raw):
             if client is not None:
                 try:

@@ -56,7 +56,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -70,6 +70,7 @@ __all__ = [
     "FinishesWithEvents",
     "NewTask",
     "Outcome",
+    "PushesNotices",
     "RecordsOutcomeTime",
     "RecoveryReport",
     "SubmitsStarted",
@@ -387,6 +388,16 @@ class FinishesWithEvents(Protocol):
     async def finish_with_events(
         self, task_id: str, worker_id: str, outcome: Outcome, events: Sequence[EventIn], progress: dict[str, Any] | None
     ) -> bool: ...
+
+
+@runtime_checkable
+class PushesNotices(Protocol):
+    """Cancel requests and new events pushed as they happen (Redis pub/sub); each ``watch_*``
+    returns the coroutine function that stops it. Polling stays as the fallback."""
+
+    async def watch_cancels(self, worker_id: str, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]: ...
+
+    async def watch_events(self, task_id: str, on_event: Callable[[str], None]) -> Callable[[], Awaitable[None]]: ...
 
 
 @runtime_checkable
