@@ -147,6 +147,59 @@ async def test_a_process_killed_while_idle_is_replaced(pooled: ClaudeEnv) -> Non
     assert state["replaced_by_reason"].get("died") == 1, state
 
 
+def _proc_state(pid: int) -> str | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return data[data.rfind(b")") + 2 :].split()[0].decode()
+
+
+async def _until_state(pid: int, states: set[str | None]) -> None:
+    await _until(lambda: _proc_state(pid) in states)
+
+
+@pytest.mark.parametrize("when", ["before_the_write", "after_the_write"])
+async def test_a_process_that_dies_before_taking_the_message_is_replaced_and_the_call_served(
+    pooled: ClaudeEnv, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The process passed the liveness check, then died before it read the call's message
+    (killed before the write, or stopped, written to, then killed): the call runs on a fresh
+    process instead of failing with the dead one's exit."""
+    from llm_call.providers import _claude_worker
+
+    original = _claude_worker.PooledCLI.send
+    victims: list[int] = []
+
+    async def send_then_die(self: Any, content: Any) -> None:
+        pid = self.pid
+        if content != "two" or victims or pid is None:
+            await original(self, content)
+            return
+        victims.append(pid)
+        if when == "before_the_write":
+            os.kill(pid, signal.SIGKILL)
+            await _until_state(pid, {"Z", None})
+            await original(self, content)
+        else:
+            os.kill(pid, signal.SIGSTOP)  # it cannot read (or answer) what is written now
+            await _until_state(pid, {"T", "t"})
+            await original(self, content)
+            os.kill(pid, signal.SIGKILL)
+
+    monkeypatch.setattr(_claude_worker.PooledCLI, "send", send_then_die)
+    async with ScriptedLLMServer(default=Reply(text="alive", times=None)) as srv:
+        pooled.use_server(srv)
+        await llm_call.acall("max/sonnet", "one", retry=False)
+        await _until(lambda: pool_state()["idle"] == 1)
+        resp = await llm_call.acall("max/sonnet", "two", retry=False)
+        assert resp.text == "alive"
+        assert victims and victims[0] not in pooled.processes()
+        assert [r.last_user_text.endswith("two") for r in _messages_requests(srv)] == [False, True]
+    state = pool_state()
+    assert state["replaced_by_reason"].get("died") == 1, state
+
+
 async def test_a_hang_trips_the_watchdog_and_the_process_is_replaced(pooled: ClaudeEnv) -> None:
     script = [Reply(match_text="stuck", fault=Fault.hang()), Reply(match_text="fine", text="recovered")]
     async with ScriptedLLMServer(script) as srv:

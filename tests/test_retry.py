@@ -244,11 +244,12 @@ async def test_stream_retries_before_the_first_chunk(srv: ScriptedLLMServer) -> 
     assert len(srv.requests) == 2
 
 
-async def test_stream_cut_after_a_chunk_is_not_retried(srv: ScriptedLLMServer) -> None:
+async def test_stream_cut_after_a_chunk_is_not_retried_without_rescue(srv: ScriptedLLMServer) -> None:
+    # with the default stream_rescue="continue" it is continued: tests/test_stream_rescue.py
     srv.add(Reply(text="alpha beta gamma", fault=Fault.cut_stream(after_chunks=1)), Reply(text="again"))
     seen: list[str] = []
     with pytest.raises(StreamInterrupted):
-        async for chunk in llm_call.astream("openai/m", "hi", retry=ManualClock().policy()):
+        async for chunk in llm_call.astream("openai/m", "hi", retry=ManualClock().policy(), stream_rescue="off"):
             seen.append(chunk.text)
     assert seen == ["alpha "] and len(srv.requests) == 1
 

@@ -237,3 +237,163 @@ def test_health_answers_503_once_the_task_store_writer_died(serve_llm: Any) -> N
     asyncio.run(kill())
     got = httpx.get(served.url + "/health")  # before the fix: 200, because reads still work
     assert got.status_code == 503
+
+
+# -- 4. a worker is declared dead only when it cannot be alive ---------------------------------------
+
+
+@pytest.mark.timeout(90)
+async def test_a_lock_held_longer_than_the_stale_window_does_not_requeue_a_running_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_procs: list[subprocess.Popen[bytes]]
+) -> None:
+    db = tmp_path / "lock.db"
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2}})
+    stale_after = 0.6  # what the worker's managers use: 3 heartbeats of 0.2 s
+    async with ScriptedLLMServer(default=Reply(text="done", latency=3.0, times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        store = SQLiteTaskStore(db)
+        await store.open()
+        try:
+            async with TaskManager(store, execute=False, settings=settings) as client:
+                task_id = await client.submit({"model": MODEL, "prompt": "slow"})
+                env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
+                (tmp_path / "llm_call.toml").write_text("[retry]\nmax_retries = 0\n[tasks]\nheartbeat_s = 0.2\n")
+                env["LLM_CALL_CONFIG"] = str(tmp_path / "llm_call.toml")
+                worker_procs.append(
+                    subprocess.Popen([LLM_CALL, "worker", "--tasks", str(db), "-j", "1"], env=env, stderr=subprocess.DEVNULL)  # noqa: ASYNC220 (Popen returns at once)
+                )
+                for _ in range(600):
+                    if srv.in_flight == 1:
+                        break
+                    await asyncio.sleep(0.05)
+                assert srv.in_flight == 1
+                # another process holds the write lock for several stale windows: the worker's
+                # heartbeats wait behind it, and the recovery below runs the moment it is free
+                lock = sqlite3.connect(db, isolation_level=None)
+                lock.execute("BEGIN IMMEDIATE")
+                await asyncio.sleep(stale_after * 3)
+                lock.execute("COMMIT")
+                report = await store.recover(max_executions=3, stale_after=stale_after)
+                lock.close()
+                assert report.requeued == [] and report.dead_workers == []  # before the fix: requeued
+                rec = await asyncio.wait_for(client.wait(task_id), 30)
+        finally:
+            await store.close()
+        assert rec.status is TaskStatus.SUCCEEDED and rec.attempts == 1
+        assert len(srv.requests) == 1  # run exactly once
+
+
+async def test_a_worker_whose_pid_was_reused_is_dead(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    try:
+        rec, _ = await store.submit(_task(1))
+        # registered long before this process (which now has its pid) started: a former process
+        former = WorkerInfo(id="former", kind="worker", claims="all", pid=os.getpid(), started_at=1000.0)
+        await store.heartbeat(former)
+        assert [r.id for r in await store.claim("former", limit=1)] == [rec.id]
+        report = await store.recover(max_executions=3, stale_after=3600)  # its heartbeat is fresh
+        assert report.dead_workers == ["former"] and report.requeued == [rec.id]  # before the fix: alive
+        alive = WorkerInfo(id="alive", kind="worker", claims="all")  # this process, registered now
+        await store.heartbeat(alive)
+        assert [r.id for r in await store.claim("alive", limit=1)] == [rec.id]
+        with sqlite3.connect(tmp_path / "tasks.db") as conn:  # silent for an hour, yet alive
+            conn.execute("UPDATE workers SET heartbeat_at = heartbeat_at - 3600")
+        report = await store.recover(max_executions=3, stale_after=1.0)
+        assert report.dead_workers == [] and report.requeued == []
+    finally:
+        await store.close()
+
+
+async def test_cleanup_removes_every_expired_task_in_small_transactions(tmp_path: Path) -> None:
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    try:
+        await asyncio.gather(*(store.submit(_task(i)) for i in range(1200)))
+        with sqlite3.connect(tmp_path / "tasks.db") as conn:
+            conn.execute("UPDATE tasks SET status = 'succeeded', finished_at = 1.0")
+        keep, _ = await store.submit(_task(9999))
+        commits = store._db.commits
+        assert await store.cleanup(older_than=100.0) == 1200
+        assert store._db.commits - commits >= 3  # chunks, not one long transaction holding the lock
+        assert [r.id for r in await store.list_tasks()] == [keep.id]
+        assert await store.read_events(keep.id) != []
+    finally:
+        await store.close()
+
+
+# -- 5. a queue limit holds against several processes submitting at once -----------------------------
+
+_SUBMITTER = r"""
+import asyncio, json, os, sys, time
+from pathlib import Path
+from llm_call.config import Settings
+from llm_call.errors import QueueFull
+from llm_call.tasks import TaskManager
+
+store, go, limit, n = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+settings = Settings.model_validate({"tasks": {"queue_limits": {"openai/*": limit}}})
+
+async def main() -> None:
+    async with TaskManager(store, execute=False, settings=settings) as client:
+        print("ready", flush=True)
+        deadline = time.monotonic() + 30
+        while not go.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        got = await asyncio.gather(
+            *(client.submit({"model": "openai/x", "prompt": f"p{os.getpid()}-{i}"}) for i in range(n)),
+            return_exceptions=True,
+        )
+    full = [g for g in got if isinstance(g, QueueFull)]
+    other = [repr(g) for g in got if isinstance(g, BaseException) and not isinstance(g, QueueFull)]
+    print(json.dumps({"queued": len(got) - len(full) - len(other), "full": len(full), "other": other}), flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_processes_submitting_at_once_never_overshoot_a_queue_limit(
+    tmp_path: Path, request: pytest.FixtureRequest, worker_procs: list[subprocess.Popen[bytes]], backend: str
+) -> None:
+    import json
+
+    limit, procs, each = 4, 3, 6
+    if backend == "sqlite":
+        url = str(tmp_path / "limits.db")
+    else:
+        url = f"{request.getfixturevalue('redis_server').url}?prefix=q{uuid.uuid4().hex[:8]}"
+    go = tmp_path / "go"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
+    env["LLM_CALL_CONFIG"] = str(tmp_path / "none.toml")
+    (tmp_path / "none.toml").write_text("")
+    for _ in range(procs):
+        worker_procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", _SUBMITTER, url, str(go), str(limit), str(each)],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        )
+    for p in worker_procs:  # all opened the store: start them together
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.strip() == b"ready", (line, p.stderr.read() if p.stderr else b"")
+    go.touch()
+    results = []
+    for p in worker_procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err.decode()
+        results.append(json.loads(out.decode().strip().splitlines()[-1]))
+    assert all(r["other"] == [] for r in results), results
+    assert sum(r["queued"] for r in results) == limit, results  # before the fix: more than the limit
+
+    async def waiting() -> int:
+        store = await open_store(url)
+        try:
+            return len(await store.list_tasks(status=TaskStatus.QUEUED, limit=100))
+        finally:
+            await store.close()
+
+    assert asyncio.run(waiting()) == limit

@@ -48,6 +48,9 @@ class CallOptions:
     retry: Any = None
     idempotency_key: str | None = None
     priority: int = 0
+    #: what a stream cut after its first chunk does when retries or fallbacks allow another
+    #: call: "continue" (ask for the rest, announced by a retry chunk) or "off" (raise)
+    stream_rescue: str = "continue"
 
     @property
     def validating(self) -> bool:
@@ -76,6 +79,8 @@ class CallOptions:
 
     def check(self) -> None:
         """Reject option combinations that would be silently ignored or make no sense."""
+        if self.stream_rescue not in ("continue", "off"):
+            raise UsageError(f"stream_rescue must be 'continue' or 'off', not {self.stream_rescue!r}")
         if not self.validating:
             needs = [
                 name

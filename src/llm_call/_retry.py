@@ -3,8 +3,9 @@
 What is retried: HTTP 408, 429, 500, 502, 503, 504, 529, connection errors, timeouts and
 interrupted streams (:func:`llm_call.errors.is_transient`). Never 400/401/403/404/422, usage or
 config errors, nor validation failures (those belong to the validation loop above this layer).
-A stream is retried only if it failed before its first chunk: text already given to a consumer
-is never repeated.
+A stream that fails before its first chunk is called again; one cut after it is rescued
+(``stream_rescue="continue"``, the default): the next call continues the delivered text,
+announced by a ``retry`` chunk, and text already given to a consumer is never repeated.
 
 The policy (:mod:`llm_call.retry`, the public half) is tenacity-style, small composable
 strategies and a decision step with no I/O. ``retry=`` takes a :class:`~llm_call.retry.RetryPolicy` (fields left ``None`` come from the settings for the
@@ -50,6 +51,7 @@ from .errors import (
     ProviderError,
     ProviderTimeout,
     QuotaExhausted,
+    StreamInterrupted,
     error_to_dict,
     is_transient,
 )
@@ -385,6 +387,54 @@ async def complete_with_retries(
         return response
 
 
+#: the user message that asks a new call for the rest of an answer cut short
+CONTINUE_PROMPT = (
+    "Your previous reply was cut off after the text above. Continue it exactly where it stopped: "
+    "do not repeat any of it and add no preamble."
+)
+
+
+def continuation_request(request: Request, delivered: str) -> Request:
+    """``request`` asking for the rest of an answer of which ``delivered`` was already sent:
+    the partial answer as the assistant's turn, then an instruction to continue from there
+    (works on every route; no route is assumed to support assistant prefill)."""
+    messages = [*request.messages, {"role": "assistant", "content": delivered}, {"role": "user", "content": CONTINUE_PROMPT}]
+    return request.replace(messages=messages)
+
+
+class _Continuation:
+    """Drops a continuation's leading text while it repeats the text already delivered (a model
+    that restarts its answer instead of continuing it): nothing is ever sent twice."""
+
+    __slots__ = ("delivered", "held", "open")
+
+    def __init__(self, delivered: str) -> None:
+        self.delivered = delivered
+        self.held = ""
+        self.open = not delivered
+
+    def feed(self, text: str) -> str:
+        """The part of ``text`` to pass on (``""`` while it may still be a repeat)."""
+        if self.open:
+            return text
+        held = self.held + text
+        if self.delivered.startswith(held):
+            self.held = held  # still a prefix of what was sent: hold it back
+            return ""
+        self.open = True
+        self.held = ""
+        if held.startswith(self.delivered):
+            return held[len(self.delivered):]
+        return held
+
+    def flush(self) -> str:
+        """At the end of the continuation: held text that turned out to be the whole answer is
+        a repeat, and is dropped."""
+        self.open = True
+        self.held = ""
+        return ""
+
+
 async def stream_with_retries(
     request: Request,
     opts: CallOptions,
@@ -393,23 +443,74 @@ async def stream_with_retries(
     deadline_at: float | None = None,
     records: list[Attempt] | None = None,
 ) -> AsyncIterator[Chunk]:
-    """Stream ``request`` with transient retries and fallbacks before the first chunk only.
+    """Stream ``request`` with transient retries and fallbacks.
 
+    Before the first chunk a failed call is simply made again. After it (``stream_rescue=
+    "continue"``, the default), a transient cut is rescued when the policy allows another call:
+    a ``Chunk(event="retry", data={"rescue": "continue", ...})`` announces it, and the next call
+    (same model, or the next fallback) is asked to continue the text already delivered; only the
+    continuation is streamed, never a repeat. A stream cut inside a tool call is not rescued (a
+    partial tool call cannot be continued): it raises :class:`StreamInterrupted`.
     Failed calls are appended to ``records`` (when given) as ``provider_error`` attempts.
     """
     tries = _Tries(request, opts, attempt, deadline_at)
+    rescue = getattr(opts, "stream_rescue", "continue") == "continue"
+    delivered: list[str] = []
     while True:
-        yielded = False
+        yielded = tool_step = False
+        sent = "".join(delivered)
         try:
             req = tries.begin()
             if tries.calls == 1:
                 emit("attempt", number=attempt, model=tries.model)
+            if sent:
+                req = continuation_request(req, sent)
+            cont = _Continuation(sent)
             async with closing(router.stream_once(req)) as chunks:
                 async for chunk in chunks:
+                    if chunk.tool_calls:
+                        tool_step = True
+                    if chunk.text:
+                        chunk.text = cont.feed(chunk.text)
+                        if not chunk.text and not chunk.tool_calls and chunk.finish_reason is None:
+                            continue
+                    if chunk.finish_reason is not None:
+                        cont.flush()
                     yielded = True
+                    if chunk.text:
+                        delivered.append(chunk.text)
                     yield chunk
         except BaseException as exc:
-            if await tries.failed(exc, records, retryable=not yielded):
+            text_only = bool(delivered) and not tool_step
+            retryable = not yielded or (rescue and text_only and isinstance(exc, ProviderError))
+            if yielded and tool_step and isinstance(exc, StreamInterrupted):
+                tries.retries.failed(exc, caller_limited=tries.request.timeout is not None)
+                raise StreamInterrupted(
+                    f"the stream was cut inside a tool call ({exc.message}); a partial tool call is "
+                    "never continued, so it was not rescued",
+                    hint="call again: the tool call must be made from the start",
+                    provider=exc.provider,
+                    model=exc.model,
+                    partial=exc.partial,
+                ) from exc
+            from_model = tries.model
+            if await tries.failed(exc, records, retryable=retryable):
+                if delivered:
+                    kept = sum(len(t) for t in delivered)
+                    emit("stream_rescue", from_model=from_model, to_model=tries.model, kept_chars=kept, reason=_reason(exc))
+                    yield Chunk(
+                        model=tries.model,
+                        attempt=attempt,
+                        event="retry",
+                        data={
+                            "rescue": "continue",
+                            "reason": _reason(exc),
+                            "from_model": from_model,
+                            "model": tries.model,
+                            "call": tries.calls + 1,
+                            "kept_chars": kept,
+                        },
+                    )
                 continue
             raise
         tries.succeeded()

@@ -49,6 +49,7 @@ CALL_OPTION_NAMES = frozenset(
         "retry",
         "idempotency_key",
         "priority",
+        "stream_rescue",
     }
 )
 

@@ -133,7 +133,10 @@ def register(app: typer.Typer) -> None:
                     for chunk in stream_call(
                         model, text, system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout, **opts
                     ):
-                        if chunk.event == "retry":
+                        if chunk.event == "retry" and (chunk.data or {}).get("rescue") == "continue":
+                            d = chunk.data or {}
+                            sys.stderr.write(f"\n[stream cut ({d.get('reason')}); continuing on {d.get('model')}]\n")
+                        elif chunk.event == "retry":
                             sys.stdout.write("\n")
                             sys.stderr.write(f"[attempt {chunk.attempt}: {(chunk.data or {}).get('feedback', 'retrying')}]\n")
                         elif chunk.text:

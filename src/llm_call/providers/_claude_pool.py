@@ -12,7 +12,8 @@ Replacement rules (``replaced`` counts them by reason): after ``claude.pool_max_
 (``max_calls``), after ``claude.pool_idle_ttl`` seconds idle (``idle``), when its memory is over
 ``claude.pool_max_rss_mb`` after a call (``memory``), after an error result, a watchdog, a
 cancelled call or a failed reset (``error``, ``watchdog``, ``cancelled``, ``reset_failed``),
-when it died while idle (``died``), and to make room for another key (``evicted``). At most
+when it died while idle or before it took a call's message (``died``: the call then runs on
+another process), and to make room for another key (``evicted``). At most
 ``claude.pool_size`` processes are kept; a call that finds them all busy gets a process of its
 own that is stopped afterwards (``overflow``). :func:`pool_state` sums every live pool for the
 server (``GET /v1/claude/pool``, ``/metrics``).

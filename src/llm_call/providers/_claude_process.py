@@ -197,6 +197,12 @@ class _Transport(SubprocessCLITransport):
         process = getattr(self, "_process", None)
         self.pid = getattr(process, "pid", None)
 
+    @property
+    def exited(self) -> bool:
+        """True once the CLI's exit has been collected (its return code is known)."""
+        process = getattr(self, "_process", None)
+        return process is not None and process.returncode is not None
+
 
 #: the transport under a public name, for the warm pool (:mod:`._claude_worker`)
 PidTransport = _Transport

@@ -23,6 +23,7 @@ state (:func:`~._claude_quota.record_rate_limit_event`) too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from claude_agent_sdk import ClaudeAgentOptions, ResultMessage
+from claude_agent_sdk import ClaudeAgentOptions, CLIConnectionError, ProcessError, ResultMessage
 from claude_agent_sdk._internal.message_parser import parse_message
 
 from ..errors import ProviderFailed, ProviderTimeout
@@ -107,7 +108,7 @@ class PooledCLI:
             self._queue.put_nowait(_EXIT)
 
     def alive(self) -> bool:
-        if self._stopped or self.pid is None or self._reader is None or self._reader.done():
+        if self._stopped or self.pid is None or self._reader is None or self._reader.done() or self._transport.exited:
             return False
         st = process_tree(self.pid)
         return bool(st) and live(st[0])
@@ -232,21 +233,28 @@ def _timeout(kind: str, limits: Limits, provider: str, model: str) -> ProviderTi
     )
 
 
-async def _take(pool: ClaudePool, key: str, sdk_options: dict[str, Any], provider: str, model: str) -> PooledCLI:
-    """A warm process whose stdout is still open (one that died idle is replaced)."""
-    for _ in range(3):
+#: processes a call tries before it gives up on processes that die before taking its message
+_ATTEMPTS = 3
+
+
+class _DiedBeforeTaking(Exception):
+    """The process ended before it took the call's message: nothing reached the upstream."""
+
+
+async def _take(pool: ClaudePool, key: str, sdk_options: dict[str, Any]) -> PooledCLI | None:
+    """A warm process whose stdout is still open (one that died idle is replaced), or None."""
+    for _ in range(_ATTEMPTS):
         worker = await pool.acquire(key, sdk_options)
         assert isinstance(worker, PooledCLI)
         if worker.drain():
             return worker
         await pool.discard(worker, "died")
-    raise ProviderFailed(
-        "Claude CLI processes started for the pool exit before serving a call",
-        hint="run the CLI by hand (claude -p hi) to see why it exits",
-        subtype="pool_process_died",
-        provider=provider,
-        model=model,
-    )
+    return None
+
+
+def _between_calls(line: dict[str, Any]) -> bool:
+    """A line the CLI writes after a call or reset has ended (it may arrive after ``drain``)."""
+    return line.get("type") == "system" and line.get("subtype") == "session_state_changed" and line.get("state") == "idle"
 
 
 async def pooled_messages(
@@ -265,13 +273,59 @@ async def pooled_messages(
     Raises :class:`ProviderTimeout` on a watchdog, :class:`ProviderFailed` when the process dies,
     and the SDK's own errors (the caller translates them). The process goes back to the pool
     only after a good result and a confirmed reset.
+
+    A process can die while idle at any moment, also just after the pool's liveness check. A
+    process that ends before it has written anything for this call (the CLI acknowledges a
+    message at once, before any request upstream) has not taken the message: it is replaced
+    (``died``) and the call runs on another process, up to ``_ATTEMPTS`` processes in all.
     """
-    worker = await _take(pool, key, sdk_options, provider, model)
+    for attempt in range(1, _ATTEMPTS + 1):
+        worker = await _take(pool, key, sdk_options)
+        if worker is None:
+            break
+        serve = _serve(
+            pool, worker, content, limits, may_retry=attempt < _ATTEMPTS, provider=provider, model=model, stderr=stderr
+        )
+        try:
+            async with contextlib.aclosing(serve) as messages:
+                async for message in messages:
+                    yield message
+            return
+        except _DiedBeforeTaking:
+            _log.info("Claude CLI pool: process %s died before taking the call; using another", worker.pid)
+    raise ProviderFailed(
+        "Claude CLI processes started for the pool exit before serving a call",
+        hint="run the CLI by hand (claude -p hi) to see why it exits",
+        subtype="pool_process_died",
+        provider=provider,
+        model=model,
+    )
+
+
+async def _serve(
+    pool: ClaudePool,
+    worker: PooledCLI,
+    content: Content,
+    limits: Limits,
+    *,
+    may_retry: bool,
+    provider: str,
+    model: str,
+    stderr: deque[str],
+) -> AsyncGenerator[Any, None]:
+    """The call on ``worker``; raises :class:`_DiedBeforeTaking` (if ``may_retry``) as above."""
     loop = asyncio.get_running_loop()
     outcome = "cancelled"
+    taken = False
     try:
         worker.calls += 1
-        await worker.send(content)
+        try:
+            await worker.send(content)
+        except CLIConnectionError:
+            if may_retry:
+                outcome = "died"
+                raise _DiedBeforeTaking from None
+            raise
         while True:
             wait, kind = limits.idle_timeout, "idle"
             if limits.deadline is not None and limits.deadline - loop.time() < wait:
@@ -281,13 +335,21 @@ async def pooled_messages(
             except TimeoutError:
                 outcome = "watchdog"
                 raise _timeout(kind, limits, provider, model) from None
-            except EOFError:
+            except (EOFError, ProcessError) as exc:
+                if not taken and may_retry:
+                    outcome = "died"
+                    raise _DiedBeforeTaking from None
+                if isinstance(exc, ProcessError):
+                    raise
                 outcome = "error"
                 tail = " | ".join(list(worker.stderr)[-5:])
                 raise ProviderFailed(
                     "the pooled Claude CLI process exited without a result" + (f": {tail}" if tail else ""),
                     subtype="exit_code", provider=provider, model=model,
                 ) from None
+            if not taken and _between_calls(line):
+                continue
+            taken = True
             message = parse_message(line)
             if message is None:
                 continue
@@ -302,7 +364,8 @@ async def pooled_messages(
             outcome = "error"  # the SDK's parser or the pipe failed
         raise
     finally:
-        stderr.extend(worker.stderr)
+        if outcome != "died":
+            stderr.extend(worker.stderr)
         if outcome == "served":
             pool.reset_then_return(worker, lambda: worker.reset(limits.exit_timeout))
         elif outcome == "error_result":
@@ -310,4 +373,3 @@ async def pooled_messages(
         else:
             # killed here (shielded: a second cancellation must not leave the process running)
             await asyncio.shield(asyncio.ensure_future(pool.discard(worker, outcome)))
-

@@ -15,7 +15,8 @@ How it runs:
   future (``complete``) or a queue fed with ``call_soon_threadsafe`` (``stream``), so it keeps
   serving other calls. A ``llama_cpp.Llama`` is not thread-safe: a model keeps up to
   ``local.max_concurrency`` instances (default 1) and a slot counter that callers on any event
-  loop wait on without blocking a thread.
+  loop wait on without blocking a thread. A call's ``timeout`` (so its deadline too) covers the
+  wait for a slot and the generation; a call that times out while waiting never generates.
 - **Our own token loop** over ``Llama.generate`` rather than ``create_chat_completion``: it checks
   a cancel flag between tokens (cancelling the caller, a timeout or leaving a stream early stops
   the thread after the current token), counts tokens exactly, and decodes incrementally
@@ -113,6 +114,7 @@ class _Job:
         self.on_text = on_text
         self.cancelled = threading.Event()
         self.finished = threading.Event()  # set when the thread has let go of the model
+        self.launched = False  # its thread was started (it had a slot)
         self.tokens_generated = 0
         self.started_at: float | None = None  # monotonic, when the thread got the model
         self.ended_at: float | None = None  # monotonic, just before it let go of it
@@ -342,6 +344,8 @@ class LocalProvider:
 
     @staticmethod
     def _launch(job: _Job, done: Callable[[_Result | None, BaseException | None], None]) -> None:
+        """Run ``job`` in its own thread; the caller holds a slot, which the job frees."""
+
         def target() -> None:
             try:
                 result = job.run()
@@ -350,7 +354,12 @@ class LocalProvider:
                 return
             done(result, None)
 
-        threading.Thread(target=target, name="llm_call-local", daemon=True).start()
+        try:
+            threading.Thread(target=target, name="llm_call-local", daemon=True).start()
+        except BaseException:
+            job.model.slots.release()  # the job never ran, so it cannot free its slot
+            raise
+        job.launched = True
 
     def _error(self, exc: BaseException, model: str) -> ProviderFailed:
         _log.error("local generation failed for %s: %r", model, exc)
@@ -361,12 +370,15 @@ class LocalProvider:
             subtype="generation_error",
         )
 
-    def _timeout_error(self, request: Request) -> ProviderTimeout:
-        return ProviderTimeout(
-            f"local model {request.model!r} did not finish within {request.timeout}s",
-            provider=self.name,
-            model=request.model,
-        )
+    def _timeout_error(self, request: Request, job: _Job) -> ProviderTimeout:
+        if job.launched:
+            message = f"local model {request.model!r} did not finish within {request.timeout}s"
+        else:
+            message = (
+                f"local model {request.model!r} had no free slot within {request.timeout}s "
+                f"(local.max_concurrency = {job.model.key.max_concurrency}, all busy); nothing was generated"
+            )
+        return ProviderTimeout(message, provider=self.name, model=request.model)
 
     # -- Provider protocol ------------------------------------------------------------------
 
@@ -379,14 +391,15 @@ class LocalProvider:
             _post(loop, _settle, future, result, exc)
 
         started = time.perf_counter()
-        await model.slots.acquire()
-        self._launch(job, done)
         try:
+            # one timeout covers the wait for a free slot and the generation
             async with asyncio.timeout(request.timeout):
+                await model.slots.acquire()
+                self._launch(job, done)
                 result = await future
         except TimeoutError:
             job.cancelled.set()
-            raise self._timeout_error(request) from None
+            raise self._timeout_error(request, job) from None
         except asyncio.CancelledError:
             job.cancelled.set()
             raise
@@ -415,10 +428,10 @@ class LocalProvider:
 
         job, model = self._start(request, on_text)
         answered = f"local/{request.model}"
-        await model.slots.acquire()
-        self._launch(job, done)
         try:
-            async with asyncio.timeout(request.timeout):
+            async with asyncio.timeout(request.timeout):  # the wait for a slot and the generation
+                await model.slots.acquire()
+                self._launch(job, done)
                 while True:
                     kind, value = await queue.get()
                     if kind == "text":
@@ -431,7 +444,7 @@ class LocalProvider:
                         yield Chunk(model=answered, finish_reason=value.finish_reason, usage=value.usage)
                         return
         except TimeoutError:
-            raise self._timeout_error(request) from None
+            raise self._timeout_error(request, job) from None
         finally:
             job.cancelled.set()  # consumer left early, was cancelled or timed out: stop the thread
 

@@ -102,6 +102,11 @@ class MessagesRequest(_MessagesBase):
     temperature: float | None = Field(default=None, ge=0, le=1)
     top_p: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
+    stream_rescue: Literal["off", "continue"] | None = Field(
+        default=None,
+        description="Streams only. \"continue\": a stream cut after its first text is continued by the next "
+        "retry or fallback in the same text block; default \"off\": an error event ends the stream",
+    )
 
 
 class CountTokensRequest(_MessagesBase):

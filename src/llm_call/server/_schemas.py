@@ -128,6 +128,12 @@ class ChatCompletionRequest(LLMCallExtras):
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
+    stream_rescue: Literal["off", "continue"] | None = Field(
+        default=None,
+        description="Streams only. \"continue\": a stream cut after its first chunk is continued by the next "
+        "retry or fallback (only the continuation is sent, after an llm_call retry event); default \"off\": "
+        "an error event ends the stream, without [DONE]",
+    )
 
 
 #: OpenAI fields forwarded to the provider as options when given

@@ -14,7 +14,34 @@ from ..errors import ConfigError, TaskCancelled, TaskError, error_to_dict
 from ..types import TaskRecord, TaskStatus
 from ._json import dumps, loads
 
-__all__ = ["CANCELLED", "error_template", "parse_limits", "record"]
+__all__ = ["CANCELLED", "error_template", "glob_to_lua", "parse_limits", "record"]
+
+
+def glob_to_lua(glob: str) -> str:
+    """An ``fnmatch`` glob as an anchored Lua pattern (``*``, ``?``, ``[seq]``, ``[!seq]``), for
+    the scripts that match routes inside Redis (``max/*`` -> ``^max%/.*$``)."""
+    out, i, n = ["^"], 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if c == "[":
+            j = i + 1
+            if j < n and glob[j] == "!":
+                j += 1
+            if j < n and glob[j] == "]":
+                j += 1
+            while j < n and glob[j] != "]":
+                j += 1
+            if j < n:  # a set; an unclosed "[" is a plain character, as in fnmatch
+                body = glob[i + 1 : j]
+                negate = body.startswith("!")
+                body = body[1:] if negate else body
+                chars = "".join(ch if ch.isalnum() or ch == "-" else "%" + ch for ch in body)
+                out.append("[" + ("^" if negate else "") + chars + "]")
+                i = j + 1
+                continue
+        out.append(".*" if c == "*" else "." if c == "?" else c if c.isalnum() else "%" + c)
+        i += 1
+    return "".join(out) + "$"
 
 
 def parse_limits(text: str, what: str) -> dict[str, int]:

@@ -139,12 +139,27 @@ local function finalize(id, old, new, kind, data, err, result, saq_status, saq_e
 end
 """
 
-# ARGV[3..]: id, idem, priority, owner, route, request, created_at, event data, job JSON, tenant.
+# ARGV[3..]: id, idem, priority, owner, route, request, created_at, event data, job JSON, tenant,
+# n queue limits, then per limit: Lua pattern of its glob, most tasks waiting. Returns {2, k} when
+# limit k is reached (nothing stored): counted and inserted in one script, so never overshot.
 # A task is reserved for its owner only if that manager claims its own tasks: a server or worker
 # (claims "all") leaves it to any worker, so work submitted through a server spreads over workers.
 SUBMIT = r"""
 local id, idem, prio, owner, route = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local tenant = ARGV[12] or ''
+local nlimits = tonumber(ARGV[13] or '0')
+if nlimits > 0 then
+  local lanes = redis.call('HGETALL', P .. ':lanes')
+  for k = 1, nlimits do
+    local pattern, limit, waiting = ARGV[12 + 2 * k], tonumber(ARGV[13 + 2 * k]), 0
+    for i = 1, #lanes, 2 do
+      if string.find(cjson.decode(lanes[i + 1]).route, pattern) then
+        waiting = waiting + redis.call('LLEN', qk(lanes[i], 'queued'))
+      end
+    end
+    if waiting >= limit then return {2, k} end
+  end
+end
 if idem ~= '' then
   local other = redis.call('GET', idem_key(tenant, idem))
   if other and redis.call('EXISTS', rk(other)) == 1 then return {0, other} end

@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .._progress import ProgressListener
-from ..errors import QueueFull, TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
+from ..errors import TaskError, TaskNotFound, TaskPending, TaskStoreError, UsageError
 from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
 from ._executor import STALE_BEATS, TaskExecutor, wait_event
 from ._handle import TaskHandle, outcome_of
@@ -210,9 +210,9 @@ class TaskManager(TaskExecutor):
             tenant=tenant,
             request_json=getattr(spec, "json", None) or None,
         )
+        if self.settings.tasks.queue_limits:
+            task.queue_limits = self._queue_limits_of(task.route)
         may_start = self._may_start_now(task)
-        if not may_start and self.settings.tasks.queue_limits:
-            await self._check_queue_limit(task.route)
         if progress is not None:
             self._listeners.setdefault(task.id, []).append(progress)
         if may_start:
@@ -232,21 +232,15 @@ class TaskManager(TaskExecutor):
             self._wake.set()
         return rec.id
 
-    async def _check_queue_limit(self, route: str) -> None:
-        """Raise QueueFull when a queue limit matching ``route`` is reached. Every submit is
-        refused then, one with a known idempotency key too: retried later, it still gets the
-        one task for that key."""
-        for pattern, limit in self.settings.tasks.queue_limits.items():
-            if not fnmatch.fnmatchcase(route, pattern):
-                continue
-            if await self.store.queued_count(pattern) < limit:
-                continue
-            raise QueueFull(
-                f"the queue for {pattern} is full ({limit} tasks waiting); nothing was queued",
-                hint="retry later, or raise tasks.queue_limits",
-                route=route,
-                limit=limit,
-            )
+    def _queue_limits_of(self, route: str) -> tuple[tuple[str, int], ...]:
+        """The queue limits matching ``route``: the store counts and inserts in one atomic step and
+        refuses with QueueFull past one. Every submit is refused then, one with a known
+        idempotency key too: retried later, it still gets the one task for that key."""
+        return tuple(
+            (pattern, limit)
+            for pattern, limit in self.settings.tasks.queue_limits.items()
+            if fnmatch.fnmatchcase(route, pattern)
+        )
 
     def _may_start_now(self, task: NewTask) -> bool:
         """Whether a new task could start at once here: this manager would claim it, a slot of

@@ -60,7 +60,7 @@ from ..errors import (
 )
 from ..types import TaskEvent, TaskRecord, TaskStatus
 from ._json import dumps, loads
-from ._redis_codec import CANCELLED, parse_limits, record
+from ._redis_codec import CANCELLED, glob_to_lua, parse_limits, record
 from ._redis_workers import RedisWorkers
 from ._saq import JOB_FUNCTION, LIB, SCRIPTS, lane_name
 from .store import (
@@ -68,6 +68,7 @@ from .store import (
     NewTask,
     Outcome,
     final_event_data,
+    queue_full,
 )
 
 __all__ = ["RedisTaskStore", "parse_limits"]
@@ -314,8 +315,12 @@ class RedisTaskStore(RedisWorkers):
         got = await self._run(
             "submit", task.id, task.idempotency_key or "", task.priority, task.owner or "", task.route,
             dumps(task.request), repr(task.created_at), dumps({"route": task.route, "priority": task.priority}),
-            self._job_json(task.id, f"{self.prefix}|new", "queued"), task.tenant or "",
+            self._job_json(task.id, f"{self.prefix}|new", "queued"), task.tenant or "", len(task.queue_limits),
+            *(x for pattern, limit in task.queue_limits for x in (glob_to_lua(pattern), limit)),
         )
+        if got[0] == 2:
+            pattern, limit = task.queue_limits[int(got[1]) - 1]
+            raise queue_full(task.route, pattern, limit)
         if got[0]:
             rec = TaskRecord(
                 id=task.id, status=TaskStatus.QUEUED, request=task.request, route=task.route, priority=task.priority,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import (
+    QueueFull,
     TaskCancelled,
     TaskError,
     TaskInterrupted,
@@ -44,7 +45,8 @@ from .store import (
     RecoveryReport,
     WorkerInfo,
     final_event_data,
-    pid_alive,
+    queue_full,
+    worker_process_alive,
 )
 
 __all__ = ["SQLiteTaskStore"]
@@ -57,7 +59,8 @@ _COLS = (
     "attempts, progress, result, error, worker, owner, cancel_requested, tenant"
 )
 _FINAL_SQL = "('succeeded', 'failed', 'cancelled', 'interrupted')"
-_BUSY_TIMEOUT_S = 30.0
+_BUSY_TIMEOUT_S = 30.0  # as in _sqlite_db: the longest a write waits for the lock
+_CLEANUP_CHUNK = 500  # tasks deleted per transaction: a retention sweep never holds the lock long
 
 
 _dumps = dumps
@@ -74,6 +77,19 @@ def _same_key(conn: sqlite3.Connection, task: NewTask) -> Sequence[Any] | None:
         (task.tenant or "", task.idempotency_key),
     ).fetchone()
     return row
+
+
+def _full_queue(conn: sqlite3.Connection, task: NewTask) -> QueueFull | None:
+    """The refusal when a queue limit of ``task`` is reached, counted inside the submit's own
+    write transaction, so that concurrent submitters (in any process) never overshoot it."""
+    for pattern, limit in task.queue_limits:
+        row = conn.execute(
+            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' AND route GLOB ? LIMIT ?)",
+            (pattern, limit),
+        ).fetchone()
+        if row[0] >= limit:
+            return queue_full(task.route, pattern, limit)
+    return None
 
 
 def _record(row: Sequence[Any]) -> TaskRecord:
@@ -174,10 +190,18 @@ class SQLiteTaskStore:
     async def submit(self, task: NewTask) -> tuple[TaskRecord, bool]:
         request = task.request_json or _dumps(task.request)
         created_data = _dumps({"route": task.route, "priority": task.priority})
-        return await self._write(self._submit_op(task, request, created_data))
+        got = await self._write(self._submit_op(task, request, created_data))
+        if isinstance(got, QueueFull):
+            raise got
+        return got
 
-    def _submit_op(self, task: NewTask, request: str, created_data: str) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool]]:
-        def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
+    def _submit_op(
+        self, task: NewTask, request: str, created_data: str
+    ) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool] | QueueFull]:
+        def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool] | QueueFull:
+            full = _full_queue(conn, task)
+            if full is not None:  # returned: raising would roll back and replay the group commit
+                return full
             if task.idempotency_key is not None:
                 row = _same_key(conn, task)
                 if row is not None:
@@ -204,7 +228,10 @@ class SQLiteTaskStore:
 
         def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool]:
             if conn.execute(f"SELECT 1 FROM tasks WHERE {where} LIMIT 1", params).fetchone() is not None:
-                return submit_op(conn)  # others wait: queue it behind them
+                got = submit_op(conn)  # others wait: queue it behind them
+                if isinstance(got, QueueFull):
+                    raise got
+                return got
             if task.idempotency_key is not None:
                 row = _same_key(conn, task)
                 if row is not None:
@@ -601,7 +628,16 @@ class SQLiteTaskStore:
             ).fetchall()
         )
         found = [WorkerInfo(*r) for r in rows]
-        return [w for w in found if w.host != self._host or pid_alive(w.pid)]
+        return [w for w in found if w.host != self._host or worker_process_alive(w.pid, w.started_at)]
+
+    def _dead(self, host: str, pid: int, started: float, silent_for: float, stale_after: float) -> bool:
+        """Whether a worker cannot be alive. On this host: exactly when its process is gone (a
+        live process whose heartbeats wait behind a lock held by another process is alive). On
+        another host sharing the file: silent longer than ``stale_after`` plus the longest wait
+        for the write lock, so that a wait can never pass for a death."""
+        if host == self._host:
+            return not worker_process_alive(pid, started)
+        return silent_for > stale_after + _BUSY_TIMEOUT_S
 
     async def recover(
         self, *, max_executions: int, stale_after: float, adopter: str | None = None
@@ -610,8 +646,9 @@ class SQLiteTaskStore:
             now = time.time()
             report = RecoveryReport()
             alive: set[str] = set()
-            for wid, host, pid, beat in conn.execute("SELECT id, host, pid, heartbeat_at FROM workers").fetchall():
-                if now - beat > stale_after or (host == self._host and not pid_alive(pid)):
+            rows = conn.execute("SELECT id, host, pid, started_at, heartbeat_at FROM workers").fetchall()
+            for wid, host, pid, started, beat in rows:
+                if self._dead(host, pid, started, now - beat, stale_after):
                     report.dead_workers.append(wid)
                 else:
                     alive.add(wid)
@@ -657,11 +694,21 @@ class SQLiteTaskStore:
         return await self._write(op)
 
     async def cleanup(self, older_than: float) -> int:
-        def op(conn: sqlite3.Connection) -> int:
-            where = f"finished_at IS NOT NULL AND finished_at < ? AND status IN {_FINAL_SQL}"
-            conn.execute(f"DELETE FROM events WHERE task_id IN (SELECT id FROM tasks WHERE {where})", (older_than,))
-            return int(conn.execute(f"DELETE FROM tasks WHERE {where}", (older_than,)).rowcount)
+        """Delete finished tasks older than ``older_than``, in transactions of a few hundred
+        tasks, so that heartbeats and other writes (of any process) never wait long behind it."""
+        where = f"finished_at IS NOT NULL AND finished_at < ? AND status IN {_FINAL_SQL}"
 
-        return await self._write(op)
+        def op(conn: sqlite3.Connection) -> int:
+            ids = [(r[0],) for r in conn.execute(f"SELECT id FROM tasks WHERE {where} LIMIT ?", (older_than, _CLEANUP_CHUNK))]
+            conn.executemany("DELETE FROM events WHERE task_id = ?", ids)
+            conn.executemany("DELETE FROM tasks WHERE id = ?", ids)
+            return len(ids)
+
+        removed = 0
+        while (n := await self._write(op)) > 0:
+            removed += n
+            if n < _CLEANUP_CHUNK:
+                break
+        return removed
 
 

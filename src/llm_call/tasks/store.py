@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ..errors import TaskStoreError
+from ..errors import QueueFull, TaskStoreError
 from ..types import TaskEvent, TaskRecord, TaskStatus
 
 __all__ = [
@@ -74,6 +74,8 @@ __all__ = [
     "final_event_data",
     "new_task_id",
     "pid_alive",
+    "queue_full",
+    "worker_process_alive",
 ]
 
 #: event kinds that end a task's event stream (for now: ``needs_review`` rests until a review)
@@ -106,6 +108,11 @@ class NewTask:
     created_at: float = field(default_factory=time.time)
     #: ``request`` already encoded as JSON, when the caller has it (a store may use it)
     request_json: str | None = field(default=None, repr=False, compare=False)
+    #: (glob, most tasks waiting) pairs that match ``route`` (``tasks.queue_limits``): ``submit``
+    #: counts the queued tasks of each glob and inserts in one atomic step, raising
+    #: :func:`queue_full` (and storing nothing) when one is reached, so concurrent submitters
+    #: never overshoot a limit
+    queue_limits: tuple[tuple[str, int], ...] = field(default=(), repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -386,6 +393,16 @@ class RecordsOutcomeTime(Protocol):
     records_outcome_time: bool
 
 
+def queue_full(route: str, pattern: str, limit: int) -> QueueFull:
+    """The error of a submit refused because ``pattern``'s queue holds ``limit`` tasks."""
+    return QueueFull(
+        f"the queue for {pattern} is full ({limit} tasks waiting); nothing was queued",
+        hint="retry later, or raise tasks.queue_limits",
+        route=route,
+        limit=limit,
+    )
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process of this host is alive (a zombie counts as dead)."""
     try:
@@ -399,3 +416,25 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
+
+
+_START_SLACK_S = 2.0  # /proc/stat's boot time has whole seconds (and NTP may move it a little)
+
+
+def _process_started_at(pid: int) -> float | None:
+    """When a process of this host started (wall clock), from /proc; None if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        return float(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def worker_process_alive(pid: int, registered_at: float) -> bool:
+    """Whether the process that registered a worker at ``registered_at`` still runs on this host:
+    its pid is alive and was not taken over by a process started later (pid reuse)."""
+    if not pid_alive(pid):
+        return False
+    started = _process_started_at(pid)
+    return started is None or started <= registered_at + _START_SLACK_S
