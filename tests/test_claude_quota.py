@@ -9,15 +9,18 @@ tasks on it (wait for the reset, fall back, fail, refuse overage, slow down).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 import llm_call
 from llm_call.errors import QuotaExhausted, RateLimited
+from llm_call.providers.claude_cli import pool_state
 from llm_call.providers.claude_quota import QUOTA
+from llm_call.providers.router import close_providers
 from llm_call.tasks import TaskManager
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, unified_ratelimit_headers
 from llm_call.types import TaskStatus
@@ -58,13 +61,20 @@ def messages(srv: ScriptedLLMServer) -> list[Any]:
     return [r for r in srv.requests if r.path == "/v1/messages"]
 
 
-async def test_a_warning_updates_the_quota_state(claude_env: ClaudeEnv, use_settings: Callable[..., Any]) -> None:
-    use_settings(retry={"max_retries": 0})
+@pytest.mark.parametrize("pool_size", [0, 2], ids=["one_shot", "pooled"])
+async def test_a_warning_updates_the_quota_state(
+    claude_env: ClaudeEnv, use_settings: Callable[..., Any], pool_size: int
+) -> None:
+    use_settings(retry={"max_retries": 0}, claude={"pool_size": pool_size})
     now = time.time()
-    async with ScriptedLLMServer([Reply(text="hello", headers=warning(now))]) as srv:
-        claude_env.use_subscription(srv)
-        events: list[tuple[str, dict[str, Any]]] = []
-        resp = await llm_call.acall("max/sonnet", "hi", progress=lambda k, d: events.append((k, d)))
+    try:
+        async with ScriptedLLMServer([Reply(text="hello", headers=warning(now))]) as srv:
+            claude_env.use_subscription(srv)
+            events: list[tuple[str, dict[str, Any]]] = []
+            resp = await llm_call.acall("max/sonnet", "hi", progress=lambda k, d: events.append((k, d)))
+            assert pool_state()["started"] == (1 if pool_size else 0)  # pooled when the pool is on
+    finally:
+        await close_providers()
     assert resp.text == "hello"
     state = QUOTA.get("default")
     assert state is not None
@@ -77,13 +87,14 @@ async def test_a_warning_updates_the_quota_state(claude_env: ClaudeEnv, use_sett
                       "utilization": pytest.approx(0.93), "resets_at": state.resets_at}) in events
 
 
+@pytest.mark.parametrize("pool_size", [0, 2], ids=["one_shot", "pooled"])
 async def test_a_rejection_is_quota_exhausted_with_retry_after(
-    claude_env: ClaudeEnv, use_settings: Callable[..., Any]
+    claude_env: ClaudeEnv, use_settings: Callable[..., Any], pool_size: int
 ) -> None:
-    use_settings(retry={"max_retries": 2})
+    use_settings(retry={"max_retries": 2}, claude={"pool_size": pool_size})
     reset = time.time() + 1800
     script = [Reply(fault=Fault.http(429), headers=rejected(reset), times=None)]
-    async with ScriptedLLMServer(script) as srv:
+    async with _closing_providers(), ScriptedLLMServer(script) as srv:
         claude_env.use_subscription(srv)
         with pytest.raises(RateLimited) as info:
             await llm_call.acall("max/sonnet", "hi")
@@ -96,6 +107,15 @@ async def test_a_rejection_is_quota_exhausted_with_retry_after(
         with pytest.raises(QuotaExhausted):
             await llm_call.acall("max/sonnet", "hi again")
         assert len(messages(srv)) == 1
+        assert pool_state()["started"] == (1 if pool_size else 0)
+
+
+@contextlib.asynccontextmanager
+async def _closing_providers() -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        await close_providers()  # pooled processes stay warm until then
 
 
 async def result_of(mgr: TaskManager, task_id: str) -> Any:

@@ -25,18 +25,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import (
-    QueueFull,
-    TaskCancelled,
-    TaskError,
-    TaskInterrupted,
-    TaskNotFound,
-    TaskStoreError,
-    error_to_dict,
-)
+from ..errors import QueueFull, TaskError, TaskNotFound, TaskStoreError
 from ..types import TaskEvent, TaskRecord, TaskStatus
 from ._json import dumps, loads
 from ._sqlite_db import GroupCommitDB
+from ._sqlite_rows import (
+    COLS,
+    FINAL_SQL,
+    append_event,
+    cancelled_error,
+    finish_cancelled,
+    full_queue,
+    record,
+    recover_op,
+    same_key,
+)
 from ._sqlite_schema import init_schema
 from .store import (
     EventIn,
@@ -45,7 +48,6 @@ from .store import (
     RecoveryReport,
     WorkerInfo,
     final_event_data,
-    queue_full,
     worker_process_alive,
 )
 
@@ -54,12 +56,6 @@ __all__ = ["SQLiteTaskStore"]
 T = TypeVar("T")
 _log = logging.getLogger("llm_call.tasks")
 
-_COLS = (
-    "id, status, request, route, priority, idempotency_key, created_at, started_at, finished_at, "
-    "attempts, progress, result, error, worker, owner, cancel_requested, tenant"
-)
-_FINAL_SQL = "('succeeded', 'failed', 'cancelled', 'interrupted')"
-_BUSY_TIMEOUT_S = 30.0  # as in _sqlite_db: the longest a write waits for the lock
 _CLEANUP_CHUNK = 500  # tasks deleted per transaction: a retention sweep never holds the lock long
 
 
@@ -68,50 +64,6 @@ _dumps = dumps
 
 def _loads(text: str | None) -> Any:
     return None if text is None else loads(text)
-
-
-def _same_key(conn: sqlite3.Connection, task: NewTask) -> Sequence[Any] | None:
-    """The task of the same tenant with ``task``'s idempotency key, if any."""
-    row: Sequence[Any] | None = conn.execute(
-        f"SELECT {_COLS} FROM tasks WHERE coalesce(tenant, '') = ? AND idempotency_key = ?",
-        (task.tenant or "", task.idempotency_key),
-    ).fetchone()
-    return row
-
-
-def _full_queue(conn: sqlite3.Connection, task: NewTask) -> QueueFull | None:
-    """The refusal when a queue limit of ``task`` is reached, counted inside the submit's own
-    write transaction, so that concurrent submitters (in any process) never overshoot it."""
-    for pattern, limit in task.queue_limits:
-        row = conn.execute(
-            "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE status = 'queued' AND route GLOB ? LIMIT ?)",
-            (pattern, limit),
-        ).fetchone()
-        if row[0] >= limit:
-            return queue_full(task.route, pattern, limit)
-    return None
-
-
-def _record(row: Sequence[Any]) -> TaskRecord:
-    return TaskRecord(
-        id=row[0],
-        status=TaskStatus(row[1]),
-        request=loads(row[2]),
-        route=row[3],
-        priority=row[4],
-        idempotency_key=row[5],
-        created_at=row[6],
-        started_at=row[7],
-        finished_at=row[8],
-        attempts=row[9],
-        progress=_loads(row[10]) or {},
-        result=_loads(row[11]),
-        error=_loads(row[12]),
-        worker=row[13],
-        owner=row[14],
-        cancel_requested=bool(row[15]),
-        tenant=row[16],
-    )
 
 
 class SQLiteTaskStore:
@@ -150,40 +102,9 @@ class SQLiteTaskStore:
         return self._db.read(op)
 
     @staticmethod
-    def _event(conn: sqlite3.Connection, task_id: str, kind: str, data: dict[str, Any], at: float) -> None:
-        """Bump the task's event counter and append one event (inside a write transaction)."""
-        row = conn.execute(
-            "UPDATE tasks SET event_seq = event_seq + 1 WHERE id = ? RETURNING event_seq", (task_id,)
-        ).fetchone()
-        if row is not None:
-            conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?)", (task_id, row[0], kind, _dumps(data), at))
-
-    @staticmethod
-    def _cancelled_error(task_id: str) -> str:
-        return _dumps(error_to_dict(TaskCancelled(f"task {task_id} was cancelled", task_id=task_id)))
-
-    def _finish_cancelled(
-        self, conn: sqlite3.Connection, task_id: str, data: dict[str, Any], now: float,
-        error: Callable[[str], str], *, worker: str | None = None,
-    ) -> bool:
-        """End a running task whose cancellation was requested as ``cancelled`` (inside a write
-        transaction). A cancelled task never starts again: recovery and release come here
-        before they would put it back in the queue."""
-        sql = "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ?, worker = NULL " \
-              "WHERE id = ? AND status = 'running' AND cancel_requested = 1"
-        params: list[Any] = [now, error(task_id), task_id]
-        if worker is not None:
-            sql += " AND worker = ?"
-            params.append(worker)
-        if conn.execute(sql + " RETURNING id", params).fetchone() is None:
-            return False
-        self._event(conn, task_id, "cancelled", {"was": "running", **data}, now)
-        return True
-
-    @staticmethod
     def _get(conn: sqlite3.Connection, task_id: str) -> TaskRecord | None:
-        row = conn.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        return None if row is None else _record(row)
+        row = conn.execute(f"SELECT {COLS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        return None if row is None else record(row)
 
     # -- submit / claim / finish -----------------------------------------------------------------
 
@@ -199,20 +120,20 @@ class SQLiteTaskStore:
         self, task: NewTask, request: str, created_data: str
     ) -> Callable[[sqlite3.Connection], tuple[TaskRecord, bool] | QueueFull]:
         def op(conn: sqlite3.Connection) -> tuple[TaskRecord, bool] | QueueFull:
-            full = _full_queue(conn, task)
+            full = full_queue(conn, task)
             if full is not None:  # returned: raising would roll back and replay the group commit
                 return full
             if task.idempotency_key is not None:
-                row = _same_key(conn, task)
+                row = same_key(conn, task)
                 if row is not None:
-                    return _record(row), False
+                    return record(row), False
             conn.execute(
                 "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, created_at, event_seq, "
                 "tenant) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, 1, ?)",
                 (task.id, request, task.route, task.priority, task.idempotency_key, task.owner, task.created_at, task.tenant),
             )
             conn.execute("INSERT INTO events VALUES (?, 1, 'queued', ?, ?)", (task.id, created_data, task.created_at))
-            return self._new_record(task, TaskStatus.QUEUED), True
+            return self._newrecord(task, TaskStatus.QUEUED), True
 
         return op
 
@@ -233,9 +154,9 @@ class SQLiteTaskStore:
                     raise got
                 return got
             if task.idempotency_key is not None:
-                row = _same_key(conn, task)
+                row = same_key(conn, task)
                 if row is not None:
-                    return _record(row), False
+                    return record(row), False
             now = time.time()
             conn.execute(
                 "INSERT INTO tasks (id, status, request, route, priority, idempotency_key, owner, worker, attempts, "
@@ -247,13 +168,13 @@ class SQLiteTaskStore:
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?)",
                 [(task.id, 1, "queued", created_data, task.created_at), (task.id, 2, "started", started_data, now)],
             )
-            return self._new_record(task, TaskStatus.RUNNING, started_at=now, attempts=1, worker=worker_id), True
+            return self._newrecord(task, TaskStatus.RUNNING, started_at=now, attempts=1, worker=worker_id), True
 
         submit_op = self._submit_op(task, request, created_data)
         return self._db.enqueue(op)
 
     @staticmethod
-    def _new_record(task: NewTask, status: TaskStatus, **extra: Any) -> TaskRecord:
+    def _newrecord(task: NewTask, status: TaskStatus, **extra: Any) -> TaskRecord:
         return TaskRecord(
             id=task.id,
             status=status,
@@ -285,7 +206,7 @@ class SQLiteTaskStore:
                     (task.id, 2, "started", _dumps({"worker": worker_id, "execution": 1, "handoff": True}), now),
                 ],
             )
-            return self._new_record(task, TaskStatus.RUNNING, started_at=now, attempts=1, worker=worker_id)
+            return self._newrecord(task, TaskStatus.RUNNING, started_at=now, attempts=1, worker=worker_id)
 
         return await self._write(op)
 
@@ -329,7 +250,7 @@ class SQLiteTaskStore:
                 "UPDATE tasks SET status = 'running', worker = ?, attempts = attempts + 1, started_at = ?, "
                 "event_seq = event_seq + 1 "
                 f"WHERE seq IN (SELECT seq FROM tasks WHERE {where} ORDER BY priority DESC, seq LIMIT ?) "
-                f"RETURNING seq, event_seq, {_COLS}",
+                f"RETURNING seq, event_seq, {COLS}",
                 [worker_id, now, *params, limit],
             ).fetchall()
             rows.sort(key=lambda r: (-r[6], r[0]))
@@ -337,7 +258,7 @@ class SQLiteTaskStore:
                 "INSERT INTO events VALUES (?, ?, 'started', ?, ?)",
                 [(r[2], r[1], _dumps({"worker": worker_id, "execution": r[11]}), now) for r in rows],
             )
-            return [_record(r[2:]) for r in rows]
+            return [record(r[2:]) for r in rows]
 
         return await self._write(op)
 
@@ -364,13 +285,11 @@ class SQLiteTaskStore:
     async def release(self, task_ids: Sequence[str], worker_id: str) -> list[str]:
         ids = list(task_ids)
 
-        cancelled_error = self._cancelled_error
-
         def op(conn: sqlite3.Connection) -> list[str]:
             now = time.time()
             done = []
             for task_id in ids:
-                if self._finish_cancelled(conn, task_id, {"worker": worker_id}, now, cancelled_error, worker=worker_id):
+                if finish_cancelled(conn, task_id, {"worker": worker_id}, now, worker=worker_id):
                     continue
                 row = conn.execute(
                     "UPDATE tasks SET status = 'queued', worker = NULL, owner = NULL, started_at = NULL, "
@@ -378,7 +297,7 @@ class SQLiteTaskStore:
                     (task_id, worker_id),
                 ).fetchone()
                 if row is not None:
-                    self._event(conn, task_id, "released", {"worker": worker_id}, now)
+                    append_event(conn, task_id, "released", {"worker": worker_id}, now)
                     done.append(task_id)
             conn.execute("UPDATE tasks SET owner = NULL WHERE owner = ? AND status = 'queued'", (worker_id,))
             return done
@@ -388,7 +307,7 @@ class SQLiteTaskStore:
     # -- cancel / review ------------------------------------------------------------------------
 
     async def request_cancel(self, task_id: str) -> TaskRecord:
-        error = _dumps(error_to_dict(TaskCancelled(f"task {task_id} was cancelled", task_id=task_id)))
+        error = cancelled_error(task_id)
 
         def op(conn: sqlite3.Connection) -> TaskRecord | None:
             row = conn.execute("SELECT status FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -400,10 +319,10 @@ class SQLiteTaskStore:
                 conn.execute(
                     "UPDATE tasks SET status = 'cancelled', finished_at = ?, error = ? WHERE id = ?", (now, error, task_id)
                 )
-                self._event(conn, task_id, "cancelled", {"was": status}, now)
+                append_event(conn, task_id, "cancelled", {"was": status}, now)
             elif status == "running":
                 conn.execute("UPDATE tasks SET cancel_requested = 1 WHERE id = ?", (task_id,))
-                self._event(conn, task_id, "cancel_requested", {}, now)
+                append_event(conn, task_id, "cancel_requested", {}, now)
             return self._get(conn, task_id)
 
         rec = await self._write(op)
@@ -445,14 +364,14 @@ class SQLiteTaskStore:
                     "UPDATE tasks SET status = 'succeeded', result = ?, finished_at = ? WHERE id = ?",
                     (result_json, now, task_id),
                 )
-                self._event(conn, task_id, "finished", {"review": "approved", **(note or {})}, now)
+                append_event(conn, task_id, "finished", {"review": "approved", **(note or {})}, now)
             else:
                 conn.execute(
                     "UPDATE tasks SET status = 'queued', request = ?, attempts = 0, worker = NULL, owner = ?, "
                     "started_at = NULL, error = NULL WHERE id = ?",
                     (request_json, owner, task_id),
                 )
-                self._event(conn, task_id, "queued", {"review": "reply", **(note or {})}, now)
+                append_event(conn, task_id, "queued", {"review": "reply", **(note or {})}, now)
             return self._get(conn, task_id)
 
         got = await self._write(op)
@@ -567,13 +486,13 @@ class SQLiteTaskStore:
             # an unknown cursor (deleted by retention) pages from the end: nothing is older
             where.append("seq < coalesce((SELECT seq FROM tasks WHERE id = ?), 0)")
             args.append(before)
-        sql = f"SELECT {_COLS} FROM tasks"
+        sql = f"SELECT {COLS} FROM tasks"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         rows = self._read(lambda c: c.execute(sql, args).fetchall())
-        return [_record(r) for r in rows]
+        return [record(r) for r in rows]
 
     async def queued_count(self, route_pattern: str) -> int:
         row = self._read(
@@ -630,73 +549,15 @@ class SQLiteTaskStore:
         found = [WorkerInfo(*r) for r in rows]
         return [w for w in found if w.host != self._host or worker_process_alive(w.pid, w.started_at)]
 
-    def _dead(self, host: str, pid: int, started: float, silent_for: float, stale_after: float) -> bool:
-        """Whether a worker cannot be alive. On this host: exactly when its process is gone (a
-        live process whose heartbeats wait behind a lock held by another process is alive). On
-        another host sharing the file: silent longer than ``stale_after`` plus the longest wait
-        for the write lock, so that a wait can never pass for a death."""
-        if host == self._host:
-            return not worker_process_alive(pid, started)
-        return silent_for > stale_after + _BUSY_TIMEOUT_S
-
     async def recover(
         self, *, max_executions: int, stale_after: float, adopter: str | None = None
     ) -> RecoveryReport:
-        def op(conn: sqlite3.Connection) -> RecoveryReport:
-            now = time.time()
-            report = RecoveryReport()
-            alive: set[str] = set()
-            rows = conn.execute("SELECT id, host, pid, started_at, heartbeat_at FROM workers").fetchall()
-            for wid, host, pid, started, beat in rows:
-                if self._dead(host, pid, started, now - beat, stale_after):
-                    report.dead_workers.append(wid)
-                else:
-                    alive.add(wid)
-            for task_id, worker, attempts in conn.execute(
-                "SELECT id, worker, attempts FROM tasks WHERE status = 'running'"
-            ).fetchall():
-                if worker in alive:
-                    continue
-                data = {"dead_worker": worker, "executions": attempts}
-                if self._finish_cancelled(conn, task_id, data, now, self._cancelled_error):
-                    report.cancelled.append(task_id)
-                    continue
-                if attempts < max_executions:
-                    conn.execute(
-                        "UPDATE tasks SET status = 'queued', worker = NULL, owner = ?, started_at = NULL "
-                        "WHERE id = ?",
-                        (adopter, task_id),
-                    )
-                    self._event(conn, task_id, "requeued", {"dead_worker": worker, "executions": attempts}, now)
-                    report.requeued.append(task_id)
-                else:
-                    err = TaskInterrupted(
-                        f"task {task_id}: the process running it died after {attempts} execution(s) "
-                        f"(max_executions={max_executions}); its input is kept, re-submit it to run it again",
-                        task_id=task_id,
-                    )
-                    conn.execute(
-                        "UPDATE tasks SET status = 'interrupted', finished_at = ?, error = ? WHERE id = ?",
-                        (now, _dumps(error_to_dict(err)), task_id),
-                    )
-                    self._event(conn, task_id, "interrupted", {"dead_worker": worker, "executions": attempts}, now)
-                    report.interrupted.append(task_id)
-            owned = conn.execute(
-                "SELECT id, owner FROM tasks WHERE status = 'queued' AND owner IS NOT NULL"
-            ).fetchall()
-            for task_id, owner in owned:
-                if owner not in alive and owner != adopter:
-                    conn.execute("UPDATE tasks SET owner = ? WHERE id = ?", (adopter, task_id))
-                    report.reassigned.append(task_id)
-            conn.executemany("DELETE FROM workers WHERE id = ?", [(w,) for w in report.dead_workers])
-            return report
-
-        return await self._write(op)
+        return await self._write(lambda conn: recover_op(conn, self._host, max_executions, stale_after, adopter))
 
     async def cleanup(self, older_than: float) -> int:
         """Delete finished tasks older than ``older_than``, in transactions of a few hundred
         tasks, so that heartbeats and other writes (of any process) never wait long behind it."""
-        where = f"finished_at IS NOT NULL AND finished_at < ? AND status IN {_FINAL_SQL}"
+        where = f"finished_at IS NOT NULL AND finished_at < ? AND status IN {FINAL_SQL}"
 
         def op(conn: sqlite3.Connection) -> int:
             ids = [(r[0],) for r in conn.execute(f"SELECT id FROM tasks WHERE {where} LIMIT ?", (older_than, _CLEANUP_CHUNK))]

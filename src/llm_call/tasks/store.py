@@ -21,6 +21,10 @@ Contract every backend keeps:
   the given worker id: a worker declared dead whose task was re-queued cannot overwrite the new
   execution's outcome.
 - **Order.** Writes awaited one after the other by one caller are applied in that order.
+- **Queue limits.** ``submit`` counts the queued tasks of each of ``NewTask.queue_limits`` and
+  inserts in one atomic step, raising ``QueueFull`` (storing nothing) when one is reached.
+- **Liveness.** ``recover`` declares a worker dead only when it cannot be alive: a wait for a
+  lock (or any other delay of its heartbeats) must never pass for a death.
 - **Event numbering.** ``seq`` counts from 1 per task, without gaps, in append order.
 
 Life of a task::
