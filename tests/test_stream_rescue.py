@@ -148,3 +148,28 @@ def test_server_continues_a_cut_stream_only_when_asked(serve_llm: Any) -> None:
     events = _post(served, {**body, "stream_rescue": None})
     assert "[DONE]" not in events and json.loads(events[-1])["error"]["code"] == "StreamInterrupted"
     assert len(served.upstream.requests) == before + 1
+
+
+def test_messages_stream_continues_in_the_same_text_block_when_asked(serve_llm: Any) -> None:
+    import anthropic
+
+    served = serve_llm(
+        [Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2)), Reply(text="three four")],
+        retry={"max_retries": 1, "base_delay": 0},
+    )
+    client = anthropic.Anthropic(base_url=served.url, api_key="unused", max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": "count"}]
+    with client.messages.stream(
+        model="up/x", max_tokens=50, messages=messages, extra_body={"stream_rescue": "continue"}  # type: ignore[arg-type]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "one two three four"
+    assert [b.type for b in final.content] == ["text"] and final.stop_reason == "end_turn"
+    # default: the error event, no second upstream call
+    served.upstream.add(Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2)), Reply(text="three four"))
+    before = len(served.upstream.requests)
+    with pytest.raises(anthropic.APIStatusError):
+        with client.messages.stream(model="up/x", max_tokens=50, messages=messages) as stream:  # type: ignore[arg-type]
+            list(stream.text_stream)
+    assert len(served.upstream.requests) == before + 1

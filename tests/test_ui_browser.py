@@ -203,7 +203,9 @@ async def test_routes_page_shows_counts_breakers_and_what_is_not_available(serve
     await expect(row.locator("td").nth(4)).to_have_text("1")
     await expect(row.locator("td").nth(5)).to_have_text("1 (up/*)")
     await expect(page.locator("#quota")).to_contain_text("No quota reported yet")
-    await expect(page.locator("#pool")).to_contain_text("not available")
+    # the CLI pool (GET /v1/claude/pool): off by default, said so
+    await expect(page.locator("#pool .pill")).to_have_text("off")
+    await expect(page.locator("#pool")).to_contain_text("claude.pool_size = 0")
     # the CLI reports the subscription's windows (as a max/* call in subscription mode would)
     resets = time.time() + 2 * 3600
     record_rate_limit_event(
@@ -222,3 +224,25 @@ async def test_routes_page_shows_counts_breakers_and_what_is_not_available(serve
     await page.screenshot(path=tmp_path / "routes.png")
     async with httpx.AsyncClient() as client:
         await client.post(f"{served.base_url}/tasks/{running}/cancel", json={})
+
+
+async def test_routes_page_shows_the_claude_cli_pool(serve_llm: Any, page: Page, tmp_path: Path) -> None:
+    from llm_call.providers._claude_pool import ClaudePool
+
+    served = serve_llm([], claude={"pool_size": 3})
+    # a pool of this process with a history (what GET /v1/claude/pool sums), no CLI needed
+    pool = ClaudePool(served.settings.claude, spawn=None)  # type: ignore[arg-type]
+    pool.started, pool.calls = 4, 17
+    pool.replaced.update({"died": 1, "max_calls": 2})
+    try:
+        await _open_ui(page, served)
+        await page.locator("#nav-routes").click()
+        await expect(page.locator("#pool .pill")).to_have_text("on")
+        await expect(page.locator('#pool [data-pool="size"]')).to_have_text("0 of 3 processes")
+        await expect(page.locator('#pool [data-pool="idle / busy"]')).to_have_text("0 idle · 0 busy")
+        await expect(page.locator('#pool [data-pool="started"]')).to_have_text("4")
+        await expect(page.locator('#pool [data-pool="replaced"]')).to_have_text("3 (died 1, max calls 2)")
+        await expect(page.locator('#pool [data-pool="calls served"]')).to_have_text("17")
+        await page.screenshot(path=tmp_path / "routes-pool.png")
+    finally:
+        await pool.aclose()

@@ -146,6 +146,9 @@ async def astream(
     """Stream the answer as :class:`Chunk` deltas; the last chunk has ``finish_reason``.
 
     A stream cut short raises :class:`~llm_call.errors.StreamInterrupted`; it never just stops.
+    A cut after the first chunk is first continued by a retry or fallback when the policy allows
+    (``stream_rescue="continue"``, the default), announced by a ``Chunk(event="retry")`` whose
+    ``data["rescue"]`` is ``"continue"``; text already delivered is never repeated.
 
     Example::
 

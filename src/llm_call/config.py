@@ -168,7 +168,7 @@ class ClaudeConfig(_Strict):
     exit_timeout: float = Field(default=10.0, gt=0)
     max_turns: int | None = Field(default=None, ge=1)
     pool_size: int = Field(
-        default=0, ge=0, le=64, description="Warm CLI processes kept for reuse (0: a fresh CLI per call; docs/claude.md)"
+        default=0, ge=0, le=64, description="Warm CLI processes kept for reuse (0, the default: a fresh CLI per call; why it is off by default: docs/claude.md)"
     )
     pool_max_calls: int = Field(default=100, ge=1, description="Calls one pooled process serves before it is replaced")
     pool_idle_ttl: float = Field(default=300.0, gt=0, description="Seconds a pooled process may sit idle before it is stopped")

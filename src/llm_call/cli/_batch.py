@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ._common import EXIT_USAGE, load, reporting_errors, state
+from ._common import EXIT_USAGE, load, reporting_errors, state, tune_gc_for_many_calls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -307,6 +307,7 @@ def register(app: typer.Typer) -> None:
                 settings=settings,
             )
 
+        tune_gc_for_many_calls()  # every line is a live call and a task, as in a worker
         try:
             with reporting_errors():
                 report = asyncio.run(_run_with_sigint(go))

@@ -9,7 +9,6 @@ failed (or is not done), 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import sys
@@ -21,7 +20,7 @@ import typer
 
 from ..errors import LLMCallError, UsageError
 from ..types import TaskStatus
-from ._common import EXIT_FAILED, describe, dumps, load, reporting_errors
+from ._common import EXIT_FAILED, describe, dumps, load, reporting_errors, tune_gc_for_many_calls
 
 if TYPE_CHECKING:
     from ..tasks import TaskManager
@@ -293,11 +292,7 @@ def register(app: typer.Typer) -> None:
             load()
             from ..tasks.worker import run_worker
 
-            # A worker holds thousands of live calls: freeze the start-up heap and collect the
-            # young generation less often, so full collections do not rescan it all (this
-            # process is ours to tune; a library call never changes the GC of its host)
-            gc.freeze()
-            gc.set_threshold(50_000, 20, 10)
+            tune_gc_for_many_calls()
 
             def ready(manager: TaskManager) -> None:
                 sys.stderr.write(

@@ -4,7 +4,7 @@
 import { $, ApiError, AuthError, KEY_NAME, ago, api, el, followEvents, pill, setPill, span, stamp } from "/ui/lib.js";
 import {
   attemptCount, eventItem, modelOf, notAvailable, progressText, promptOf, renderAttempts, renderMeta, renderOutcome,
-  renderPrompt, renderQuota, renderReview, renderRoutes,
+  renderPool, renderPrompt, renderQuota, renderReview, renderRoutes,
 } from "/ui/render.js";
 
 (() => {
@@ -382,8 +382,7 @@ import {
       renderRoutes(await api("/v1/routes"));
       setConn(true, "live · updated " + new Date().toLocaleTimeString());
       await optional("/v1/usage/quota", $("quota"), "Subscription quota", renderQuota);
-      // no endpoint reports the CLI pool yet: say so rather than guess a URL
-      notAvailable($("pool"), "The Claude CLI pool state is");
+      await optional("/v1/claude/pool", $("pool"), "The Claude CLI pool state is", renderPool);
     });
   }
 

@@ -245,3 +245,24 @@ export function renderQuota(data) {
     }),
   );
 }
+
+export function renderPool(data) {
+  const box = $("pool");
+  const limit = Number(data.size_limit) || 0;
+  const head = el("h3", null, el("span", { text: "max/* warm processes" }), pill(data.enabled ? "on" : "off"));
+  if (!data.enabled) {
+    box.replaceChildren(head, el("p", { cls: "muted", text: "The pool is off (claude.pool_size = 0): every max/* call starts a CLI of its own." }));
+    return;
+  }
+  const reasons = Object.entries(data.replaced_by_reason || {}).map(([k, n]) => k.replace(/_/g, " ") + " " + n);
+  const rows = [
+    ["size", (Number(data.processes) || 0) + " of " + limit + " processes"],
+    ["idle / busy", (Number(data.idle) || 0) + " idle · " + (Number(data.busy) || 0) + " busy"],
+    ["started", String(Number(data.started) || 0)],
+    ["replaced", (Number(data.replaced) || 0) + (reasons.length ? " (" + reasons.join(", ") + ")" : "")],
+    ["calls served", String(Number(data.calls) || 0)],
+    ["memory", (Number(data.rss_mb) || 0).toFixed(1) + " MB"],
+  ];
+  const kv = rows.flatMap(([name, text]) => [el("strong", { text: name }), el("span", { "data-pool": name, text })]);
+  box.replaceChildren(head, el("div", { cls: "kv" }, ...kv));
+}
