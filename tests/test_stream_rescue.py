@@ -173,3 +173,18 @@ def test_messages_stream_continues_in_the_same_text_block_when_asked(serve_llm: 
         with client.messages.stream(model="up/x", max_tokens=50, messages=messages) as stream:  # type: ignore[arg-type]
             list(stream.text_stream)
     assert len(served.upstream.requests) == before + 1
+
+
+def test_the_operator_can_make_continue_the_default_and_a_request_can_turn_it_off(serve_llm: Any) -> None:
+    cut = Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2))
+    served = serve_llm(
+        [cut, Reply(text="three four")], server={"stream_rescue": "continue"}, retry={"max_retries": 1, "base_delay": 0}
+    )
+    body = {"model": "up/x", "messages": [{"role": "user", "content": "count"}], "stream": True}
+    events = _post(served, body)
+    assert events[-1] == "[DONE]"
+    text = "".join(ch["delta"].get("content") or "" for e in events[:-1] for ch in json.loads(e)["choices"])
+    assert text == "one two three four"
+    served.upstream.add(Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2)))
+    events = _post(served, {**body, "stream_rescue": "off"})
+    assert "[DONE]" not in events and json.loads(events[-1])["error"]["code"] == "StreamInterrupted"

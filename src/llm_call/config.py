@@ -323,6 +323,11 @@ class ServerConfig(_Strict):
     request_timeout: float = Field(default=600.0, gt=0)
     grace_period: float = Field(default=30.0, ge=0)
     debug: bool = False
+    stream_rescue: Literal["off", "continue"] = Field(
+        default="off",
+        description="What a chat/messages stream cut after its first chunk does when a request does not say: "
+        "\"off\": an error event ends it; \"continue\": the next retry or fallback continues it",
+    )
 
     @field_validator("api_keys", "admin_keys")
     @classmethod

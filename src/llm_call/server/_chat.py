@@ -228,7 +228,7 @@ async def _start_stream(
     state: ServerState, info: RequestInfo, req: ChatCompletionRequest, kwargs: dict[str, Any], receive: Receive | None
 ) -> Response:
     info.stream = True
-    kwargs["stream_rescue"] = req.stream_rescue or "off"
+    kwargs["stream_rescue"] = req.stream_rescue or state.settings.server.stream_rescue
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
     deadline = asyncio.get_running_loop().time() + state.settings.server.request_timeout
     chunks = astream(**kwargs)

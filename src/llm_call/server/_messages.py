@@ -152,7 +152,7 @@ async def _start_stream(
     state: ServerState, info: RequestInfo, req: MessagesRequest, kwargs: dict[str, Any], receive: Receive | None
 ) -> Response:
     info.stream = True
-    kwargs["stream_rescue"] = req.stream_rescue or "off"
+    kwargs["stream_rescue"] = req.stream_rescue or state.settings.server.stream_rescue
     deadline = asyncio.get_running_loop().time() + state.settings.server.request_timeout
     chunks = astream(**kwargs)
     try:
