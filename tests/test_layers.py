@@ -137,3 +137,9 @@ def test_the_checks_see_a_cycle_and_a_private_import() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     found = _imports("def f():\n    from .x import _y, z\n")
     assert found[0][0] == ".x" and found[0][1] == ["_y", "z"]
+
+
+def test_every_module_stays_under_600_lines() -> None:
+    """The house rule (DESIGN.md): a module past 600 lines is split by what it does."""
+    too_long = {name: n for name, (path, _) in _modules().items() if (n := len(path.read_text().splitlines())) >= 600}
+    assert not too_long, f"split these modules (lines): {too_long}"
