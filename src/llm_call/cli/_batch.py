@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ._common import EXIT_USAGE, load, reporting_errors, state, tune_gc_for_many_calls
+from ._common import EXIT_USAGE, load_for, reporting_errors, tune_gc_for_many_calls
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -260,12 +260,8 @@ def register(app: typer.Typer) -> None:
         if not dry_run and output is None:
             typer.echo("error: give the output file with -o OUT.jsonl (or use --dry-run)", err=True)
             raise typer.Exit(EXIT_USAGE)
-        if config is not None:
-            state.config_path = config
+        settings = load_for(config, tasks)
         with reporting_errors():
-            settings = load()
-            if tasks is not None:
-                settings.tasks.store = tasks
             from ..batch import check_items, read_items
 
             items, problems = read_items(input_file)

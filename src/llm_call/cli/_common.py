@@ -51,6 +51,18 @@ def load() -> Settings:
     return settings
 
 
+def load_for(config: str | None, tasks: str | None = None) -> Settings:
+    """A command's settings: its --config file (when given), errors reported as the CLI does,
+    then its --tasks store over the configured one."""
+    if config is not None:
+        state.config_path = config
+    with reporting_errors():
+        settings = load()
+    if tasks is not None:
+        settings.tasks.store = tasks
+    return settings
+
+
 def describe(exc: BaseException, model: str | None = None) -> str:
     """One line naming the error type, the model and a hint.
 

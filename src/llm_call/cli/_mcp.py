@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import EXIT_USAGE, fail, load, reporting_errors, state
+from ._common import EXIT_USAGE, fail, load_for, reporting_errors
 
 __all__ = ["register"]
 
@@ -26,12 +26,7 @@ def register(app: typer.Typer) -> None:
         Background tasks submitted here run in this process while it lives and stay in the task
         store; `llm-call serve` also serves the same tools over HTTP at /mcp.
         """
-        if config is not None:
-            state.config_path = config
-        with reporting_errors():
-            settings = load()
-        if tasks is not None:
-            settings.tasks.store = tasks
+        settings = load_for(config, tasks)
         try:
             from ..server._mcp import run_stdio
         except ImportError as exc:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import EXIT_FAILED, EXIT_USAGE, fail, load, reporting_errors, state
+from ._common import EXIT_FAILED, EXIT_USAGE, fail, load_for, reporting_errors
 
 __all__ = ["register"]
 
@@ -34,12 +34,7 @@ def register(app: typer.Typer) -> None:
         [server] api_keys). SIGTERM/SIGINT stop it gracefully: requests in flight get
         [server] grace_period seconds, background tasks stay queued for the next start.
         """
-        if config is not None:
-            state.config_path = config
-        with reporting_errors():
-            settings = load()
-        if tasks is not None:
-            settings.tasks.store = tasks
+        settings = load_for(config, tasks)
         if host is not None:
             settings.server.host = host
         if port is not None:
