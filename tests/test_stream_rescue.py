@@ -1,6 +1,8 @@
-"""Stream rescue: a stream cut after its first chunk is continued by the next retry or fallback,
-announced by a ``retry`` chunk, without repeating delivered text; a cut tool call is never spliced;
-the server continues only when the request opts in (``stream_rescue: "continue"``)."""
+"""Stream rescue: a stream cut after its first chunk is rescued by the next retry or fallback,
+announced by a ``retry`` chunk: by default the answer starts again (``rescue="restart"``; tool
+calls too); ``stream_rescue="continue"`` continues the delivered text without repeating it (a cut
+tool call is never spliced). The server continues only when the request opts in
+(``stream_rescue: "continue"``): a client cannot take back what it was sent."""
 
 from __future__ import annotations
 
@@ -40,9 +42,46 @@ def _text(chunks: list[llm_call.Chunk]) -> str:
     return "".join(c.text for c in chunks)
 
 
+def _answer(chunks: list[llm_call.Chunk]) -> list[llm_call.Chunk]:
+    """What a consumer keeps: the chunks after the last ``restart`` marker."""
+    starts = [i for i, c in enumerate(chunks) if c.event == "retry" and (c.data or {}).get("rescue") == "restart"]
+    return chunks[starts[-1] + 1:] if starts else chunks
+
+
+async def test_by_default_a_cut_stream_starts_again_after_a_restart_marker(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(chunks=["alpha ", "beta ", "gamma"], fault=CUT), Reply(chunks=["alpha ", "beta ", "gamma"]))
+    chunks = await _collect("openai/m", "hi", retry=ManualClock().policy())
+    markers = [c for c in chunks if c.event == "retry"]
+    assert len(markers) == 1 and chunks.index(markers[0]) == 1  # right after the text that was cut
+    data = markers[0].data or {}
+    assert data["rescue"] == "restart" and data["reason"] == "StreamInterrupted" and data["model"] == "openai/m"
+    assert _text(_answer(chunks)) == "alpha beta gamma" and chunks[-1].finish_reason == "stop"
+    # the second call is the same request again, not a continuation
+    assert srv.requests[1].messages == srv.requests[0].messages
+
+
+async def test_a_cut_tool_call_stream_is_restarted_and_assembles_whole(srv: ScriptedLLMServer) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    call = ToolCall("get_weather", {"city": "Oslo, Norway, Europe"})
+    srv.add(Reply(tool_calls=[call], fault=Fault.cut_stream(after_chunks=2)), Reply(tool_calls=[call]))
+    chunks = await _collect("openai/m", "weather?", tools=tools, retry=ManualClock().policy())
+    assert any((c.data or {}).get("rescue") == "restart" for c in chunks)
+    answer = _answer(chunks)
+    calls = llm_call.assemble_tool_calls(d for c in answer for d in c.tool_calls)
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Oslo, Norway, Europe"})]
+    assert answer[-1].finish_reason == "tool_calls" and len(srv.requests) == 2
+
+
+async def test_a_restarted_validated_stream_validates_only_the_new_answer(srv: ScriptedLLMServer) -> None:
+    srv.add(Reply(chunks=['{"a": ', "1}"], fault=CUT), Reply(chunks=['{"a": ', "1}"]))
+    chunks = await _collect("openai/m", "json", validate=["json"], retry=ManualClock().policy())
+    assert _text(_answer(chunks)) == '{"a": 1}'
+    assert (chunks[-1].data or {})["passed_attempt"] == 1  # not a failed '{"a": {"a": 1}'
+
+
 async def test_a_cut_stream_is_continued_on_a_retry_with_a_marker(srv: ScriptedLLMServer) -> None:
     srv.add(Reply(chunks=["alpha ", "beta ", "gamma"], fault=CUT), Reply(chunks=["beta ", "gamma"]))
-    chunks = await _collect("openai/m", "hi", retry=ManualClock().policy())
+    chunks = await _collect("openai/m", "hi", retry=ManualClock().policy(), stream_rescue="continue")
     assert _text(chunks) == "alpha beta gamma"
     assert chunks[-1].finish_reason == "stop"
     markers = [c for c in chunks if c.event == "retry"]
@@ -58,7 +97,7 @@ async def test_a_cut_stream_is_continued_on_a_retry_with_a_marker(srv: ScriptedL
 
 async def test_a_continuation_that_restarts_the_answer_is_not_sent_twice(srv: ScriptedLLMServer) -> None:
     srv.add(Reply(chunks=["alpha ", "beta ", "gamma"], fault=CUT), Reply(chunks=["alp", "ha ", "beta ", "gamma"]))
-    chunks = await _collect("openai/m", "hi", retry=ManualClock().policy())
+    chunks = await _collect("openai/m", "hi", retry=ManualClock().policy(), stream_rescue="continue")
     assert _text(chunks) == "alpha beta gamma"
 
 
@@ -68,7 +107,7 @@ async def test_the_rest_comes_from_the_fallback_when_retries_are_used_up(srv: Sc
         Reply(chunks=["two ", "three"], match_model="backup"),
     )
     policy = ManualClock().policy(stop=stop_after_attempt(1))
-    chunks = await _collect("openai/main", "count", fallbacks=["openai/backup"], retry=policy)
+    chunks = await _collect("openai/main", "count", fallbacks=["openai/backup"], retry=policy, stream_rescue="continue")
     assert _text(chunks) == "one two three"
     assert [r.model for r in srv.requests] == ["main", "backup"]
     marker = next(c for c in chunks if c.event == "retry")
@@ -80,7 +119,9 @@ async def test_retries_exhausted_still_raise_stream_interrupted(srv: ScriptedLLM
     srv.add(Reply(chunks=["one ", "two ", "three"], fault=CUT, times=None))
     seen: list[str] = []
     with pytest.raises(StreamInterrupted):
-        async for chunk in llm_call.astream("openai/m", "count", retry=ManualClock().policy(stop=stop_after_attempt(2))):
+        async for chunk in llm_call.astream(
+            "openai/m", "count", retry=ManualClock().policy(stop=stop_after_attempt(2)), stream_rescue="continue"
+        ):
             seen.append(chunk.text)
     assert len(srv.requests) == 2
     assert "".join(seen) == "one "  # the continuation repeated it and was cut: nothing sent twice
@@ -102,13 +143,13 @@ async def test_a_tool_call_cut_midway_is_a_typed_error_not_a_spliced_call(srv: S
         Reply(text="should not be asked"),
     )
     with pytest.raises(StreamInterrupted, match="inside a tool call"):
-        await _collect("openai/m", "weather?", tools=tools, retry=ManualClock().policy())
+        await _collect("openai/m", "weather?", tools=tools, retry=ManualClock().policy(), stream_rescue="continue")
     assert len(srv.requests) == 1
 
 
 async def test_validated_stream_is_rescued_and_validates_the_whole_answer(srv: ScriptedLLMServer) -> None:
     srv.add(Reply(chunks=['{"a": ', "1}"], fault=CUT), Reply(chunks=["1}"]))
-    chunks = await _collect("openai/m", "json", validate=["json"], retry=ManualClock().policy())
+    chunks = await _collect("openai/m", "json", validate=["json"], retry=ManualClock().policy(), stream_rescue="continue")
     assert _text(chunks) == '{"a": 1}'
     assert (chunks[-1].data or {})["passed_attempt"] == 1
 
@@ -188,3 +229,25 @@ def test_the_operator_can_make_continue_the_default_and_a_request_can_turn_it_of
     served.upstream.add(Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2)))
     events = _post(served, {**body, "stream_rescue": "off"})
     assert "[DONE]" not in events and json.loads(events[-1])["error"]["code"] == "StreamInterrupted"
+
+
+def _response_events(served: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
+    r = httpx.post(served.base_url + "/responses", json=body, timeout=30)
+    assert r.status_code == 200
+    return [json.loads(line[len("data: "):]) for line in r.text.splitlines() if line.startswith("data: ")]
+
+
+def test_responses_stream_is_not_rescued_unless_asked_and_then_is_one_answer(serve_llm: Any) -> None:
+    served = serve_llm(
+        [Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2)), Reply(text="one two three four")],
+        retry={"max_retries": 1, "base_delay": 0},
+    )
+    body = {"model": "up/x", "input": "count", "stream": True}
+    events = _response_events(served, body)
+    assert events[-1]["type"] == "response.failed"  # the honest end, as on chat
+    assert len(served.upstream.requests) == 1
+    served.upstream.add(Reply(text="one two three four", fault=Fault.cut_stream(after_chunks=2)), Reply(text="three four"))
+    events = _response_events(served, {**body, "stream_rescue": "continue"})
+    assert events[-1]["type"] == "response.completed"
+    text = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert text == "one two three four" == events[-1]["response"]["output_text"]

@@ -49,8 +49,9 @@ class CallOptions:
     idempotency_key: str | None = None
     priority: int = 0
     #: what a stream cut after its first chunk does when retries or fallbacks allow another
-    #: call: "continue" (ask for the rest, announced by a retry chunk) or "off" (raise)
-    stream_rescue: str = "continue"
+    #: call: "restart" (the answer starts again, announced by a retry chunk), "continue" (ask
+    #: for the rest of the delivered text) or "off" (raise)
+    stream_rescue: str = "restart"
 
     @property
     def validating(self) -> bool:
@@ -79,8 +80,11 @@ class CallOptions:
 
     def check(self) -> None:
         """Reject option combinations that would be silently ignored or make no sense."""
-        if self.stream_rescue not in ("continue", "off"):
-            raise UsageError(f"stream_rescue must be 'continue' or 'off', not {self.stream_rescue!r}")
+        if self.stream_rescue not in ("restart", "continue", "off"):
+            raise UsageError(
+                f"stream_rescue must be 'restart', 'continue' or 'off', not {self.stream_rescue!r}",
+                hint="'restart' (default) starts a cut stream again after a retry chunk; 'continue' asks for the rest",
+            )
         if not self.validating:
             needs = [
                 name

@@ -3,9 +3,10 @@
 What is retried: HTTP 408, 429, 500, 502, 503, 504, 529, connection errors, timeouts and
 interrupted streams (:func:`llm_call.errors.is_transient`). Never 400/401/403/404/422, usage or
 config errors, nor validation failures (those belong to the validation loop above this layer).
-A stream that fails before its first chunk is called again; one cut after it is rescued
-(``stream_rescue="continue"``, the default): the next call continues the delivered text,
-announced by a ``retry`` chunk, and text already given to a consumer is never repeated.
+A stream that fails before its first chunk is called again; one cut after it is rescued,
+announced by a ``retry`` chunk: ``stream_rescue="restart"`` (the default) streams the answer
+again from its start (the consumer drops what it had), ``"continue"`` asks for the rest of the
+delivered text and never repeats it, ``"off"`` raises.
 
 The policy (:mod:`llm_call.retry`, the public half) is tenacity-style, small composable
 strategies and a decision step with no I/O. ``retry=`` takes a :class:`~llm_call.retry.RetryPolicy` (fields left ``None`` come from the settings for the
@@ -445,16 +446,22 @@ async def stream_with_retries(
 ) -> AsyncIterator[Chunk]:
     """Stream ``request`` with transient retries and fallbacks.
 
-    Before the first chunk a failed call is simply made again. After it (``stream_rescue=
-    "continue"``, the default), a transient cut is rescued when the policy allows another call:
-    a ``Chunk(event="retry", data={"rescue": "continue", ...})`` announces it, and the next call
-    (same model, or the next fallback) is asked to continue the text already delivered; only the
-    continuation is streamed, never a repeat. A stream cut inside a tool call is not rescued (a
-    partial tool call cannot be continued): it raises :class:`StreamInterrupted`.
+    Before the first chunk a failed call is simply made again. After it, a transient cut is
+    rescued when the policy allows another call (same model, then the next fallback), as
+    ``opts.stream_rescue`` says:
+
+    - ``"restart"`` (the library default): a ``Chunk(event="retry", data={"rescue": "restart",
+      ...})`` announces that the answer starts again: drop what came before it (text and tool-call
+      fragments); the next call streams the whole answer. Tool-call streams are restarted too.
+    - ``"continue"``: the ``retry`` chunk has ``rescue="continue"`` and the next call is asked to
+      continue the text already delivered; only the continuation is streamed, never a repeat. A
+      stream cut inside a tool call cannot be continued: it raises :class:`StreamInterrupted`.
+    - ``"off"``: a cut after the first chunk raises at once.
+
     Failed calls are appended to ``records`` (when given) as ``provider_error`` attempts.
     """
     tries = _Tries(request, opts, attempt, deadline_at)
-    rescue = getattr(opts, "stream_rescue", "continue") == "continue"
+    mode = getattr(opts, "stream_rescue", "restart")
     delivered: list[str] = []
     while True:
         yielded = tool_step = False
@@ -477,44 +484,46 @@ async def stream_with_retries(
                     if chunk.finish_reason is not None:
                         cont.flush()
                     yielded = True
-                    if chunk.text:
+                    if chunk.text and mode == "continue":
                         delivered.append(chunk.text)
                     yield chunk
         except BaseException as exc:
-            text_only = bool(delivered) and not tool_step
-            retryable = not yielded or (rescue and text_only and isinstance(exc, ProviderError))
-            if yielded and tool_step and isinstance(exc, StreamInterrupted):
+            if yielded and mode == "continue" and tool_step and isinstance(exc, StreamInterrupted):
                 tries.retries.failed(exc, caller_limited=tries.request.timeout is not None)
                 raise StreamInterrupted(
                     f"the stream was cut inside a tool call ({exc.message}); a partial tool call is "
-                    "never continued, so it was not rescued",
-                    hint="call again: the tool call must be made from the start",
+                    "never continued, so it was not rescued (stream_rescue='restart' starts it again)",
+                    hint="call again, or use stream_rescue='restart': the tool call must be made from the start",
                     provider=exc.provider,
                     model=exc.model,
                     partial=exc.partial,
                 ) from exc
+            rescuable = mode != "off" and isinstance(exc, ProviderError)
+            if mode == "continue":
+                rescuable = rescuable and bool(delivered) and not tool_step
             from_model = tries.model
-            if await tries.failed(exc, records, retryable=retryable):
-                if delivered:
-                    kept = sum(len(t) for t in delivered)
-                    emit("stream_rescue", from_model=from_model, to_model=tries.model, kept_chars=kept, reason=_reason(exc))
-                    yield Chunk(
-                        model=tries.model,
-                        attempt=attempt,
-                        event="retry",
-                        data={
-                            "rescue": "continue",
-                            "reason": _reason(exc),
-                            "from_model": from_model,
-                            "model": tries.model,
-                            "call": tries.calls + 1,
-                            "kept_chars": kept,
-                        },
-                    )
+            if await tries.failed(exc, records, retryable=not yielded or rescuable):
+                if yielded:
+                    yield _rescue_marker(mode, exc, from_model, tries, attempt, sum(len(t) for t in delivered))
                 continue
             raise
         tries.succeeded()
         return
+
+
+def _rescue_marker(mode: str, exc: BaseException, from_model: str, tries: _Tries, attempt: int, kept: int) -> Chunk:
+    """The ``retry`` chunk that announces a rescued stream (and the matching progress event)."""
+    data: dict[str, Any] = {
+        "rescue": mode,
+        "reason": _reason(exc),
+        "from_model": from_model,
+        "model": tries.model,
+        "call": tries.calls + 1,
+    }
+    if mode == "continue":
+        data["kept_chars"] = kept
+    emit("stream_rescue", **{k: v for k, v in data.items() if k != "call"})
+    return Chunk(model=tries.model, attempt=attempt, event="retry", data=data)
 
 
 # -- the caller's deadline -------------------------------------------------------------------

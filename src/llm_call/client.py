@@ -146,9 +146,11 @@ async def astream(
     """Stream the answer as :class:`Chunk` deltas; the last chunk has ``finish_reason``.
 
     A stream cut short raises :class:`~llm_call.errors.StreamInterrupted`; it never just stops.
-    A cut after the first chunk is first continued by a retry or fallback when the policy allows
-    (``stream_rescue="continue"``, the default), announced by a ``Chunk(event="retry")`` whose
-    ``data["rescue"]`` is ``"continue"``; text already delivered is never repeated.
+    A cut after the first chunk is rescued by a retry or fallback when the policy allows: with
+    ``stream_rescue="restart"`` (the default) a ``Chunk(event="retry")`` whose ``data["rescue"]``
+    is ``"restart"`` says "drop what you have": the answer (tool calls included) streams again from
+    its start. ``stream_rescue="continue"`` asks the next call for the rest of the text instead
+    (``data["rescue"] == "continue"``: keep what you have; never repeated); ``"off"`` raises.
 
     Example::
 

@@ -325,7 +325,7 @@ class ServerConfig(_Strict):
     debug: bool = False
     stream_rescue: Literal["off", "continue"] = Field(
         default="off",
-        description="What a chat/messages stream cut after its first chunk does when a request does not say: "
+        description="What a chat/messages/responses stream cut after its first chunk does when a request does not say: "
         "\"off\": an error event ends it; \"continue\": the next retry or fallback continues it",
     )
 

@@ -289,8 +289,9 @@ class Chunk:
     ``text`` is the delta; ``tool_calls`` the tool-call fragments it carries (join them with
     :func:`assemble_tool_calls`). ``attempt`` numbers the attempt the chunk belongs to (a validation
     retry starts a new attempt, announced by a chunk with ``event="retry"``; a stream cut and
-    continued by a transient retry or fallback is announced by a ``retry`` chunk whose ``data``
-    has ``rescue="continue"``: keep the text so far, the next chunks continue it). The last chunk of a
+    rescued by a transient retry or fallback is announced by a ``retry`` chunk whose ``data`` has
+    ``rescue="restart"``: drop the text and tool-call fragments so far, the answer starts again;
+    or ``rescue="continue"``: keep the text so far, the next chunks continue it). The last chunk of a
     stream has ``finish_reason`` (``"tool_calls"`` when the model asked for tools) and, when
     known, ``usage``. ``event`` marks non-text progress
     (``"retry"``, ``"tool_started"``, ``"tool_finished"``) with details in ``data``.

@@ -129,13 +129,17 @@ def register(app: typer.Typer) -> None:
 
             if stream and not as_json:
                 printed = False
+                # printed text cannot be taken back: a cut stream is continued, not restarted
+                opts.setdefault("stream_rescue", "continue")
                 try:
                     for chunk in stream_call(
                         model, text, system=system, temperature=temperature, max_tokens=max_tokens, timeout=timeout, **opts
                     ):
-                        if chunk.event == "retry" and (chunk.data or {}).get("rescue") == "continue":
+                        rescue = (chunk.data or {}).get("rescue") if chunk.event == "retry" else None
+                        if rescue:
                             d = chunk.data or {}
-                            sys.stderr.write(f"\n[stream cut ({d.get('reason')}); continuing on {d.get('model')}]\n")
+                            again = "continuing" if rescue == "continue" else "starting the answer again"
+                            sys.stderr.write(f"\n[stream cut ({d.get('reason')}); {again} on {d.get('model')}]\n")
                         elif chunk.event == "retry":
                             sys.stdout.write("\n")
                             sys.stderr.write(f"[attempt {chunk.attempt}: {(chunk.data or {}).get('feedback', 'retrying')}]\n")

@@ -319,7 +319,8 @@ async def _start_stream(
                 whole = await acall(**args)
                 chunks = _whole(whole)
             else:
-                chunks = astream(**args)
+                # a client cannot take back text it was sent: never "restart" (the library default)
+                chunks = astream(**args, stream_rescue=req.stream_rescue or state.settings.server.stream_rescue)
             try:
                 first: Chunk | None = await anext(chunks)
             except StopAsyncIteration:

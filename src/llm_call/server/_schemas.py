@@ -221,6 +221,11 @@ class ResponsesRequest(LLMCallExtras):
     stream_options: dict[str, Any] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     priority: int = Field(default=0, description="Background task priority (higher runs first)")
+    stream_rescue: Literal["off", "continue"] | None = Field(
+        default=None,
+        description="Direct streams only. \"continue\": a stream cut after its first chunk is continued by the "
+        "next retry or fallback in the same output item; default \"off\": response.failed ends the stream",
+    )
 
 
 class TaskRequest(LLMCallExtras):

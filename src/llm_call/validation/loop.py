@@ -429,6 +429,9 @@ async def stream_validated(request: Request, opts: CallOptions) -> AsyncIterator
             async with closing(inner) as chunks:
                 async for chunk in chunks:
                     chunk.attempt = n
+                    if chunk.event == "retry" and (chunk.data or {}).get("rescue") == "restart":
+                        parts.clear()  # the cut answer starts again: validate only the new one
+                        tool_step = False
                     if chunk.finish_reason is not None:
                         final = chunk
                         continue
