@@ -48,7 +48,7 @@ from ._handle import TaskHandle, outcome_of
 from ._progress_sink import RunningTask
 from ._spec import response_dict, spec_from_kwargs
 from ._stores import make_store
-from .store import FINAL_EVENT_KINDS, NewTask, PushesNotices, TaskStore, WorkerInfo
+from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
 
 __all__ = ["TaskManager"]
 
@@ -441,10 +441,11 @@ class TaskManager(TaskExecutor):
 
     async def _watch(self, task_id: str) -> Callable[[], Awaitable[None]] | None:
         """Wake this task's waiters and followers as soon as the store pushes a new event."""
-        if not isinstance(self.store, PushesNotices) or task_id in self._running:
+        pushes = self._fast_paths()[3]
+        if pushes is None or task_id in self._running:
             return None
         try:
-            return await self.store.watch_events(task_id, lambda _: self._touch(task_id, final=True))
+            return await pushes.watch_events(task_id, lambda _: self._touch(task_id, final=True))
         except TaskStoreError:
             _log.warning("cannot watch the events of task %s; polling them", task_id, exc_info=True)
             return None
