@@ -70,6 +70,7 @@ async def test_requeue_of_a_running_task_with_a_cancel_request_ends_it_cancelled
     # a max/* task going back to the queue to wait for the Claude quota (RequeuesWaiting)
     rec, _ = await any_store.submit(_task(1, route="max/sonnet", owner="w1"))
     [claimed] = await any_store.claim("w1", limit=1, claim_all=False)
+    assert claimed.id == rec.id
     await any_store.request_cancel(rec.id)
     request = {**rec.request, "_quota": {"attempts": []}}
     assert await any_store.requeue(rec.id, "w1", request=request, data={"reason": "quota_wait"}) is TaskStatus.CANCELLED
