@@ -36,7 +36,7 @@ from ..errors import (
 )
 from ..types import Response, TaskRecord, TaskStatus
 from ._progress_sink import ProgressSink, RunningTask
-from ._quota import QuotaScheduler, is_max_route
+from ._quota import QuotaScheduler, Requeued, is_max_route
 from ._spec import rebuild, response_dict
 from .store import (
     EventIn,
@@ -377,13 +377,16 @@ class TaskExecutor(ProgressSink):
                     assert work is not None
                     response = await work
                 elif self._quota.active and is_max_route(run.route) and "_resume" not in spec:
-                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run), run.progress)
+                    requeue = self._quota.requeuer(self.worker_id, run)  # a quota wait goes back to the queue
+                    response = await self._quota.run(spec, functools.partial(self._run_call, run), self._sink(run), run.progress, requeue)
                 elif run.patterns or "_resume" in spec:
                     response = await self._run_call(run, spec)
                 else:  # the common case, inline: one coroutine less per task
                     request, opts = rebuild(spec)
                     with listening(self._sink(run)):
                         response = await execute_call(request, opts)
+            except Requeued:  # back in the queue to wait for the quota (or cancelled there)
+                return
             except asyncio.CancelledError:
                 if not run.cancel_requested:
                     raise  # shutdown: close() puts the task back in the queue

@@ -159,6 +159,7 @@ def rebuild(spec: Mapping[str, Any]) -> tuple[Request, CallOptions]:
     messages = args.pop("messages", None)
     args.pop("mode", None)
     args.pop("_meta", None)  # the submitter's notes (the server's Responses fields), not a call argument
+    args.pop("_quota", None)  # quota decisions carried across a wait in the queue (tasks/_quota.py)
     return build_request(model, messages=messages, **args)
 
 
