@@ -497,6 +497,9 @@ class TaskExecutor(ProgressSink):
             run.work.cancel()
 
     def _end_run(self, run: RunningTask) -> None:
+        # a freed slot can start a queued task only if a limit was reached (else the dispatcher
+        # would have claimed it already): only then wake it, which costs a store read per wake
+        full = len(self._running) >= self._limit or any(self._route_count[p] >= self._route_limits[p] for p in run.patterns)
         if self._running.pop(run.id, None) is None:
             return
         if run.events:  # not stored with an outcome (shutdown): the next flush stores them
@@ -506,7 +509,8 @@ class TaskExecutor(ProgressSink):
         for p in run.patterns:
             self._route_count[p] -= 1
         self._dirty.discard(run.id)
-        self._wake.set()
+        if full or self._owned_queued:
+            self._wake.set()
         self._ended.set()
         self._touch(run.id, final=True)
 
