@@ -116,7 +116,7 @@ class TaskExecutor(ProgressSink):
         self._final_notify: dict[str, asyncio.Event] = {}  # wakes wait(): the state changed
         self._pending: list[EventIn] = []
         self._dirty: set[str] = set()
-        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_handle: asyncio.Handle | None = None
         self._bg: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()

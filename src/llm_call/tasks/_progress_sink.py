@@ -28,9 +28,6 @@ __all__ = ["ProgressSink", "RunningTask"]
 _log = logging.getLogger("llm_call.tasks")
 
 _CHUNK_EVERY_S = 0.5
-#: progress events wait this long for the next flush; those of a task that ends meanwhile go
-#: with its outcome, in the same store write (the common case for short calls: one write less)
-_FLUSH_AFTER_S = 0.2
 
 
 @dataclass(eq=False, slots=True)
@@ -58,7 +55,7 @@ class ProgressSink:
     _running: dict[str, RunningTask]
     _pending: list[EventIn]
     _dirty: set[str]
-    _flush_handle: asyncio.TimerHandle | None
+    _flush_handle: asyncio.Handle | None
     _events_lost: bool
 
     if TYPE_CHECKING:
@@ -110,10 +107,9 @@ class ProgressSink:
 
     def _schedule_flush(self) -> None:
         if self._flush_handle is None:
-            # soon, in one write for every running task; what is still pending when a task ends
-            # goes with its outcome (events keep their own times; a follower sees them up to
-            # _FLUSH_AFTER_S later)
-            self._flush_handle = asyncio.get_running_loop().call_later(_FLUSH_AFTER_S, self._start_flush)
+            # at once (in store order with what other processes write, e.g. a cancel request);
+            # what is still pending when the task ends goes with its outcome
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._start_flush)
 
     def _start_flush(self) -> None:
         self._flush_handle = None
@@ -121,9 +117,6 @@ class ProgressSink:
 
     async def _flush_events(self) -> bool:
         """Store the pending events and progress; False if that failed (they are lost)."""
-        if self._flush_handle is not None:  # flushed now: no timer left for a closed manager
-            self._flush_handle.cancel()
-            self._flush_handle = None
         events, self._pending = self._pending, []
         dirty, self._dirty = self._dirty, set()
         progress = {}

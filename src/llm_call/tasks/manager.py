@@ -19,9 +19,8 @@ another process is a flag in the store that the running manager polls every half
 Progress: every layer reports through :func:`llm_call._progress.emit`; the manager listens while
 it runs a task and appends those events (``attempt``, ``retry_wait``, ``validation_failed``,
 ``escalated``, ``tool_started``/``tool_finished``, ``chunk`` at most every 0.5 s ...) to the store
-in batches (within 0.2 s, or with the task's outcome if it ends first); the store itself writes
-the lifecycle events (``queued``, ``started``, ``finished``, ``failed``, ``cancelled``,
-``needs_review``, ``requeued``, ``interrupted``).
+in batches; the store itself writes the lifecycle events (``queued``, ``started``, ``finished``,
+``failed``, ``cancelled``, ``needs_review``, ``requeued``, ``interrupted``).
 
 Example::
 
