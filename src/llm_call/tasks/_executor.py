@@ -142,6 +142,9 @@ class TaskExecutor(ProgressSink):
         self._route_cache: dict[str, str] = {}
         self._patterns_cache: dict[str, tuple[str, ...]] = {}  # route -> its route-limit patterns
         self._owned_queued: set[str] = set()  # submitted here for this manager, not started yet
+        #: a task this manager may claim may be queued (the last claim was cut by a limit, or a
+        #: submit here was queued): a task's end wakes the dispatcher; else it polls
+        self._maybe_queued = True
         self._fill_lock = asyncio.Lock()
         self._context = contextvars.Context()  # the executing loops' (set when they start)
         self._ended = asyncio.Event()
@@ -303,6 +306,7 @@ class TaskExecutor(ProgressSink):
 
     async def _fill_locked(self) -> int:
         started = 0
+        more = False  # a claim took all it asked for, or a limit stopped one: more may be queued
         claim_all = self.claims == "all"
         only: dict[str, Any] = {} if self.routes is None else {"routes": self.routes}
         patterns = list(self._route_limits)
@@ -311,18 +315,22 @@ class TaskExecutor(ProgressSink):
         for i, pattern in enumerate(patterns):
             cap = self._quota.cap(pattern, self._route_count[pattern], min(self._route_limits[pattern] - self._route_count[pattern], self._limit - len(self._running)), hold)
             if cap <= 0:
+                more = True
                 continue
             exclude = list(dict.fromkeys([*patterns[:i], *full, *hold]))
-            for rec in await self.store.claim(
-                self.worker_id, limit=cap, include=pattern, exclude=exclude, claim_all=claim_all, **only
-            ):
+            got = await self.store.claim(self.worker_id, limit=cap, include=pattern, exclude=exclude, claim_all=claim_all, **only)
+            more = more or len(got) >= cap
+            for rec in got:
                 self._start(rec)
                 started += 1
         free = self._limit - len(self._running)
         if free > 0:
-            for rec in await self.store.claim(self.worker_id, limit=free, exclude=patterns + hold, claim_all=claim_all, **only):
+            got = await self.store.claim(self.worker_id, limit=free, exclude=patterns + hold, claim_all=claim_all, **only)
+            more = more or len(got) >= free
+            for rec in got:
                 self._start(rec)
                 started += 1
+        self._maybe_queued = more or free <= 0 or bool(hold)
         return started
 
     def _new_run(self, task_id: str, route: str) -> RunningTask:
@@ -497,9 +505,6 @@ class TaskExecutor(ProgressSink):
             run.work.cancel()
 
     def _end_run(self, run: RunningTask) -> None:
-        # a freed slot can start a queued task only if a limit was reached (else the dispatcher
-        # would have claimed it already): only then wake it, which costs a store read per wake
-        full = len(self._running) >= self._limit or any(self._route_count[p] >= self._route_limits[p] for p in run.patterns)
         if self._running.pop(run.id, None) is None:
             return
         if run.events:  # not stored with an outcome (shutdown): the next flush stores them
@@ -509,7 +514,7 @@ class TaskExecutor(ProgressSink):
         for p in run.patterns:
             self._route_count[p] -= 1
         self._dirty.discard(run.id)
-        if full or self._owned_queued:
+        if self._maybe_queued or self._owned_queued:  # a claim costs a store read: only if useful
             self._wake.set()
         self._ended.set()
         self._touch(run.id, final=True)

@@ -229,7 +229,8 @@ class TaskManager(TaskExecutor):
                 run.listeners = [*run.listeners, progress]
             else:
                 self._listeners.setdefault(rec.id, []).append(progress)
-        if self._executing:
+        if self._executing and rec.id not in self._running:  # queued: the dispatcher claims it
+            self._maybe_queued = True
             self._wake.set()
         return rec.id
 
