@@ -66,6 +66,41 @@ async def test_release_of_a_running_task_with_a_cancel_request_ends_it_cancelled
     assert sum(k in FINAL_KINDS for k in kinds) == 1 and kinds[-1] == "cancelled"
 
 
+async def test_requeue_of_a_running_task_with_a_cancel_request_ends_it_cancelled(any_store: Any) -> None:
+    # a max/* task going back to the queue to wait for the Claude quota (RequeuesWaiting)
+    rec, _ = await any_store.submit(_task(1, route="max/sonnet", owner="w1"))
+    [claimed] = await any_store.claim("w1", limit=1, claim_all=False)
+    assert claimed.id == rec.id
+    await any_store.request_cancel(rec.id)
+    request = {**rec.request, "_quota": {"attempts": []}}
+    assert await any_store.requeue(rec.id, "w1", request=request, data={"reason": "quota_wait"}) is TaskStatus.CANCELLED
+    got = await any_store.get(rec.id)
+    assert got.status is TaskStatus.CANCELLED
+    assert await any_store.claim("w1", limit=5, claim_all=False) == [] and await any_store.claim("w2", limit=5) == []
+    kinds = [e.kind for e in await any_store.read_events(rec.id)]
+    assert sum(k in FINAL_KINDS for k in kinds) == 1 and kinds[-1] == "cancelled" and "requeued" not in kinds
+
+
+async def test_requeue_puts_a_running_task_back_for_its_owner_with_its_new_request(any_store: Any) -> None:
+    rec, _ = await any_store.submit(_task(1, route="max/sonnet", owner="w1"))
+    [claimed] = await any_store.claim("w1", limit=1, claim_all=False)
+    assert claimed.attempts == 1
+    request = {**rec.request, "_quota": {"attempts": [{"number": 0, "model": "max/sonnet", "kind": "quota_wait"}]}}
+    data = {"reason": "quota_wait", "window": "five_hour", "until": 1234.0}
+    assert await any_store.requeue(rec.id, "w2", request=request, data=data) is None  # fenced: not w2's
+    assert await any_store.requeue(rec.id, "w1", request=request, data=data) is TaskStatus.QUEUED
+    got = await any_store.get(rec.id)
+    assert got.status is TaskStatus.QUEUED and not got.worker and got.owner == "w1"
+    assert got.attempts == 0 and got.request == request  # the wait is no execution; the new request is kept
+    assert await any_store.requeue(rec.id, "w1", request=request, data=data) is None  # not running any more
+    assert await any_store.claim("w2", limit=5) == []  # still reserved for its owner
+    [again] = await any_store.claim("w1", limit=1, claim_all=False)
+    assert again.id == rec.id and again.request == request and again.attempts == 1
+    events = await any_store.read_events(rec.id)
+    assert [e.kind for e in events] == ["queued", "started", "requeued", "started"]
+    assert events[2].data == {"worker": "w1", **data}
+
+
 async def test_recovery_of_a_dead_workers_cancelled_task_does_not_requeue_it(tmp_path: Path) -> None:
     store = SQLiteTaskStore(tmp_path / "tasks.db")
     await store.open()

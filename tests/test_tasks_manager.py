@@ -344,3 +344,24 @@ async def test_a_full_route_queue_refuses_new_tasks_with_queue_full(
         after = await submitter.submit({"model": MODEL, "prompt": "after"})
         assert (await worker.wait(after)).status is TaskStatus.SUCCEEDED
         assert sorted(r.last_user_text for r in srv.requests) == ["after", "elsewhere", "p0", "p1"]
+
+
+async def test_a_task_started_where_it_was_submitted_sends_what_a_task_run_from_the_store_sends(
+    monkeypatch: pytest.MonkeyPatch, managers: Managers
+) -> None:
+    # the submitting manager runs the call it checked at submit; another worker rebuilds it from
+    # the stored JSON: the provider must receive the same request either way
+    call = {"model": MODEL, "system": "Be brief.", "prompt": "capital of France?", "temperature": 0.3, "max_tokens": 20,
+            "stop": ["\n"], "seed": 7, "validate": ["contains:Paris"], "max_attempts": 2, "priority": 1}
+    async with openai_server(monkeypatch, default=Reply(text="Paris", times=None)) as srv:
+        here = await managers()
+        rec_here = await here.wait(await here.submit(call))
+        submitter = await managers(execute=False)
+        task_id = await submitter.submit(call)
+        worker = await managers(claims="all")
+        rec_stored = await worker.wait(task_id)
+        assert rec_here.status is TaskStatus.SUCCEEDED and rec_stored.status is TaskStatus.SUCCEEDED
+        assert rec_here.worker == here.worker_id and rec_stored.worker == worker.worker_id
+        assert len(srv.requests) == 2
+        assert srv.requests[0].body == srv.requests[1].body
+        assert srv.requests[0].body["stop"] == ["\n"] and srv.requests[0].body["seed"] == 7

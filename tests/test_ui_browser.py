@@ -19,10 +19,11 @@ import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from llm_call.providers.claude_quota import QUOTA, record_rate_limit_event
-from llm_call.testing import Fault, Reply
+from llm_call.testing import Fault, Reply, unified_ratelimit_headers
+from support.claude_env import ClaudeEnv, claude_env
 from support.llm_server import Served, serve_llm
 
-__all__ = ["serve_llm"]
+__all__ = ["claude_env", "serve_llm"]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -246,3 +247,33 @@ async def test_routes_page_shows_the_claude_cli_pool(serve_llm: Any, page: Page,
         await page.screenshot(path=tmp_path / "routes-pool.png")
     finally:
         await pool.aclose()
+
+
+async def test_a_task_waiting_queued_for_the_claude_quota_shows_why_and_until_when(
+    serve_llm: Any, page: Page, claude_env: ClaudeEnv, tmp_path: Path
+) -> None:
+    # (page before claude_env: Chromium is not one of the processes claude_env must see gone)
+    reset = int(time.time()) + 600
+    rejected = unified_ratelimit_headers("rejected", five_hour=(1.0, reset, "rejected"))
+    served = serve_llm([Reply(fault=Fault.http(429), headers=rejected)], default=Reply(text="must not run", times=None))
+    claude_env.use_subscription(served.upstream)
+    try:
+        task_id = await _submit(served, {"model": "max/sonnet", "prompt": "wait for the quota"})
+        deadline = time.monotonic() + 45
+        while not ((body := await _get(f"{served.base_url}/tasks/{task_id}"))["progress"] or {}).get("waiting"):
+            assert body["status"] in ("queued", "running") and time.monotonic() < deadline, body
+            await asyncio.sleep(0.05)
+        assert body["status"] == "queued" and body["progress"]["waiting"]["until"] == reset
+        await _open_ui(page, served)
+        row = _row(page, task_id)
+        await expect(row).to_have_attribute("data-status", "queued")
+        await expect(row.locator("td").nth(5)).to_contain_text("waiting for the Claude quota (five_hour) until")
+        await row.locator("a").click()
+        await expect(page.locator("#t-status")).to_have_text("queued")
+        await expect(page.locator("#t-meta")).to_contain_text("waiting for the Claude quota (five_hour) until")
+        await page.screenshot(path=tmp_path / "task-waiting.png", full_page=True)
+        await page.locator("#t-cancel").click()
+        await expect(page.locator("#t-status")).to_have_text("cancelled")
+        assert len([r for r in served.upstream.requests if r.path == "/v1/messages"]) == 1
+    finally:
+        QUOTA.clear()

@@ -9,7 +9,10 @@ Two transports serve the same tools:
   call acts as the key of the HTTP request that carried it: tasks are submitted with that key's
   tenant, and ``status`` / ``wait`` / ``cancel`` of another key's task answer as for an unknown id.
   It runs stateless (each POST is its own MCP exchange), so there is no session id that another
-  key could take over; progress notifications travel on the POST's own event stream.
+  key could take over; progress notifications travel on the POST's own event stream. Nothing is
+  held open between calls: ``GET`` and ``DELETE`` are 405, and ``subscriptions/listen`` is not
+  served (the tools never change; Claude Code would otherwise keep one listen POST, one of its
+  key's requests in flight, open for its whole session).
 
 Tools: ``ask`` (a call; its answer text), ``submit`` (the same call as a background task; its
 id), ``status``, ``wait`` (bounded by ``MAX_WAIT_S``), ``cancel`` and ``models``. A long ``ask``
@@ -192,7 +195,11 @@ def build_mcp_server(
     if guard is not None:
         root.addHandler(guard)
     try:
-        server = MCPServer(name="llm_call", version=__version__, instructions=_INSTRUCTIONS, log_level="WARNING")
+        # subscriptions=False: the tools never change, so there is nothing to listen for, and a
+        # client at protocol 2026-07-28 (Claude Code) would otherwise hold a `subscriptions/listen`
+        # POST open for its whole session, taking one of its key's requests in flight for nothing.
+        server = MCPServer(name="llm_call", version=__version__, instructions=_INSTRUCTIONS, log_level="WARNING",
+                           subscriptions=False)
     finally:
         if guard is not None:
             root.removeHandler(guard)

@@ -10,9 +10,19 @@ The quota state itself is read and kept by :mod:`llm_call.providers.claude_quota
   provider's check before the call or from the subscription's 429) follows
   ``on_quota_exhausted``:
 
-  - ``"wait"``: the task waits until the window resets, holding no CLI slot and no route
-    slot, then calls again. Its record shows ``progress.waiting`` (``reason``, ``window``,
-    ``until``) and its events a ``quota_wait`` (then ``quota_resume``) event;
+  - ``"wait"``: the task goes back to the queue (``queued``; the store's
+    :class:`~llm_call.tasks.store.RequeuesWaiting`), releasing its worker slot and route slot.
+    Its record shows ``progress.waiting`` (``reason``, ``window``, ``until``: when it may start)
+    and its events ``quota_wait`` then ``requeued``. The claims hold (above) keeps every
+    ``max/*`` task queued until the reset: the quota state says so, and this manager also holds
+    them until the ``until`` it met (a state that does not say "blocked", e.g. overage open but
+    refused, would otherwise claim it again at once). Then a worker claims it; its first step
+    is a ``quota_resume`` event, and it calls again. The decisions so far travel in the stored
+    request (key ``_quota``, removed before the call), so the answer's ``attempts`` still start
+    with them. A cancel while it waits ends it ``cancelled`` at once (a queued task), and one
+    requested just before the requeue ends it ``cancelled`` there: it never runs again. With a
+    store that cannot requeue (or a requeue that failed), the task waits in its worker as
+    ``running``, holding its worker slot but no CLI process and no route slot;
   - ``"fallback"``: the call runs on ``quota_fallback`` (``quota_fallback`` event), unless it
     uses options only the CLI has (``mcp_config``, tools ...): then it fails;
   - ``"fail"``: the task fails with the QuotaExhausted (``quota_fail`` event).
@@ -31,17 +41,19 @@ import fnmatch
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import LLMCallError, QuotaExhausted, error_to_dict
+from ..errors import LLMCallError, QuotaExhausted, TaskStoreError, error_to_dict
 from ..providers.base import CLAUDE_ONLY_OPTIONS
 from ..providers.claude_quota import QUOTA, MetaStore, block_of, slow
 from ..types import Attempt, Response
+from .store import RequeuesWaiting, TaskStore
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
+    from ._progress_sink import RunningTask
 
-__all__ = ["MAX_ROUTES", "QuotaScheduler"]
+__all__ = ["CARRIED", "MAX_ROUTES", "QuotaScheduler", "Requeued"]
 
 _log = logging.getLogger("llm_call.tasks")
 
@@ -50,7 +62,17 @@ MAX_ROUTES = ("max", "max/*")
 _MIN_WAIT_S = 0.5  # a reset already past (clock skew): look again shortly, never spin
 _REFRESH_S = 2.0
 
+#: the stored request's key that carries the quota decisions across a requeue
+CARRIED = "_quota"
+
 Note = Callable[[str, dict[str, Any]], None]
+#: ``requeue(spec_to_store, event_data)``: True when the task left this worker (queued or cancelled)
+Requeue = Callable[[dict[str, Any], dict[str, Any]], Awaitable[bool]]
+
+
+class Requeued(Exception):  # a signal, not an error
+    """The task went back to the queue to wait for the quota (or ended cancelled there): its
+    worker records no outcome. Never leaves the task executor."""
 
 
 def is_max_route(route: str) -> bool:
@@ -63,7 +85,9 @@ class QuotaScheduler:
     def __init__(self) -> None:
         self.cfg: ClaudeConfig | None = None  # set by start(): inactive until then
         self._store: MetaStore | None = None
+        self._requeues: tuple[TaskStore, RequeuesWaiting] | None = None
         self._refreshed = float("-inf")
+        self._hold_until = 0.0  # a wait this manager decided: hold max/* claims until then
 
     @property
     def active(self) -> bool:
@@ -73,6 +97,7 @@ class QuotaScheduler:
         """Act on ``cfg``; share quota state through ``store`` (if it can hold it) and read what
         other processes stored there."""
         self.cfg = cfg
+        self._requeues = (cast(TaskStore, store), store) if isinstance(store, RequeuesWaiting) else None
         if hasattr(store, "put_meta") and hasattr(store, "read_meta"):
             self._store = store  # type: ignore[assignment]
             QUOTA.attach(store)  # type: ignore[arg-type]
@@ -105,9 +130,11 @@ class QuotaScheduler:
     def held(self) -> list[str]:
         """:meth:`hold` from the state known in this process."""
         cfg = self.cfg
-        if cfg is None or block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage) is None:
+        if cfg is None:
             return []
-        return list(MAX_ROUTES)
+        if time.time() < self._hold_until or block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage):
+            return list(MAX_ROUTES)
+        return []
 
     def may_start_now(self, route: str) -> bool:
         """Whether a new task of ``route`` may skip the dispatcher (not while the quota holds
@@ -131,21 +158,56 @@ class QuotaScheduler:
 
     # -- a task that meets a used-up window ---------------------------------------------------
 
+    def requeuer(self, worker_id: str, run: RunningTask) -> Requeue | None:
+        """How ``run`` goes back to the queue to wait (None: the store cannot; it waits here)."""
+        if self._requeues is None:
+            return None
+        store, requeues = self._requeues
+
+        async def requeue(spec: dict[str, Any], data: dict[str, Any]) -> bool:
+            events, run.events = run.events, []  # stored before the requeued event, in order
+            try:
+                await store.append_events(events, {run.id: dict(run.progress)})
+            except TaskStoreError:
+                run.events[:0] = events
+                _log.warning("task %s: storing its quota wait failed; it waits in its worker", run.id, exc_info=True)
+                return False
+            try:
+                status = await requeues.requeue(run.id, worker_id, request=spec, data=data)
+            except TaskStoreError:
+                _log.warning("task %s: requeueing it for the quota failed; it waits in its worker", run.id, exc_info=True)
+                return False
+            if status is None:
+                _log.warning("task %s: not requeued for the quota: this worker no longer runs it", run.id)
+            return True
+
+        return requeue
+
     async def run(
         self,
         spec: dict[str, Any],
         call: Callable[[dict[str, Any]], Awaitable[Response]],
         note: Note,
         progress: dict[str, Any],
+        requeue: Requeue | None = None,
     ) -> Response:
         """``call(spec)``, applying ``on_quota_exhausted`` when it raises QuotaExhausted;
-        ``progress`` (the task's) shows ``waiting`` while it waits."""
+        ``progress`` (the task's) shows ``waiting`` while it waits. With ``requeue`` a wait puts
+        the task back in the queue (raises :class:`Requeued`), else it waits here."""
         decisions: list[Attempt] = []
+        carried = spec.get(CARRIED)
+        if carried is not None:  # claimed again after a wait in the queue
+            spec = {k: v for k, v in spec.items() if k != CARRIED}
+            decisions = [Attempt.from_dict(a) for a in carried.get("attempts") or ()]
+            waited = carried.get("waiting")
+            if waited:
+                progress["waiting"] = None
+                note("quota_resume", {"model": str(spec.get("model") or ""), "window": waited.get("window")})
         while True:
             try:
                 response = await call(spec)
             except QuotaExhausted as exc:
-                spec = await self._decide(spec, exc, note, decisions, progress)
+                spec = await self._decide(spec, exc, note, decisions, progress, requeue)
                 continue
             if decisions:
                 response.attempts[:0] = decisions
@@ -158,6 +220,7 @@ class QuotaScheduler:
         note: Note,
         decisions: list[Attempt],
         progress: dict[str, Any],
+        requeue: Requeue | None,
     ) -> dict[str, Any]:
         assert self.cfg is not None
         model = str(spec.get("model") or "")
@@ -178,10 +241,16 @@ class QuotaScheduler:
             raise exc
         until = exc.resets_at if exc.resets_at is not None else time.time() + (exc.retry_after or 60.0)
         reason = f"Claude subscription quota: the {exc.window or 'usage'} window is used up"
-        progress["waiting"] = {"reason": reason, "window": exc.window, "until": until}
+        waiting = {"reason": reason, "window": exc.window, "until": until}
+        progress["waiting"] = waiting
         note("quota_wait", {**info, "until": until, "reason": reason})
         decisions.append(self._attempt("quota_wait", model, exc))
+        self._hold_until = max(self._hold_until, until, time.time() + _MIN_WAIT_S)
         _log.info("task waits for the Claude quota (%s window) until %s", exc.window, time.ctime(until))
+        if requeue is not None:
+            carry = {"attempts": [a.to_dict() for a in decisions], "waiting": waiting}
+            if await requeue({**spec, CARRIED: carry}, {"reason": "quota_wait", "window": exc.window, "until": until}):
+                raise Requeued
         await asyncio.sleep(max(until - time.time(), _MIN_WAIT_S))
         progress["waiting"] = None
         note("quota_resume", {"model": model, "window": exc.window})

@@ -23,6 +23,8 @@ task ids scored by lease expiry, ms).
 
 from __future__ import annotations
 
+from ._saq_requeue import REQUEUE
+
 __all__ = ["JOB_FUNCTION", "LIB", "SCRIPTS", "lane_name"]
 
 JOB_FUNCTION = "llm_call.run_task"
@@ -566,6 +568,7 @@ SCRIPTS: dict[str, str] = {
     "touch": TOUCH,
     "finish": FINISH,
     "release": RELEASE,
+    "requeue": REQUEUE,
     "cancel": CANCEL,
     "cancels": CANCELS,
     "resolve": RESOLVE,

@@ -32,6 +32,7 @@ __all__ = [
     "full_queue",
     "record",
     "recover_op",
+    "requeue_op",
     "same_key",
 ]
 
@@ -123,6 +124,24 @@ def finish_cancelled(
         return False
     append_event(conn, task_id, "cancelled", {"was": "running", **data}, now)
     return True
+
+
+def requeue_op(
+    conn: sqlite3.Connection, task_id: str, worker_id: str, request: str, data: dict[str, Any], now: float
+) -> TaskStatus | None:
+    """``RequeuesWaiting.requeue`` inside a write transaction: back to the queue with its new
+    request, owner kept, the execution not counted; ``cancelled`` if its cancel was requested."""
+    if finish_cancelled(conn, task_id, {"worker": worker_id}, now, worker=worker_id):
+        return TaskStatus.CANCELLED
+    row = conn.execute(
+        "UPDATE tasks SET status = 'queued', worker = NULL, started_at = NULL, request = ?, "
+        "attempts = MAX(attempts - 1, 0) WHERE id = ? AND worker = ? AND status = 'running' RETURNING id",
+        (request, task_id, worker_id),
+    ).fetchone()
+    if row is None:
+        return None
+    append_event(conn, task_id, "requeued", {"worker": worker_id, **data}, now)
+    return TaskStatus.QUEUED
 
 
 def _dead(this_host: str, host: str, pid: int, started: float, silent_for: float, stale_after: float) -> bool:

@@ -48,7 +48,7 @@ from ._handle import TaskHandle, outcome_of
 from ._progress_sink import RunningTask
 from ._spec import response_dict, spec_from_kwargs
 from ._stores import make_store
-from .store import FINAL_EVENT_KINDS, NewTask, PushesNotices, TaskStore, WorkerInfo
+from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
 
 __all__ = ["TaskManager"]
 
@@ -229,7 +229,8 @@ class TaskManager(TaskExecutor):
                 run.listeners = [*run.listeners, progress]
             else:
                 self._listeners.setdefault(rec.id, []).append(progress)
-        if self._executing:
+        if self._executing and rec.id not in self._running:  # queued: the dispatcher claims it
+            self._maybe_queued = True
             self._wake.set()
         return rec.id
 
@@ -441,10 +442,11 @@ class TaskManager(TaskExecutor):
 
     async def _watch(self, task_id: str) -> Callable[[], Awaitable[None]] | None:
         """Wake this task's waiters and followers as soon as the store pushes a new event."""
-        if not isinstance(self.store, PushesNotices) or task_id in self._running:
+        pushes = self._fast_paths()[3]
+        if pushes is None or task_id in self._running:
             return None
         try:
-            return await self.store.watch_events(task_id, lambda _: self._touch(task_id, final=True))
+            return await pushes.watch_events(task_id, lambda _: self._touch(task_id, final=True))
         except TaskStoreError:
             _log.warning("cannot watch the events of task %s; polling them", task_id, exc_info=True)
             return None

@@ -415,6 +415,13 @@ class RedisTaskStore(RedisWorkers):
         await self._run("move_owner", worker_id, "")
         return done
 
+    async def requeue(
+        self, task_id: str, worker_id: str, *, request: dict[str, Any], data: dict[str, Any]
+    ) -> TaskStatus | None:
+        data = {"worker": worker_id, **data}
+        got = await self._run("requeue", task_id, worker_id, dumps(request), dumps(data), CANCELLED)
+        return TaskStatus(got) if got else None
+
     # -- cancel / review --------------------------------------------------------------------------
 
     async def request_cancel(self, task_id: str) -> TaskRecord:

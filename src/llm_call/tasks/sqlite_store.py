@@ -38,6 +38,7 @@ from ._sqlite_rows import (
     full_queue,
     record,
     recover_op,
+    requeue_op,
     same_key,
 )
 from ._sqlite_schema import init_schema
@@ -303,6 +304,12 @@ class SQLiteTaskStore:
             return done
 
         return await self._write(op)
+
+    async def requeue(
+        self, task_id: str, worker_id: str, *, request: dict[str, Any], data: dict[str, Any]
+    ) -> TaskStatus | None:
+        text = _dumps(request)
+        return await self._write(lambda conn: requeue_op(conn, task_id, worker_id, text, data, time.time()))
 
     # -- cancel / review ------------------------------------------------------------------------
 

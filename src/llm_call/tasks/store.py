@@ -14,10 +14,11 @@ Contract every backend keeps:
 - **Atomic state changes.** Each method that changes a task's status does it atomically together
   with the lifecycle event it implies (``submit`` → ``queued``; ``claim``/``adopt`` →
   ``started``; ``finish`` → ``finished``/``failed``/``cancelled``/``needs_review``; ``release``
-  → ``released``; ``request_cancel`` of a waiting task → ``cancelled``; ``recover`` →
+  → ``released``; ``requeue`` (optional, :class:`RequeuesWaiting`) → ``requeued``;
+  ``request_cancel`` of a waiting task → ``cancelled``; ``recover`` →
   ``requeued``/``interrupted``; ``resolve_review`` → ``finished``/``queued``). So a task has
   exactly one final state and exactly one final event.
-- **Fenced finish.** ``finish`` and ``release`` only apply while the task is ``running`` under
+- **Fenced finish.** ``finish``, ``release`` and ``requeue`` only apply while the task is ``running`` under
   the given worker id: a worker declared dead whose task was re-queued cannot overwrite the new
   execution's outcome.
 - **Order.** Writes awaited one after the other by one caller are applied in that order.
@@ -33,7 +34,8 @@ Life of a task::
                  ^  │                │      └──────> needs_review ──resolve_review──> succeeded
                  │  └─request_cancel─┤                    └──(reply)──> queued
                  │        (cancelled)│
-                 └──recover/release──┘ (dead worker, executions left)
+                 └──recover/release──┘ (dead worker, executions left; shutdown)
+                 └─────requeue───────┘ (a quota wait: RequeuesWaiting)
                                      └──recover──> interrupted (no executions left)
 
 ``owner`` reserves a queued task for one manager (the in-process manager that submitted it);
@@ -73,6 +75,7 @@ __all__ = [
     "PushesNotices",
     "RecordsOutcomeTime",
     "RecoveryReport",
+    "RequeuesWaiting",
     "SubmitsStarted",
     "TaskStore",
     "WorkerInfo",
@@ -406,6 +409,22 @@ class RecordsOutcomeTime(Protocol):
     the manager may keep the final record it builds instead of reading it back."""
 
     records_outcome_time: bool
+
+
+@runtime_checkable
+class RequeuesWaiting(Protocol):
+    """Put a task running under ``worker_id`` back in the queue to wait (a ``max/*`` task that
+    met a used-up subscription window, ``claude.on_quota_exhausted = "wait"``), in one atomic
+    step: the stored request replaced by ``request`` (what the next execution needs), the
+    owner kept (a manager that claims only its own tasks runs it again), the execution not
+    counted, and a ``requeued`` event with ``data``. Fenced like ``finish``. If its cancel was
+    requested it ends ``cancelled`` instead and never starts again (like ``release``).
+
+    Returns ``QUEUED``, ``CANCELLED``, or None when ``worker_id`` no longer runs the task."""
+
+    async def requeue(
+        self, task_id: str, worker_id: str, *, request: dict[str, Any], data: dict[str, Any]
+    ) -> TaskStatus | None: ...
 
 
 def queue_full(route: str, pattern: str, limit: int) -> QueueFull:

@@ -39,6 +39,8 @@ export function progressText(task) {
   const p = task.progress || {};
   const bits = [];
   if (task.status === "running" || task.status === "queued") {
+    const w = waitingText(task);
+    if (w) return w;
     if (p.last) bits.push(String(p.last).replace("_", " "));
     if (p.chars) bits.push(p.chars + " chars");
     if (p.model && p.model !== modelOf(task)) bits.push("on " + p.model);
@@ -49,6 +51,13 @@ export function progressText(task) {
     bits.push(String(task.error.type || "error"));
   }
   return bits.join(" · ");
+}
+
+// a max/* task waiting for the Claude quota to reset (progress.waiting): why, and when it may start
+export function waitingText(task) {
+  const w = task.progress && task.progress.waiting;
+  if (!w || typeof w !== "object" || (task.status !== "queued" && task.status !== "running")) return "";
+  return "waiting for the Claude quota" + (w.window ? " (" + String(w.window) + ")" : "") + (w.until ? " until " + stamp(Number(w.until)) : "");
 }
 
 export function attemptCount(task) {
@@ -77,6 +86,8 @@ export function renderMeta(task) {
     metaItem("priority", String(task.priority || 0)),
     metaItem("progress", [p.last, p.attempt ? "attempt " + p.attempt : "", p.chars ? p.chars + " chars" : ""].filter(Boolean).join(" · ")),
   ];
+  const waiting = waitingText(task);
+  if (waiting) items.push(metaItem("waiting", waiting));
   if (task.idempotency_key) items.push(metaItem("idempotency key", task.idempotency_key));
   $("t-meta").replaceChildren(...items);
 }
