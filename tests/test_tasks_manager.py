@@ -11,6 +11,7 @@ import pytest
 
 from llm_call.errors import (
     HumanReviewNeeded,
+    MalformedResponse,
     ProviderHTTPError,
     QueueFull,
     TaskCancelled,
@@ -365,3 +366,32 @@ async def test_a_task_started_where_it_was_submitted_sends_what_a_task_run_from_
         assert len(srv.requests) == 2
         assert srv.requests[0].body == srv.requests[1].body
         assert srv.requests[0].body["stop"] == ["\n"] and srv.requests[0].body["seed"] == 7
+
+
+
+async def test_a_task_whose_call_is_cut_retries_and_its_events_and_attempts_say_so(monkeypatch: pytest.MonkeyPatch, managers: Managers) -> None:
+    script = [Reply(fault=Fault.reset()), Reply(text="the whole answer")]
+    async with openai_server(monkeypatch, script) as srv:
+        mgr = await managers()
+        task_id = await mgr.submit({"model": MODEL, "prompt": "x", "retry": {"max_retries": 2, "base_delay": 0.01}})
+        rec = await mgr.wait(task_id)
+        assert rec.status is TaskStatus.SUCCEEDED and len(srv.requests) == 2
+        resp = await mgr.result(task_id)
+        assert resp.text == "the whole answer"
+        events = [e async for e in mgr.events(task_id)]
+        (wait,) = [e.data for e in events if e.kind == "retry_wait"]
+        assert wait["reason"] == "ProviderConnectionError" and wait["model"] == MODEL
+        failed, answer = resp.attempts
+        assert failed.kind == "provider_error" and failed.error and failed.error["type"] == "ProviderConnectionError"
+        assert answer.ok and answer.kind == "answer"
+
+
+async def test_a_task_whose_answer_arrives_cut_in_half_fails_typed_not_truncated(monkeypatch: pytest.MonkeyPatch, managers: Managers) -> None:
+    script = [Reply(text="a long answer that the network cuts in half", fault=Fault.cut_stream(after_chunks=1))]
+    async with openai_server(monkeypatch, script):
+        mgr = await managers()
+        task_id = await mgr.submit({"model": MODEL, "prompt": "x"})
+        rec = await mgr.wait(task_id)
+        assert rec.status is TaskStatus.FAILED and rec.result is None
+        with pytest.raises(MalformedResponse):
+            await mgr.result(task_id)
