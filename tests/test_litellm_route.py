@@ -186,6 +186,22 @@ async def test_cut_stream_is_stream_interrupted_with_partial(srv: ScriptedLLMSer
     assert "three" not in (info.value.partial or "")
 
 
+
+async def test_a_continued_stream_prefills_the_partial_answer_on_anthropic(srv: ScriptedLLMServer) -> None:
+    """Anthropic continues a last assistant message, so the rescue sends the partial answer
+    (without its trailing space, which Anthropic refuses) as that message and no instruction; the
+    continuation's leading space is not sent twice."""
+    srv.add(Reply(chunks=["one ", "two ", "three"], fault=Fault.cut_stream(after_chunks=2)))
+    srv.add(Reply(chunks=[" three", " four"]))
+    chunks = await collect(prompt="count", stream_rescue="continue", retry={"max_retries": 1, "base_delay": 0})
+    assert "".join(c.text for c in chunks) == "one two three four"
+    (marker,) = [c for c in chunks if c.event == "retry"]
+    assert marker.data and marker.data["rescue"] == "continue" and marker.data["kept_chars"] == len("one two ")
+    messages = srv.requests[1].body["messages"]
+    assert messages[-1] == {"role": "assistant", "content": [{"type": "text", "text": "one two"}]}
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+
+
 def test_cli_ask_through_litellm(tmp_path: Path) -> None:
     """Done-when: ``llm-call ask -m anthropic/claude-x`` with LiteLLM's Anthropic base URL
     pointed at the scripted server prints its answer."""

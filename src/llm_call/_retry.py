@@ -395,10 +395,15 @@ CONTINUE_PROMPT = (
 )
 
 
-def continuation_request(request: Request, delivered: str) -> Request:
-    """``request`` asking for the rest of an answer of which ``delivered`` was already sent:
-    the partial answer as the assistant's turn, then an instruction to continue from there
-    (works on every route; no route is assumed to support assistant prefill)."""
+def continuation_request(request: Request, delivered: str, *, prefill: bool = False) -> Request:
+    """``request`` asking for the rest of an answer of which ``delivered`` was already sent.
+
+    With ``prefill`` (routes whose API continues a last assistant message: see
+    ``router.takes_prefill``) the partial answer is that last message, without its trailing
+    whitespace (Anthropic refuses it there; :class:`_Continuation` drops a repeat of it).
+    Otherwise the partial answer is the assistant's turn and an instruction to continue follows."""
+    if prefill and delivered.rstrip():
+        return request.replace(messages=[*request.messages, {"role": "assistant", "content": delivered.rstrip()}])
     messages = [*request.messages, {"role": "assistant", "content": delivered}, {"role": "user", "content": CONTINUE_PROMPT}]
     return request.replace(messages=messages)
 
@@ -407,15 +412,23 @@ class _Continuation:
     """Drops a continuation's leading text while it repeats the text already delivered (a model
     that restarts its answer instead of continuing it): nothing is ever sent twice."""
 
-    __slots__ = ("delivered", "held", "open")
+    __slots__ = ("delivered", "held", "open", "space")
 
-    def __init__(self, delivered: str) -> None:
+    def __init__(self, delivered: str, *, prefilled: bool = False) -> None:
         self.delivered = delivered
         self.held = ""
         self.open = not delivered
+        # a prefilled continuation goes on from the text without its trailing whitespace, which
+        # the client already has: that much leading whitespace of the continuation is dropped
+        self.space = len(delivered) - len(delivered.rstrip()) if prefilled else 0
 
     def feed(self, text: str) -> str:
         """The part of ``text`` to pass on (``""`` while it may still be a repeat)."""
+        if self.space:
+            stripped = text.lstrip()
+            cut = min(self.space, len(text) - len(stripped))
+            self.space = 0 if stripped else self.space - cut
+            text = text[cut:]
         if self.open:
             return text
         held = self.held + text
@@ -470,9 +483,10 @@ async def stream_with_retries(
             req = tries.begin()
             if tries.calls == 1:
                 emit("attempt", number=attempt, model=tries.model)
+            prefill = bool(sent) and router.takes_prefill(req.model, current_settings())
             if sent:
-                req = continuation_request(req, sent)
-            cont = _Continuation(sent)
+                req = continuation_request(req, sent, prefill=prefill)
+            cont = _Continuation(sent, prefilled=prefill)
             async with closing(router.stream_once(req)) as chunks:
                 async for chunk in chunks:
                     if chunk.tool_calls:

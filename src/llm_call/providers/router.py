@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..config import AliasConfig, Settings
     from .base import Provider
 
-__all__ = ["Route", "close_providers", "resolve"]
+__all__ = ["Route", "close_providers", "resolve", "takes_prefill"]
 
 _BARE_OPENAI = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$)|o[1-9][a-z]*-|ft:gpt|text-embedding-|davinci|babbage)")
 
@@ -129,6 +129,21 @@ def resolve(model: str, settings: Settings) -> Route:
             "`llm-call models` lists routes and aliases",
         )
     return Route("litellm", name, name, "litellm", None, chain)
+
+
+#: LiteLLM providers whose API continues a last assistant message (assistant prefill)
+_PREFILL_PROVIDERS = frozenset({"anthropic"})
+
+
+def takes_prefill(model: str, settings: Settings) -> bool:
+    """Whether ``model``'s route continues a conversation that ends with an assistant message
+    (Anthropic's Messages API, through LiteLLM). The others (OpenAI and compatible endpoints, the
+    Claude CLI, the local model) answer such a message anew, so they need an instruction."""
+    try:
+        route = resolve(model, settings)
+    except ConfigError:
+        return False
+    return route.kind == "litellm" and route.model.partition("/")[0] in _PREFILL_PROVIDERS
 
 
 #: route key -> (the configuration the provider was built from, the provider)
