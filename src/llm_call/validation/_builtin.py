@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import UsageError
@@ -81,7 +82,11 @@ def json_path(path: Any) -> str:
 
 
 class JsonSchema:
-    """The answer's JSON matches a JSON Schema; each error is reported with its failing path."""
+    """The answer's JSON matches a JSON Schema; each error is reported with its failing path.
+
+    ``$ref`` resolves only inside the schema (``#/$defs/...``, or a ``$id`` in it): a schema may
+    come from a request, and jsonschema's default would fetch any other URI (http or file).
+    """
 
     name = "json_schema"
     expensive = False
@@ -101,19 +106,25 @@ class JsonSchema:
         except exceptions.SchemaError as exc:
             where = f" in {source}" if source else ""
             raise UsageError(f"invalid JSON Schema{where}: {exc.message}") from None
+        _check_refs_are_local(schema)
         if linear_regex:
             from ._re2 import re2_schema_class
 
             cls = re2_schema_class(cls, schema)
         self.schema = schema
-        self._validator = cls(schema)
+        self._validator = cls(schema, registry=_local_registry())
 
     def validate(self, text: str, context: ValidationContext) -> Verdict:
         try:
             value = context.json_value(text)
         except ValueError as exc:
             return Verdict(False, str(exc), validator=self.name)
-        errors = sorted(self._validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+        from referencing.exceptions import Unresolvable
+
+        try:
+            errors = sorted(self._validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+        except Unresolvable as exc:  # "#/$defs/missing": the schema's fault, not the answer's
+            raise UsageError(f"the JSON Schema has a reference that does not resolve: {exc}") from None
         if not errors:
             context.parsed = value
             return Verdict(True, validator=self.name)
@@ -123,6 +134,73 @@ class JsonSchema:
             lines.append(f"... and {len(listed) - self.max_errors} more errors")
         feedback = "the JSON does not match the schema: " + "; ".join(lines)
         return Verdict(False, feedback, {"errors": listed}, self.name)
+
+
+#: keywords whose values are data, not schemas (a "$ref" key in there is not a reference)
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
+
+
+def _refs_outside(schema: Any) -> Iterator[str]:
+    """Every reference in ``schema`` whose target is not the schema itself (a ``$id`` in it)."""
+    from urllib.parse import urldefrag, urljoin
+
+    ids: set[str] = {""}
+    refs: list[tuple[str, str]] = []
+
+    def walk(node: Any, base: str) -> None:
+        if isinstance(node, dict):
+            given = node.get("$id")
+            if isinstance(given, str):
+                base = urljoin(base, given)
+                ids.add(urldefrag(base)[0])
+            for keyword in _REF_KEYWORDS:
+                ref = node.get(keyword)
+                if isinstance(ref, str):
+                    refs.append((ref, urldefrag(urljoin(base, ref))[0]))
+            for key, value in node.items():
+                if key not in _DATA_KEYWORDS:
+                    walk(value, base)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, base)
+
+    walk(schema, "")
+    for ref, target in refs:
+        if target not in ids and not _is_meta_schema(target):
+            yield ref
+
+
+def _is_meta_schema(uri: str) -> bool:
+    from jsonschema.validators import SPECIFICATIONS  # the drafts' meta-schemas, bundled
+
+    return bool(uri) and uri in SPECIFICATIONS
+
+
+def _check_refs_are_local(schema: Any) -> None:
+    """References resolve only inside the schema: a ``$ref`` to a URL or a file would make the
+    process fetch it (an SSRF from a request) or read the disk. UsageError naming the first."""
+    for ref in _refs_outside(schema):
+        raise UsageError(
+            f"JSON Schema reference {ref[:200]!r} points outside the schema; references are resolved only "
+            "within the schema itself, never fetched from a URL or read from a file: put the referenced "
+            'schema under "$defs" and refer to it as "#/$defs/NAME"'
+        )
+
+
+def _no_retrieval(uri: str) -> Any:
+    from referencing.exceptions import NoSuchResource
+
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # an attrs class
+
+
+def _local_registry() -> Any:
+    """jsonschema's registry of bundled meta-schemas, without its default of fetching any other
+    URI with ``urlopen`` (http, https and file URLs alike, blocking)."""
+    import referencing
+    from jsonschema.validators import SPECIFICATIONS
+
+    return SPECIFICATIONS.combine(referencing.Registry(retrieve=_no_retrieval))  # type: ignore[call-arg]
 
 
 class PydanticModel:

@@ -1,0 +1,103 @@
+"""An attacker's requests against the server, found by the audit after issue 12: each one used to
+reach the network, the disk, a tool, or freeze or crash the server. The server runs on a real
+port (``serve_llm``) in front of the scripted LLM server; the client is plain httpx.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from llm_call.testing import Reply
+from support.llm_server import serve_llm
+
+__all__ = ["serve_llm"]
+
+pytestmark = pytest.mark.timeout(60)
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[str, list[str]]]:
+    """A web server on 127.0.0.1 standing for an internal service: records every request and
+    answers a JSON Schema holding a secret."""
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = json.dumps({"enum": ["INTERNAL-SECRET"]}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _schema_spec(schema: Any) -> dict[str, Any]:
+    return {"type": "schema", "params": {"schema": schema}}
+
+
+def test_schema_refs_never_fetch_urls_or_read_files(serve_llm: Any, listener: tuple[str, list[str]], tmp_path: Path) -> None:
+    """``$ref`` to a URL made the server fetch it (SSRF) and ``file://`` read any JSON file; the
+    content came back in the validation feedback. Now a 422 before any model call."""
+    url, hits = listener
+    secret = tmp_path / "secret.json"
+    secret.write_text(json.dumps({"enum": ["FILE-SECRET"]}))
+    served = serve_llm(default=Reply(text='"x"'))
+    refs = [
+        f"{url}/internal",
+        f"file://{secret}",
+        f"file://{tmp_path}/missing.json",
+        "other.json",
+    ]
+    for ref in refs:
+        for schema in ({"$ref": ref}, {"type": "object", "properties": {"a": {"$ref": ref}}}, {"$dynamicRef": ref}):
+            for path, base in (
+                ("/chat/completions", {"model": "up/x", "messages": HI, "max_attempts": 1}),
+                ("/tasks", {"model": "up/x", "prompt": "hi", "max_attempts": 1}),
+            ):
+                r = httpx.post(served.base_url + path, json={**base, "validation": [_schema_spec(schema)]}, timeout=30)
+                assert r.status_code == 422, (ref, path, r.text)
+                error = r.json()["error"]
+                assert error["param"] == "validation.0"
+                assert "$defs" in error["message"] and "SECRET" not in r.text, error
+    assert hits == []
+    assert not served.upstream.requests
+
+
+def test_schema_refs_inside_the_schema_still_work(serve_llm: Any) -> None:
+    served = serve_llm([Reply(text='{"a": "no"}'), Reply(text='{"a": 1}')])
+    schema = {
+        "$id": "https://example.com/answer.json",
+        "$defs": {"one": {"const": 1}},
+        "type": "object",
+        "properties": {"a": {"$ref": "#/$defs/one"}, "b": {"$ref": "https://example.com/answer.json#/$defs/one"}},
+    }
+    r = httpx.post(
+        served.base_url + "/chat/completions",
+        json={"model": "up/x", "messages": HI, "validation": [_schema_spec(schema)]},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == '{"a": 1}'
