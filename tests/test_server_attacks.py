@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,10 @@ import httpx
 import pytest
 
 from llm_call.testing import Reply
+from support.claude_env import MARKER_VAR, MCP_FILES_SERVER, ClaudeEnv, claude_env
 from support.llm_server import serve_llm
 
-__all__ = ["serve_llm"]
+__all__ = ["claude_env", "serve_llm"]
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -101,3 +103,40 @@ def test_schema_refs_inside_the_schema_still_work(serve_llm: Any) -> None:
     )
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == '{"a": 1}'
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("entry", ["mcp__files__read Bash", "mcp__files__read,Bash", "mcp__files__read(x),Bash"])
+def test_allowed_tools_cannot_smuggle_a_builtin_tool_past_a_profile(
+    claude_env: ClaudeEnv, serve_llm: Any, tmp_path: Path, entry: str
+) -> None:
+    """The CLI splits ``--allowedTools`` on commas and spaces outside parentheses: an entry that
+    starts with ``mcp__files`` passed the policy and added a bare ``Bash`` to a profile that allows
+    only ``Bash(echo safe:*)``. The model's ``touch`` then ran on the server."""
+    from llm_call.testing import ToolCall
+
+    marker = tmp_path / "pwned"
+    script = [Reply(tool_calls=[ToolCall("Bash", {"command": f"touch {marker}"})]), Reply(text="done")]
+    files = {"command": sys.executable, "args": [str(MCP_FILES_SERVER)], "env": {MARKER_VAR: claude_env.marker}}
+    served = serve_llm(
+        script,
+        default=Reply(text="done"),
+        claude={
+            "use_api_key": True,
+            "mcp_servers": {"files": files},
+            "tool_profiles": {"git": {"allowed_tools": ["Bash(echo safe:*)"], "mcp_servers": ["files"]}},
+        },
+    )
+    claude_env.use_server(served.upstream)
+    body = {"model": "max/sonnet", "messages": HI, "tool_profile": "git"}
+    r = httpx.post(served.base_url + "/chat/completions", json={**body, "allowed_tools": [entry]}, timeout=100)
+    assert not marker.exists(), "the smuggled Bash ran"
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "allowed_tools.0" and "mcp__SERVER__TOOL" in error["message"], error
+    assert not served.upstream.requests
+    assert not claude_env.processes()
+    # the control: the same call with one tool name per entry runs, and the profile's rule holds
+    r = httpx.post(served.base_url + "/chat/completions", json={**body, "allowed_tools": ["mcp__files__read"]}, timeout=100)
+    assert r.status_code == 200, r.text
+    assert not marker.exists()

@@ -8,7 +8,8 @@ file, and a request picks it by name:
 - ``"tool_profile": "research"``      ``[claude.tool_profiles.research]`` (allowed tools + servers)
 - ``"tools_mcp_servers": [...]``      the same names, for the validation loop's tool stage
 - ``allowed_tools``                   only ``mcp__SERVER`` / ``mcp__SERVER__TOOL`` of servers the
-                                      request selected; built-in CLI tools come from a profile
+                                      request selected, one tool name per entry (no separators the
+                                      CLI would split on); built-in CLI tools come from a profile
 - ``validation`` agent judges         ``mcp_servers=NAME`` instead of ``mcp_config``
 - ``local/NAME`` models               ``local/smollm2`` or ``[local.models.NAME]``; never a path
                                       (in ``model``, ``escalate``, ``fallbacks`` or a judge's model)
@@ -20,6 +21,7 @@ process) are operators and keep the raw options; this module only runs for HTTP 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from ._errors import HTTPFailure
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 __all__ = ["check_judge", "check_models", "tool_options"]
 
 _CODE = "not_declared_by_operator"
+#: one MCP tool: the CLI splits ``--allowedTools`` on commas and spaces outside parentheses, so an
+#: entry holding one (``mcp__files__x,Bash``) would add a built-in tool rule of the request's own
+_MCP_TOOL = re.compile(r"^mcp__[A-Za-z0-9_.-]+\Z")
 
 
 def _refuse(message: str, param: str) -> HTTPFailure:
@@ -88,6 +93,14 @@ def tool_options(extras: LLMCallExtras, claude: ClaudeConfig) -> dict[str, Any]:
         selected.extend(extras.tools_mcp_servers)
     if extras.allowed_tools is not None:
         for i, tool in enumerate(extras.allowed_tools):
+            if tool.startswith("mcp__") and not _MCP_TOOL.match(tool):
+                raise _refuse(
+                    f"allowed_tools[{i}] {tool[:100]!r} is not one tool name: over HTTP an allowed tool is "
+                    "mcp__SERVER or mcp__SERVER__TOOL, made of letters, digits, '_', '-' and '.' (no spaces, "
+                    "commas or parentheses, which the Claude CLI reads as separators of more tool rules); send "
+                    "one list entry per tool",
+                    f"allowed_tools.{i}",
+                )
             server = tool[len("mcp__"):].split("__", 1)[0] if tool.startswith("mcp__") else None
             if server is None or server not in selected:
                 raise _refuse(
