@@ -140,3 +140,51 @@ def test_allowed_tools_cannot_smuggle_a_builtin_tool_past_a_profile(
     r = httpx.post(served.base_url + "/chat/completions", json={**body, "allowed_tools": ["mcp__files__read"]}, timeout=100)
     assert r.status_code == 200, r.text
     assert not marker.exists()
+
+
+def _doubling_schema(levels: int) -> dict[str, Any]:
+    """A JSON Schema of a few hundred bytes whose check takes 2**levels steps on any answer."""
+    defs: dict[str, Any] = {"s0": {"type": "string"}}
+    for i in range(1, levels + 1):
+        defs[f"s{i}"] = {"allOf": [{"$ref": f"#/$defs/s{i - 1}"}, {"$ref": f"#/$defs/s{i - 1}"}]}
+    return {"$defs": defs, "$ref": f"#/$defs/s{levels}"}
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        _doubling_schema(18),  # seconds on the event loop before; 40 levels: days
+        {"$defs": {"a": {"allOf": [{"$ref": "#/$defs/a"}]}}, "$ref": "#/$defs/a"},  # endless: was a 500
+    ],
+    ids=["exponential", "endless"],
+)
+def test_a_schema_too_costly_to_check_is_422_before_any_model_call(serve_llm: Any, schema: dict[str, Any]) -> None:
+    served = serve_llm(default=Reply(text='"x"'))
+    for path, base in (
+        ("/chat/completions", {"model": "up/x", "messages": HI}),
+        ("/tasks", {"model": "up/x", "prompt": "hi"}),
+    ):
+        r = httpx.post(served.base_url + path, json={**base, "validation": ["json", _schema_spec(schema)]}, timeout=30)
+        assert r.status_code == 422, (path, r.text)
+        error = r.json()["error"]
+        assert error["param"] == "validation.1" and "JSON Schema" in error["message"], error
+    assert not served.upstream.requests
+
+
+def test_an_answer_that_makes_a_schema_exponential_fails_within_its_budget(serve_llm: Any) -> None:
+    """The schema is cheap on small answers; an answer nested 22 deep made the check take 2**22
+    steps on the event loop. Now the check moves to a worker thread and stops at its step budget:
+    a validation failure saying so, while the server answers others."""
+    schema = {"anyOf": [{"items": {"$ref": "#"}, "maxItems": 0}, {"items": {"$ref": "#"}}]}
+    deep = "[" * 22 + "]" * 22
+    served = serve_llm(default=Reply(text=deep))
+    r = httpx.post(
+        served.base_url + "/chat/completions",
+        json={"model": "up/x", "messages": HI, "validation": [_schema_spec(schema)], "max_attempts": 1},
+        timeout=50,
+    )
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["code"] == "ValidationExhausted" and "too costly" in error["message"], error
+    r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI}, timeout=10)
+    assert r.status_code == 200

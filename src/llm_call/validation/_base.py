@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FunctionValidator",
+    "NeedsWorkerThread",
     "ValidationContext",
     "Validator",
     "Verdict",
@@ -286,6 +287,11 @@ def _validator_pool() -> concurrent.futures.ThreadPoolExecutor:
     return _pool
 
 
+class NeedsWorkerThread(Exception):
+    """Raised by a ``cpu_bound`` validator running on the event loop whose check turned out to
+    need more than a few milliseconds: :func:`run_validator` runs it again on a worker thread."""
+
+
 async def run_validator(validator: Validator, text: str, context: ValidationContext) -> Verdict:
     """Run one validator (sync or async) and name its verdict.
 
@@ -295,7 +301,10 @@ async def run_validator(validator: Validator, text: str, context: ValidationCont
     """
     if len(text) >= OFF_LOOP_CHARS and getattr(validator, "cpu_bound", False):
         return await _run_off_loop(validator, text, context)
-    result = validator.validate(text, context)
+    try:
+        result = validator.validate(text, context)
+    except NeedsWorkerThread:
+        return await _run_off_loop(validator, text, context)
     if result.__class__ is Verdict and result.validator:  # the built-ins' fast path
         return result  # type: ignore[return-value]
     if inspect.isawaitable(result):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Iterator
 from typing import Any
 
 from ..errors import UsageError
@@ -84,8 +83,8 @@ def json_path(path: Any) -> str:
 class JsonSchema:
     """The answer's JSON matches a JSON Schema; each error is reported with its failing path.
 
-    ``$ref`` resolves only inside the schema (``#/$defs/...``, or a ``$id`` in it): a schema may
-    come from a request, and jsonschema's default would fetch any other URI (http or file).
+    ``$ref`` resolves only inside the schema (``#/$defs/...``, or a ``$id`` in it), and a check
+    is bounded in steps (:mod:`._schema_guard`): a schema may come from a request.
     """
 
     name = "json_schema"
@@ -106,13 +105,16 @@ class JsonSchema:
         except exceptions.SchemaError as exc:
             where = f" in {source}" if source else ""
             raise UsageError(f"invalid JSON Schema{where}: {exc.message}") from None
-        _check_refs_are_local(schema)
+        from ._schema_guard import check_refs_are_local, counted_class, dry_run, local_registry
+
+        check_refs_are_local(schema)
         if linear_regex:
             from ._re2 import re2_schema_class
 
             cls = re2_schema_class(cls, schema)
         self.schema = schema
-        self._validator = cls(schema, registry=_local_registry())
+        self._validator = counted_class(cls)(schema, registry=local_registry())
+        dry_run(self._validator)
 
     def validate(self, text: str, context: ValidationContext) -> Verdict:
         try:
@@ -121,10 +123,25 @@ class JsonSchema:
             return Verdict(False, str(exc), validator=self.name)
         from referencing.exceptions import Unresolvable
 
+        from ._schema_guard import THREAD_STEPS, TooCostly, step_budget
+
         try:
-            errors = sorted(self._validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
+            with step_budget():  # on the event loop: NeedsWorkerThread past a few milliseconds
+                errors = sorted(self._validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))
         except Unresolvable as exc:  # "#/$defs/missing": the schema's fault, not the answer's
             raise UsageError(f"the JSON Schema has a reference that does not resolve: {exc}") from None
+        except TooCostly:
+            return Verdict(
+                False,
+                f"checking this answer against the JSON Schema is too costly (more than {THREAD_STEPS} steps: the "
+                "schema's anyOf/allOf/$ref multiply the work with the answer's nesting); give a smaller, less "
+                "nested answer",
+                {"steps": THREAD_STEPS},
+                self.name,
+            )
+        except RecursionError:
+            return Verdict(False, "the answer is nested too deeply to check against the JSON Schema; give a "
+                           "flatter answer", validator=self.name)
         if not errors:
             context.parsed = value
             return Verdict(True, validator=self.name)
@@ -134,73 +151,6 @@ class JsonSchema:
             lines.append(f"... and {len(listed) - self.max_errors} more errors")
         feedback = "the JSON does not match the schema: " + "; ".join(lines)
         return Verdict(False, feedback, {"errors": listed}, self.name)
-
-
-#: keywords whose values are data, not schemas (a "$ref" key in there is not a reference)
-_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
-_REF_KEYWORDS = ("$ref", "$dynamicRef", "$recursiveRef")
-
-
-def _refs_outside(schema: Any) -> Iterator[str]:
-    """Every reference in ``schema`` whose target is not the schema itself (a ``$id`` in it)."""
-    from urllib.parse import urldefrag, urljoin
-
-    ids: set[str] = {""}
-    refs: list[tuple[str, str]] = []
-
-    def walk(node: Any, base: str) -> None:
-        if isinstance(node, dict):
-            given = node.get("$id")
-            if isinstance(given, str):
-                base = urljoin(base, given)
-                ids.add(urldefrag(base)[0])
-            for keyword in _REF_KEYWORDS:
-                ref = node.get(keyword)
-                if isinstance(ref, str):
-                    refs.append((ref, urldefrag(urljoin(base, ref))[0]))
-            for key, value in node.items():
-                if key not in _DATA_KEYWORDS:
-                    walk(value, base)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item, base)
-
-    walk(schema, "")
-    for ref, target in refs:
-        if target not in ids and not _is_meta_schema(target):
-            yield ref
-
-
-def _is_meta_schema(uri: str) -> bool:
-    from jsonschema.validators import SPECIFICATIONS  # the drafts' meta-schemas, bundled
-
-    return bool(uri) and uri in SPECIFICATIONS
-
-
-def _check_refs_are_local(schema: Any) -> None:
-    """References resolve only inside the schema: a ``$ref`` to a URL or a file would make the
-    process fetch it (an SSRF from a request) or read the disk. UsageError naming the first."""
-    for ref in _refs_outside(schema):
-        raise UsageError(
-            f"JSON Schema reference {ref[:200]!r} points outside the schema; references are resolved only "
-            "within the schema itself, never fetched from a URL or read from a file: put the referenced "
-            'schema under "$defs" and refer to it as "#/$defs/NAME"'
-        )
-
-
-def _no_retrieval(uri: str) -> Any:
-    from referencing.exceptions import NoSuchResource
-
-    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # an attrs class
-
-
-def _local_registry() -> Any:
-    """jsonschema's registry of bundled meta-schemas, without its default of fetching any other
-    URI with ``urlopen`` (http, https and file URLs alike, blocking)."""
-    import referencing
-    from jsonschema.validators import SPECIFICATIONS
-
-    return SPECIFICATIONS.combine(referencing.Registry(retrieve=_no_retrieval))  # type: ignore[call-arg]
 
 
 class PydanticModel:
