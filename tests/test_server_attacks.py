@@ -188,3 +188,27 @@ def test_an_answer_that_makes_a_schema_exponential_fails_within_its_budget(serve
     assert error["code"] == "ValidationExhausted" and "too costly" in error["message"], error
     r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI}, timeout=10)
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param"),
+    [
+        ("/tasks", '{"model": "up/x", "prompt": "hi", "timeout": Infinity}', "timeout"),
+        ("/chat/completions", '{"model": "up/x", "messages": [{"role": "user", "content": "hi"}], "deadline_s": Infinity}', "deadline_s"),
+        ("/responses", '{"model": "up/x", "input": "hi", "deadline_s": NaN}', "deadline_s"),
+        ("/tasks", '{"model": "up/x", "prompt": "hi", "priority": 1000000000000000000000000000000}', "priority"),
+        ("/responses", '{"model": "up/x", "input": "hi", "background": true, "priority": -1000000000000000000000}', "priority"),
+    ],
+)
+def test_numbers_out_of_range_are_400_naming_the_field(serve_llm: Any, tmp_path: Path, path: str, body: str, param: str) -> None:
+    """``Infinity`` (which both JSON parsers accept) made a task fail with OverflowError and a chat
+    call a 500; a huge priority was a 503 "task store failed" naming the store's path."""
+    served = serve_llm()
+    r = httpx.post(served.base_url + path, content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param, error
+    assert str(tmp_path) not in r.text
+    assert not served.upstream.requests
+    listed = httpx.get(served.base_url + "/tasks", timeout=30).json()["data"]
+    assert listed == []

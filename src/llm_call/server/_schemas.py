@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 Role = Literal["system", "user", "assistant", "tool", "developer"]
+#: task priorities a request may give: -1000..1000 (the store keeps a 64-bit integer, and the Redis
+#: backend a queue per priority and route)
+PRIORITY_RANGE = 1000
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -55,9 +58,14 @@ ValidationSpec = str | dict[str, Any]
 
 
 class LLMCallExtras(BaseModel):
-    """llm_call's own options, accepted as extra body fields."""
+    """llm_call's own options, accepted as extra body fields.
 
-    model_config = ConfigDict(extra="forbid")
+    Numbers are finite (``allow_inf_nan=False``): both JSON parsers accept ``Infinity`` and ``NaN``,
+    and an infinite timeout or deadline overflowed deep in the call (a 500, or a task failed with
+    OverflowError) instead of being a 400 naming the field.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     validation: list[ValidationSpec] | None = Field(
         default=None,
@@ -220,7 +228,7 @@ class ResponsesRequest(LLMCallExtras):
     safety_identifier: str | None = None
     stream_options: dict[str, Any] | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    priority: int = Field(default=0, description="Background task priority (higher runs first)")
+    priority: int = Field(default=0, ge=-PRIORITY_RANGE, le=PRIORITY_RANGE, description="Background task priority (higher runs first)")
     stream_rescue: Literal["off", "continue"] | None = Field(
         default=None,
         description="Direct streams only. \"continue\": a stream cut after its first chunk is continued by the "
@@ -238,7 +246,7 @@ class TaskRequest(LLMCallExtras):
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
     timeout: float | None = Field(default=None, gt=0)
-    priority: int = 0
+    priority: int = Field(default=0, ge=-PRIORITY_RANGE, le=PRIORITY_RANGE, description="Higher runs first")
     idempotency_key: str | None = Field(default=None, max_length=200)
     metadata: dict[str, str] | None = None
 
