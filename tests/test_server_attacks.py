@@ -212,3 +212,32 @@ def test_numbers_out_of_range_are_400_naming_the_field(serve_llm: Any, tmp_path:
     assert not served.upstream.requests
     listed = httpx.get(served.base_url + "/tasks", timeout=30).json()["data"]
     assert listed == []
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/tasks", "/v1/responses", "/mcp"])
+@pytest.mark.parametrize("framing", ["length", "chunked"])
+def test_a_body_that_never_finishes_is_408_after_body_timeout(serve_llm: Any, path: str, framing: str) -> None:
+    """A client that declares a body (up to max_body_bytes) and sends it slower than a drip held
+    its connection, its key's slot and the bytes received so far for ever: thousands of them
+    hold gigabytes. The whole body must now arrive within server.body_timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    served = serve_llm(server={"body_timeout": 1})
+    address = urlsplit(served.url)
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    if framing == "length":
+        raw = (head + "Content-Length: 100000\r\n\r\n").encode() + b'{"model": "up/x", "prompt": "'
+    else:
+        raw = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b'1e\r\n{"model": "up/x", "prompt": "x\r\n'
+    with socket.create_connection((address.hostname, address.port), timeout=20) as sock:
+        sock.sendall(raw)
+        answer = b""
+        while b"server.body_timeout" not in answer:
+            got = sock.recv(65536)  # the socket's timeout: a server that never answers fails here
+            if not got:
+                break
+            answer += got
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"server.body_timeout" in answer, answer
+    assert not served.upstream.requests

@@ -317,6 +317,9 @@ class ServerConfig(_Strict):
         default_factory=list, description="Browser origins allowed cross-origin requests (CORS is off when empty)"
     )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    body_timeout: float = Field(
+        default=60.0, gt=0, description="Seconds a request body may take to arrive in full; slower gets 408"
+    )
     max_concurrent_per_key: int = Field(
         default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
     )

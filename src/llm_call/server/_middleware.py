@@ -4,7 +4,8 @@ In one pass over the request headers it assigns the request id (``X-Request-ID``
 sent a sane one), checks the Host header (421), answers CORS preflights of configured origins,
 refuses a keyless server's requests that arrive on a public address (403), checks the API key
 (401), the JSON content type of request bodies (415; ``_browser.py``), the declared body size
-(413) and the key's requests in flight (429); it counts bytes of bodies sent without a length (413 when too many), records the
+(413) and the key's requests in flight (429); it counts bytes of bodies sent without a length (413 when too many),
+bounds the time a body takes to arrive (408, ``server.body_timeout``), records the
 Prometheus request metrics, writes the one structured log line per request, and answers 500 in
 the OpenAI error shape (logged with its traceback) if a route fails in an unexpected way.
 
@@ -14,6 +15,7 @@ a few microseconds per request.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -31,7 +33,7 @@ from ._ui import STATIC_PATHS
 if TYPE_CHECKING:
     from ._state import ServerState
 
-__all__ = ["MESSAGES_PREFIX", "GatewayMiddleware", "RequestInfo", "access_log"]
+__all__ = ["MESSAGES_PREFIX", "BodyDeadlines", "GatewayMiddleware", "RequestInfo", "access_log"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -88,6 +90,7 @@ class GatewayMiddleware:
         self.app = app
         self.state = state
         self.fast_routes = fast_routes or {}
+        self.body_deadlines = BodyDeadlines(state.settings.server.body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -193,6 +196,8 @@ class GatewayMiddleware:
                 await _answer(send_with_id, 415, _error(anthropic, 415, content_type_message(content_type), code="unsupported_media_type"))
                 return
             limit = state.settings.server.max_body_bytes
+            if method in BODY_METHODS and length != b"0":
+                receive = self.body_deadlines.wrap(receive)
             if length is not None:
                 try:
                     declared = int(length)
@@ -290,6 +295,73 @@ def _counting(receive: Receive, limit: int) -> Receive:
         return message
 
     return counting_receive
+
+
+class BodyDeadlines:
+    """The 408 of ``server.body_timeout``: a request body must arrive in full within ``timeout``
+    seconds of its first read. A client dripping a declared body would otherwise hold its
+    connection, a slot of its key and the bytes so far (up to ``max_body_bytes``) for ever.
+
+    One sweeper task (alive only while some body is being read) cancels the reads that are past
+    their deadline, so a request pays a dict insert and delete, not a timer of its own. Reads
+    after the body (the disconnect watch of a long call) are not bounded."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def wrap(self, receive: Receive) -> Receive:
+        deadline: float | None = None
+        done = False
+
+        async def timed_receive() -> Message:
+            nonlocal deadline, done
+            if done:
+                return await receive()
+            task = asyncio.current_task()
+            if task is None:  # pragma: no cover - ASGI servers call receive from a task
+                return await receive()
+            if deadline is None:
+                deadline = asyncio.get_running_loop().time() + self.timeout
+            self._reading[task] = deadline
+            if self._sweeper is None:
+                self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="llm_call-body-deadlines")
+            try:
+                message = await receive()
+            except asyncio.CancelledError:
+                if task not in self._expired:
+                    raise
+                self._expired.discard(task)
+                task.uncancel()
+                raise HTTPFailure(
+                    408,
+                    f"the request body did not arrive in full within {self.timeout:g} s (server.body_timeout); "
+                    "send the whole body at once",
+                    code="body_timeout",
+                ) from None
+            finally:
+                self._reading.pop(task, None)
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                done = True
+            return message
+
+        return timed_receive
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        step = min(1.0, self.timeout / 4)
+        try:
+            while self._reading:
+                await asyncio.sleep(step)
+                now = loop.time()
+                for task, deadline in list(self._reading.items()):
+                    if deadline <= now and task not in self._expired:
+                        self._expired.add(task)
+                        task.cancel()
+        finally:
+            self._sweeper = None
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
