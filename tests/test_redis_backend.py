@@ -574,3 +574,22 @@ async def test_kill_9_of_a_worker_mid_run_every_task_ends_exactly_once(
     finally:
         victim.stop()
         survivor.stop()
+
+
+async def test_empty_lanes_are_dropped_so_model_names_cannot_grow_redis(store: RedisTaskStore) -> None:
+    """A lane is a queue per (priority, owner, route), and a route is whatever model a request
+    names: one request per made-up model used to leave a lane in Redis for ever, and every claim
+    of every worker read them all. A lane is dropped once its tasks are done (and comes back with
+    the next task)."""
+    routes = [f"made-up/model-{i}" for i in range(40)]
+    for route in routes:
+        await store.submit(task(route))
+    await store.heartbeat(WorkerInfo(id="w1", kind="worker", claims="all"))
+    claimed = await store.claim("w1", limit=100)
+    assert len(claimed) == len(routes)
+    for rec in claimed:
+        assert await store.finish(rec.id, "w1", Outcome(TaskStatus.FAILED, error={"type": "ModelNotFound"}))
+    assert await store.claim("w1", limit=100) == []
+    assert await store._r.hlen(f"{store.prefix}:lanes") == 0
+    again, _ = await store.submit(task(routes[0]))
+    assert [r.id for r in await store.claim("w1", limit=10)] == [again.id]

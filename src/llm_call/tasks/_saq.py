@@ -246,7 +246,14 @@ local function claim_one(lane)
   while true do
     if not has_room(lane) then return nil end
     local jid = redis.call('LMOVE', queued, active, 'LEFT', 'RIGHT')
-    if not jid then return nil end
+    if not jid then
+      -- an empty lane is dropped (SUBMIT and every requeue register it again): a lane per made-up
+      -- model name would otherwise stay for ever, and every claim reads every lane
+      if redis.call('LLEN', active) == 0 and redis.call('ZCARD', qk(lane.name, 'incomplete')) == 0 then
+        redis.call('HDEL', P .. ':lanes', lane.name)
+      end
+      return nil
+    end
     local id = string.sub(jid, skip)
     local r = redis.call('HMGET', rk(id), 'status', 'worker', 'attempts', 'created_at', 'cancel', 'lane')
     local st = r[1]
@@ -504,6 +511,7 @@ if mode == 'dead' then return st end
 if st == 'queued' then
   local job = job_get(jid)
   if not (job and job.status == 'queued' and redis.call('LPOS', qk(lane, 'queued'), jid)) then
+    register_lane(lane, r[7], redis.call('HGET', rk(id), 'owner') or '', r[8])  -- it may have been dropped empty
     job_requeue(lane, lane, id, r[3], '')
   end
   return 'queued'
