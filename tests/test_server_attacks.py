@@ -241,3 +241,28 @@ def test_a_body_that_never_finishes_is_408_after_body_timeout(serve_llm: Any, pa
     assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
     assert b"server.body_timeout" in answer, answer
     assert not served.upstream.requests
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "most"),
+    [
+        ("validation", ["not_empty"] * 33, 32),
+        ("fallbacks", [f"up/f{i}" for i in range(17)], 16),
+        ("escalate", [f"up/e{i}" for i in range(17)], 16),
+        ("mcp_servers", [f"s{i}" for i in range(33)], 32),
+    ],
+)
+def test_lists_that_multiply_model_calls_are_bounded(serve_llm: Any, field: str, value: list[Any], most: int) -> None:
+    """Each judge in ``validation`` is a model call per attempt, each fallback or escalation one
+    more: one request with 200 judges made 201 upstream calls, and with failing attempts up to
+    max_attempts times that, all billed to the operator. A list longer than its bound is a 400."""
+    served = serve_llm()
+    for path, base in (
+        ("/chat/completions", {"model": "up/x", "messages": HI}),
+        ("/tasks", {"model": "up/x", "prompt": "hi"}),
+    ):
+        r = httpx.post(served.base_url + path, json={**base, field: value}, timeout=30)
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        assert error["param"] == field and str(most) in error["message"], error
+    assert not served.upstream.requests

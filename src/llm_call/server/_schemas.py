@@ -62,30 +62,33 @@ class LLMCallExtras(BaseModel):
 
     Numbers are finite (``allow_inf_nan=False``): both JSON parsers accept ``Infinity`` and ``NaN``,
     and an infinite timeout or deadline overflowed deep in the call (a 500, or a task failed with
-    OverflowError) instead of being a 400 naming the field.
+    OverflowError) instead of being a 400 naming the field. Lists that multiply model calls are
+    bounded (a judge in ``validation`` is a call per attempt, each fallback or escalation one more):
+    one request cannot turn into thousands of calls billed to the operator.
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     validation: list[ValidationSpec] | None = Field(
         default=None,
+        max_length=32,
         description="Validation specs the answer must pass, e.g. [\"json\", \"length:max=200\"]; "
         "failures are fed back to the model and retried",
     )
     max_attempts: int | None = Field(default=None, ge=1, le=100, description="Validation attempts in all")
-    escalate: list[str] | None = Field(default=None, description="Models to escalate to after failed attempts")
-    fallbacks: list[str] | None = Field(default=None, description="Models to try when the provider fails")
+    escalate: list[str] | None = Field(default=None, max_length=16, description="Models to escalate to after failed attempts")
+    fallbacks: list[str] | None = Field(default=None, max_length=16, description="Models to try when the provider fails")
     mcp_config: dict[str, Any] | None = Field(
         default=None, description="Refused over HTTP (400): declare servers under [claude.mcp_servers] and use mcp_servers"
     )
     mcp_servers: list[str] | None = Field(
-        default=None, description="MCP servers for max/* models, by name: declared under [claude.mcp_servers.NAME]"
+        default=None, max_length=32, description="MCP servers for max/* models, by name: declared under [claude.mcp_servers.NAME]"
     )
     tool_profile: str | None = Field(
         default=None, description="A tool profile for max/* models: declared under [claude.tool_profiles.NAME]"
     )
     allowed_tools: list[str] | None = Field(
-        default=None, description="MCP tools the model may use (mcp__SERVER or mcp__SERVER__TOOL of selected servers)"
+        default=None, max_length=256, description="MCP tools the model may use (mcp__SERVER or mcp__SERVER__TOOL of selected servers)"
     )
     human_after: int | None = Field(
         default=None, ge=1, description="Stop for a human review after this many failed attempts (tasks: needs_review)"
@@ -95,7 +98,7 @@ class LLMCallExtras(BaseModel):
         default=None, description="Refused over HTTP (400): use tools_mcp_servers"
     )
     tools_mcp_servers: list[str] | None = Field(
-        default=None, description="MCP servers (declared under [claude.mcp_servers]) added from attempt tools_after on"
+        default=None, max_length=32, description="MCP servers (declared under [claude.mcp_servers]) added from attempt tools_after on"
     )
     budget_usd: float | None = Field(default=None, gt=0, description="Stop when known cost passes this")
     budget_tokens: int | None = Field(default=None, ge=1, description="Stop when tokens used pass this")
