@@ -266,3 +266,29 @@ def test_lists_that_multiply_model_calls_are_bounded(serve_llm: Any, field: str,
         error = r.json()["error"]
         assert error["param"] == field and str(most) in error["message"], error
     assert not served.upstream.requests
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("schema", "says"),
+    [
+        ({"$ref": "https://127.0.0.1:9/schema.json"}, "points outside the schema"),
+        ({"type": "object", "properties": {"a": {"$ref": "https://127.0.0.1:9/a.json#/x"}}}, "points outside the schema"),
+        ({"$ref": "#/$defs/missing"}, "points to nothing in the schema"),
+    ],
+)
+def test_local_response_format_refs_are_refused_not_fetched(serve_llm: Any, schema: dict[str, Any], says: str) -> None:
+    """llama-cpp-python turns a response_format schema into a grammar and fetches ``https://``
+    $refs with ``requests`` unless an ``assert`` stops it (gone under ``python -O``): the request
+    was a 502 "local model failed: AssertionError", blaming the model. Now a 400 naming the ref,
+    before the model is loaded."""
+    served = serve_llm()
+    body = {
+        "model": "local/smollm2",
+        "messages": HI,
+        "max_tokens": 5,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}},
+    }
+    r = httpx.post(served.base_url + "/chat/completions", json=body, timeout=100)
+    assert r.status_code == 400, r.text
+    assert says in r.json()["error"]["message"]

@@ -226,6 +226,43 @@ def _partial_stop(text: str, stops: list[str]) -> int:
     return best
 
 
+def _check_refs(schema: dict[str, Any]) -> None:
+    """Every ``$ref`` of a response_format schema is a ``#/...`` pointer into the schema itself.
+
+    llama-cpp-python's grammar converter fetches ``https://`` refs with ``requests`` unless an
+    ``assert`` stops it, and asserts vanish under ``python -O``; a request must never make this
+    process fetch a URL. A pointer to nothing was an AssertionError deep in generation."""
+
+    def target(ref: str) -> bool:
+        node: Any = schema
+        for part in ref[2:].split("/") if ref != "#/" else []:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                return False
+        return True
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and not (ref.startswith("#/") and target(ref)):
+                why = "points outside the schema" if not ref.startswith("#") else "points to nothing in the schema"
+                raise UsageError(
+                    f"response_format json_schema: $ref {ref[:200]!r} {why}; the local route resolves only "
+                    'references to the schema\'s own parts ("#/$defs/NAME") and never fetches one'
+                )
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(schema)
+
+
 def _grammar(response_format: dict[str, Any] | None) -> Any:
     if response_format is None:
         return None
@@ -334,6 +371,8 @@ class LocalProvider:
                 )
             if fmt["type"] == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("schema"), dict):
                 raise UsageError("response_format json_schema needs json_schema.schema (a JSON Schema object)")
+            if fmt["type"] == "json_schema":
+                _check_refs(fmt["json_schema"]["schema"])
             params.response_format = None if fmt["type"] == "text" else fmt
         return params
 
