@@ -78,13 +78,15 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, limit: float =
 
 
 async def _waiting_queued(mgr: TaskManager, task_id: str) -> TaskRecord:
-    """The task's record once it waits for the quota; fails if it ends or keeps running."""
+    """The task's record once it waits for the quota back in the queue; fails if it ends or
+    keeps running. (The ``waiting`` progress is stored a moment before the task is requeued:
+    a record that says waiting but is still running is not there yet.)"""
     found: list[TaskRecord] = []
 
     async def check() -> bool:
         rec = await mgr.status(task_id)
         assert not rec.status.is_final, rec.error
-        if rec.progress.get("waiting"):
+        if rec.progress.get("waiting") and rec.status is TaskStatus.QUEUED:
             found.append(rec)
             return True
         return False
