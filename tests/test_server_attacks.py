@@ -292,3 +292,52 @@ def test_local_response_format_refs_are_refused_not_fetched(serve_llm: Any, sche
     r = httpx.post(served.base_url + "/chat/completions", json=body, timeout=100)
     assert r.status_code == 400, r.text
     assert says in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "answer"),
+    [
+        ("python", "-" * 100_000 + "1"),
+        ("python", "f" + "()" * 100_000),
+        ("python", "1" + "+1" * 200_000),
+        ("json", "[" * 100_000 + "]" * 100_000),
+        ("field_present:a", "[" * 100_000 + "]" * 100_000),
+    ],
+)
+def test_an_answer_too_nested_to_parse_fails_validation(serve_llm: Any, spec: str, answer: str) -> None:
+    """Python's parser and ``json.loads`` give up on deeply nested input with RecursionError or
+    MemoryError, not SyntaxError/ValueError: a prompt asking for such an answer made the python
+    and JSON validators a 500."""
+    served = serve_llm(default=Reply(text=answer))
+    r = httpx.post(
+        served.base_url + "/chat/completions",
+        json={"model": "up/x", "messages": HI, "validation": [spec], "max_attempts": 1},
+        timeout=30,
+    )
+    assert r.status_code == 502, r.text[:300]
+    error = r.json()["error"]
+    assert error["code"] == "ValidationExhausted" and "nested too deeply" in error["message"], error
+
+
+def test_an_answer_nested_near_the_recursion_limit_cannot_break_task_reads(serve_llm: Any) -> None:
+    """``[[[...]]]`` 900 deep parsed (under json's limit) and became the task's ``parsed`` result;
+    then reading the task, and listing tasks (an admin's list, the dashboard's), was a 500
+    RecursionError for good. JSON answers deeper than 200 levels now fail validation."""
+    deep = "[" * 900 + "]" * 900
+    served = serve_llm(default=Reply(text=deep))
+    r = httpx.post(
+        served.base_url + "/chat/completions",
+        json={"model": "up/x", "messages": HI, "validation": ["json"], "max_attempts": 1},
+        timeout=30,
+    )
+    assert r.status_code == 502, r.text[:300]
+    assert "nested too deeply" in r.json()["error"]["message"]
+    submitted = httpx.post(
+        served.base_url + "/tasks", json={"model": "up/x", "prompt": "hi", "validation": ["json"], "max_attempts": 1}, timeout=30
+    ).json()
+    events = httpx.get(f"{served.base_url}/tasks/{submitted['id']}/events", timeout=30)
+    assert events.status_code == 200 and "event: failed" in events.text, events.text[-300:]
+    task = httpx.get(f"{served.base_url}/tasks/{submitted['id']}", timeout=30)
+    assert task.status_code == 200, task.text[:300]
+    assert task.json()["status"] == "failed" and task.json()["error"]["type"] == "ValidationExhausted"
+    assert httpx.get(served.base_url + "/tasks", timeout=30).status_code == 200

@@ -165,9 +165,16 @@ class ValidationContext:
         """The answer's JSON value (bare or fenced), cached; raises ValueError with the reason."""
         if self._json is _UNSET and self._json_error is None:
             try:
-                self._json = extract_json(text)
+                value = extract_json(text)
             except ValueError as exc:
                 self._json_error = str(exc)
+            except RecursionError:  # json.loads on thousands of nested brackets
+                self._json_error = _TOO_DEEP
+            else:
+                if _deeper_than(value, MAX_JSON_DEPTH, text):
+                    self._json_error = _TOO_DEEP
+                else:
+                    self._json = value
         if self._json_error is not None:
             raise ValueError(self._json_error)
         return self._json
@@ -184,6 +191,28 @@ class ValidationContext:
         self.judge_attempts.append(attempt)
         if self.budget is not None:
             self.budget.charge(attempt)
+
+
+#: the deepest JSON answer validators accept: a value nested near Python's recursion limit parses,
+#: but then fails every later copy or serialisation (the task record, the HTTP answer)
+MAX_JSON_DEPTH = 200
+_TOO_DEEP = f"the JSON is nested too deeply (more than {MAX_JSON_DEPTH} levels); give a flatter answer"
+
+
+def _deeper_than(value: Any, limit: int, text: str) -> bool:
+    """Whether ``value`` (parsed from ``text``) nests lists and objects more than ``limit`` deep."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # fewer brackets than levels: cannot be that deep
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return False
 
 
 def extract_json(text: str) -> Any:

@@ -331,6 +331,8 @@ class PythonCode:
             tree = ast.parse(code)
         except SyntaxError as exc:
             return Verdict(False, f"the code does not parse as Python: line {exc.lineno}: {exc.msg}", {"line": exc.lineno}, self.name)
+        except (RecursionError, MemoryError):  # the parser's own limits, on deeply nested code
+            return Verdict(False, "the code is nested too deeply for Python's parser; write it flatter", validator=self.name)
         if self.defines is not None:
             names = {
                 node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
