@@ -341,3 +341,24 @@ def test_an_answer_nested_near_the_recursion_limit_cannot_break_task_reads(serve
     assert task.status_code == 200, task.text[:300]
     assert task.json()["status"] == "failed" and task.json()["error"]["type"] == "ValidationExhausted"
     assert httpx.get(served.base_url + "/tasks", timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/tasks", '{"model": "up/x", "messages": [{"role": "user", "content": "hi", "x": DEEP}]}'),
+        ("/tasks", '{"model": "up/x", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi", "x": DEEP}]}]}'),
+        ("/tasks", '{"model": "up/x", "prompt": "hi", "validation": [{"type": "schema", "params": {"schema": {"enum": [DEEP]}}}]}'),
+    ],
+)
+def test_a_deeply_nested_body_cannot_poison_the_task_list(serve_llm: Any, path: str, body: str) -> None:
+    """The chat fast path's parser stops at 200 levels, but ``/v1/tasks`` (json.loads) took a
+    message with 900 nested lists: the task was stored, the answer was a 500 RecursionError, and
+    from then on every task list holding it (the key's own, an admin's, the dashboard's) was a 500."""
+    served = serve_llm()
+    deep = "[" * 900 + "]" * 900
+    r = httpx.post(served.base_url + path, content=body.replace("DEEP", deep), headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text[:300]
+    assert "nested" in r.json()["error"]["message"]
+    listed = httpx.get(served.base_url + "/tasks", timeout=30)
+    assert listed.status_code == 200 and listed.json()["data"] == []

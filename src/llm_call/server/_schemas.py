@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, with_config
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from ..errors import UsageError
@@ -165,6 +165,34 @@ PASSTHROUGH = (
 )
 
 
+#: the deepest nesting a body parsed by the framework may have (the chat fast path's parser stops
+#: at 200): a task stores its request, and a value nested near Python's recursion limit made every
+#: later read of it (the task, any task list holding it) a RecursionError
+MAX_BODY_DEPTH = 128
+
+
+def _nested_deeper_than(data: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
+    return False
+
+
+class _BoundedNesting(BaseModel):
+    @model_validator(mode="before")
+    @classmethod
+    def _not_too_deep(cls, data: Any) -> Any:
+        if _nested_deeper_than(data, MAX_BODY_DEPTH):
+            raise ValueError(f"the request body is nested more than {MAX_BODY_DEPTH} levels deep; flatten it")
+        return data
+
+
 class InputMessage(BaseModel):
     """A Responses API input item of type message (``{"role", "content"}``)."""
 
@@ -200,7 +228,7 @@ class FunctionCallOutputItem(BaseModel):
 InputItem = InputMessage | FunctionCallItem | FunctionCallOutputItem
 
 
-class ResponsesRequest(LLMCallExtras):
+class ResponsesRequest(_BoundedNesting, LLMCallExtras):
     """``POST /v1/responses``: the OpenAI Responses request (the subset llm_call serves)."""
 
     model: str | None = Field(default=None, min_length=1)
@@ -239,7 +267,7 @@ class ResponsesRequest(LLMCallExtras):
     )
 
 
-class TaskRequest(LLMCallExtras):
+class TaskRequest(_BoundedNesting, LLMCallExtras):
     """``POST /v1/tasks``: a call to run in the background, as llm_call arguments."""
 
     model: str | None = Field(default=None, min_length=1)
