@@ -362,3 +362,32 @@ def test_a_deeply_nested_body_cannot_poison_the_task_list(serve_llm: Any, path: 
     assert "nested" in r.json()["error"]["message"]
     listed = httpx.get(served.base_url + "/tasks", timeout=30)
     assert listed.status_code == 200 and listed.json()["data"] == []
+
+
+def test_health_and_metrics_count_the_store_once_for_a_burst(serve_llm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/health`` needs no key and is outside the per-key limit, and each call counted every
+    task in the store (``GROUP BY status``: ~70 ms at a million tasks): anyone could keep the store
+    busy with a stream of cheap requests. A burst now shares one count."""
+    import asyncio
+
+    from llm_call.tasks.sqlite_store import SQLiteTaskStore
+
+    calls = 0
+    original = SQLiteTaskStore.counts
+
+    async def counting(self: SQLiteTaskStore) -> dict[str, int]:
+        nonlocal calls
+        calls += 1
+        return await original(self)
+
+    served = serve_llm(server={"api_keys": ["k1"]})
+    monkeypatch.setattr(SQLiteTaskStore, "counts", counting)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            health = [client.get(served.url + "/health") for _ in range(40)]
+            metrics = [client.get(served.url + "/metrics", headers={"authorization": "Bearer k1"}) for _ in range(40)]
+            return [r.status_code for r in await asyncio.gather(*health, *metrics)]
+
+    assert asyncio.run(burst()) == [200] * 80
+    assert 1 <= calls <= 4, calls

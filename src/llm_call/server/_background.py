@@ -21,10 +21,12 @@ from ..errors import LLMCallError
 from ._errors import HTTPFailure
 from ._state import ServerState
 
-__all__ = ["manager", "start_tasks", "stop_tasks", "store_check", "task_counts"]
+__all__ = ["manager", "start_tasks", "stop_tasks", "store_check", "store_counts", "task_counts"]
 
 _log = logging.getLogger("llm_call.server")
 _CHECK_TIMEOUT_S = 5.0
+#: how long one count of the store's tasks answers /health and /metrics
+_COUNTS_TTL_S = 1.0
 
 
 async def start_tasks(state: ServerState, given: Any = None) -> None:
@@ -75,7 +77,7 @@ async def store_check(state: ServerState) -> tuple[bool, str, str]:
         return False, msg, msg
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
-            await mgr.store.counts()
+            await store_counts(state)
     except TimeoutError:
         reason = f"task store did not answer within {_CHECK_TIMEOUT_S:g} s"
         return False, reason, f"task store {mgr.store.url} did not answer within {_CHECK_TIMEOUT_S:g} s"
@@ -85,6 +87,32 @@ async def store_check(state: ServerState) -> tuple[bool, str, str]:
     return True, "ok", str(mgr.store.url)
 
 
+async def store_counts(state: ServerState) -> dict[str, int]:
+    """The store's tasks per status, read at most once per :data:`_COUNTS_TTL_S` however many
+    requests ask: ``/health`` needs no key and neither it nor ``/metrics`` counts against a key's
+    requests in flight, and a count reads every task (tens of milliseconds at a million), so a
+    stream of cheap requests would otherwise keep the store busy. Requests that ask while a count
+    runs share it; a failure is not kept (the next request tries again)."""
+    cache = state.counts_cache
+    loop = asyncio.get_running_loop()
+    at = cache.get("at")
+    if at is not None and loop.time() - at < _COUNTS_TTL_S:
+        return dict(cache["value"])
+    running: asyncio.Future[dict[str, int]] | None = cache.get("running")
+    if running is None or running.done():
+        mgr = state.tasks
+
+        async def count() -> dict[str, int]:
+            value = dict(await mgr.store.counts())
+            cache["value"], cache["at"] = value, loop.time()
+            return value
+
+        running = loop.create_task(count(), name="llm_call-store-counts")
+        running.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved if all gave up
+        cache["running"] = running
+    return dict(await asyncio.shield(running))
+
+
 async def task_counts(state: ServerState) -> tuple[dict[str, int], int] | None:
     """Tasks per status and the queue depth, for /metrics (None when unavailable)."""
     mgr = state.tasks
@@ -92,7 +120,7 @@ async def task_counts(state: ServerState) -> tuple[dict[str, int], int] | None:
         return None
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
-            counts: dict[str, int] = dict(await mgr.store.counts())
+            counts: dict[str, int] = dict(await store_counts(state))
     except (TimeoutError, LLMCallError) as exc:
         _log.warning("task counts for /metrics unavailable: %s", exc)
         return None

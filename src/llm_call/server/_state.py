@@ -28,6 +28,8 @@ class ServerState:
     tasks_error: str | None = None
     #: route template of each plain Starlette endpoint (FastAPI only tags its own routes in the scope)
     endpoint_paths: dict[Any, str] = field(default_factory=dict)
+    #: the task store's counts per status, shared by /health and /metrics for a moment (_background.py)
+    counts_cache: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ServerState:
