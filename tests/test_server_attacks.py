@@ -391,3 +391,29 @@ def test_health_and_metrics_count_the_store_once_for_a_burst(serve_llm: Any, mon
 
     assert asyncio.run(burst()) == [200] * 80
     assert 1 <= calls <= 4, calls
+
+
+@pytest.mark.parametrize("model", ["ollama/llama3", "ollama_chat/x", "llamafile/x", "xinference/x", "vllm/facebook/opt-125m"])
+def test_litellm_providers_on_this_machine_need_the_operator(serve_llm: Any, model: str) -> None:
+    """``"model": "ollama/x"`` made the server POST the request's prompt to localhost:11434 (and
+    LiteLLM's other local providers to their own ports): a service on the server's machine that
+    the operator never configured. ``vllm/`` would load a model into the server's process."""
+    served = serve_llm()
+    for path, body in (
+        ("/chat/completions", {"model": model, "messages": HI}),
+        ("/chat/completions", {"model": "up/x", "messages": HI, "fallbacks": [model]}),
+        ("/tasks", {"model": model, "prompt": "hi"}),
+    ):
+        r = httpx.post(served.base_url + path, json=body, timeout=30)
+        assert r.status_code == 400, (path, r.text[:300])
+        error = r.json()["error"]
+        assert error["code"] == "not_declared_by_operator" and "[aliases]" in error["message"], error
+    assert not served.upstream.requests
+
+
+def test_an_alias_or_endpoint_declares_a_local_litellm_provider(serve_llm: Any) -> None:
+    served = serve_llm()
+    # as [endpoints.ollama] in the config file would (the scripted server's URL is known only now)
+    served.settings.endpoints["ollama"] = served.settings.endpoints["up"]
+    r = httpx.post(served.base_url + "/chat/completions", json={"model": "ollama/llama3", "messages": HI}, timeout=30)
+    assert r.status_code == 200, r.text[:300]

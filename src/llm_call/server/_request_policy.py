@@ -13,6 +13,9 @@ file, and a request picks it by name:
 - ``validation`` agent judges         ``mcp_servers=NAME`` instead of ``mcp_config``
 - ``local/NAME`` models               ``local/smollm2`` or ``[local.models.NAME]``; never a path
                                       (in ``model``, ``escalate``, ``fallbacks`` or a judge's model)
+- LiteLLM providers on this machine   ``ollama/...`` and the others LiteLLM sends to a localhost
+                                      server by default: only when the operator set their base
+                                      URL, declared an endpoint of that name, or an alias
 
 A raw ``mcp_config``, ``tools_mcp_config``, a judge's ``mcp_config``, a built-in tool name or an
 undeclared name is a 400 naming the config key to use. Library callers (``acall`` in their own
@@ -21,6 +24,7 @@ process) are operators and keep the raw options; this module only runs for HTTP 
 
 from __future__ import annotations
 
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +141,12 @@ def _check_model(name: str, settings: Settings, param: str) -> None:
         route = resolve(name, settings)
     except ConfigError:
         return  # not a model at all: the call reports it
-    if route.kind != "local" or route.aliases:  # an alias is the operator's choice
+    if route.aliases:  # an alias is the operator's choice
+        return
+    if route.kind == "litellm":
+        _check_litellm_provider(route.model.partition("/")[0], name, param)
+        return
+    if route.kind != "local":
         return
     if route.provider_model == "smollm2" or route.provider_model in settings.local.models:
         return
@@ -149,6 +158,41 @@ def _check_model(name: str, settings: Settings, param: str) -> None:
         param=param,
         code="model_not_found",
     )
+
+
+#: LiteLLM providers that talk to a server on this machine unless their base URL is configured
+#: (LiteLLM's defaults), by the environment variable that configures it
+_LOOPBACK_PROVIDERS = {
+    "ollama": "OLLAMA_API_BASE",
+    "ollama_chat": "OLLAMA_API_BASE",
+    "llamafile": "LLAMAFILE_API_BASE",
+    "lemonade": "LEMONADE_API_BASE",
+    "docker_model_runner": "DOCKER_MODEL_RUNNER_API_BASE",
+    "xinference": "XINFERENCE_API_BASE",
+    "langgraph": "LANGGRAPH_API_BASE",
+    "langflow": "LANGFLOW_API_BASE",
+}
+#: LiteLLM providers that load a model into this process
+_IN_PROCESS_PROVIDERS = frozenset({"vllm"})
+
+
+def _check_litellm_provider(provider: str, model: str, param: str) -> None:
+    """Over HTTP, a LiteLLM provider that would reach a server on this machine by LiteLLM's default
+    (``ollama/x`` posts the prompt to ``localhost:11434``), or load a model into this process,
+    needs the operator's word: its base URL variable, an alias, or an ``[endpoints.NAME]``."""
+    env = _LOOPBACK_PROVIDERS.get(provider)
+    if provider in _IN_PROCESS_PROVIDERS:
+        why = f"LiteLLM's {provider} provider loads the model into this server's process"
+        how = "declare an alias for it under [aliases] in the config file"
+    elif env is not None and not os.environ.get(env):
+        why = (f"LiteLLM's {provider} provider would send the request to a server on this machine "
+               f"(its default base URL) that the operator has not configured")
+        how = (f"the operator declares it in the config file as [endpoints.{provider}] (base_url = ...) or "
+               f"an alias under [aliases], or sets {env}")
+    else:
+        return
+    raise HTTPFailure(400, f"{param}: model {model[:100]!r} is not available to requests: {why}; {how}",
+                      param=param, code=_CODE)
 
 
 def check_judge(validator: Any, index: int, settings: Settings) -> None:
