@@ -220,3 +220,23 @@ def test_cli_ask_through_litellm(tmp_path: Path) -> None:
         )
         assert proc.returncode == 1
         assert "AuthError" in proc.stderr and MODEL in proc.stderr
+
+
+async def test_a_tool_schema_that_expands_exponentially_is_refused_before_litellm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM inlines every $ref of a Gemini tool schema without a bound: 30 levels of $defs that
+    each refer twice to the one below (a few KB) took gigabytes on a thread that cannot be
+    stopped. 16 levels here (65,536 nodes) show it without the cost."""
+    monkeypatch.setenv("GEMINI_API_KEY", "x")
+    monkeypatch.setenv("GEMINI_API_BASE", "http://127.0.0.1:9")  # never the network
+    defs: dict[str, Any] = {"s0": {"type": "string"}}
+    for i in range(1, 17):
+        defs[f"s{i}"] = {"type": "object", "properties": {"l": {"$ref": f"#/$defs/s{i - 1}"}, "r": {"$ref": f"#/$defs/s{i - 1}"}}}
+    parameters = {"type": "object", "properties": {"x": {"$ref": "#/$defs/s16"}}, "$defs": defs}
+    tools = [{"type": "function", "function": {"name": "f", "parameters": parameters}}]
+    with pytest.raises(UsageError, match=r"tools\[0\]\.function\.parameters expands to more than"):
+        await llm_call.acall("gemini/gemini-1.5-pro", "hi", tools=tools)
+    recursive = {"type": "object", "properties": {"n": {"$ref": "#/$defs/node"}},
+                 "$defs": {"node": {"type": "object", "properties": {"kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}}}
+    tree = [{"type": "function", "function": {"name": "f", "parameters": recursive}}]
+    with pytest.raises(ProviderConnectionError):  # a recursive (tree) schema is fine: it is sent
+        await llm_call.acall("gemini/gemini-1.5-pro", "hi", tools=tree, retry=False)

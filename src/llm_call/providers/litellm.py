@@ -64,6 +64,81 @@ def import_litellm() -> Any:
     return litellm
 
 
+#: schema nodes a tool's parameters (or a response_format schema) may expand to once every $ref
+#: is inlined, as LiteLLM does for some providers (Gemini, Vertex AI) without a bound of its own
+MAX_EXPANDED_SCHEMA_NODES = 20_000
+
+
+def _expanded_nodes(schema: Any, cap: int) -> int:
+    """Nodes of ``schema`` with its ``#/$defs/...`` (``#/definitions/...``) references inlined,
+    counting a reference back into a definition being expanded once; stops counting past ``cap``."""
+    defs: dict[str, Any] = {}
+    if isinstance(schema, dict):
+        for key in ("definitions", "$defs"):
+            if isinstance(schema.get(key), dict):
+                defs.update(schema[key])
+    memo: dict[str, int] = {}
+    expanding: set[str] = set()
+
+    def of_def(name: str) -> int:
+        if name in memo:
+            return memo[name]
+        if name in expanding:
+            return 1  # a recursive schema: LiteLLM stops there too
+        expanding.add(name)
+        n = size(defs[name])
+        expanding.discard(name)
+        memo[name] = n
+        return n
+
+    def size(node: Any) -> int:
+        total = 1
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/")):
+                name = ref.rsplit("/", 1)[-1]
+                if name in defs:
+                    total += of_def(name)
+            for key, value in node.items():
+                if key not in ("$defs", "definitions"):
+                    total += size(value)
+                if total > cap:
+                    return cap + 1
+        elif isinstance(node, list):
+            for item in node:
+                total += size(item)
+                if total > cap:
+                    return cap + 1
+        return min(total, cap + 1)
+
+    return size(schema)
+
+
+def _check_schema_expansion(kw: dict[str, Any]) -> None:
+    """A few hundred bytes of ``$defs`` that reference each other twice per level expand to 2**N
+    nodes: LiteLLM inlines them for Gemini and Vertex AI before any request, on a thread that
+    cannot be stopped, until memory runs out. UsageError naming the schema instead."""
+    schemas: list[tuple[str, Any]] = []
+    for i, tool in enumerate(kw.get("tools") or ()):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("parameters"), dict):
+            schemas.append((f"tools[{i}].function.parameters", function["parameters"]))
+    fmt = kw.get("response_format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("json_schema"), dict):
+        schemas.append(("response_format.json_schema.schema", fmt["json_schema"].get("schema")))
+    for where, schema in schemas:
+        try:
+            too_big = _expanded_nodes(schema, MAX_EXPANDED_SCHEMA_NODES) > MAX_EXPANDED_SCHEMA_NODES
+        except RecursionError:
+            too_big = True
+        if too_big:
+            raise UsageError(
+                f"{where} expands to more than {MAX_EXPANDED_SCHEMA_NODES} schema nodes once its $refs are "
+                "inlined (as LiteLLM does for some providers): refer to each definition from fewer places, "
+                "or flatten the schema"
+            )
+
+
 class LiteLLMProvider:
     name = "litellm"
 
@@ -105,6 +180,7 @@ class LiteLLMProvider:
                     f"option {key!r} is not supported by the LiteLLM route (it applies to max/* models)"
                 )
             kw[key] = value
+        _check_schema_expansion(kw)
         kw.setdefault("num_retries", 0)  # retries are llm_call's job (retry.py)
         kw.setdefault("max_retries", 0)  # nor may the provider SDK underneath retry
         return kw
