@@ -63,3 +63,20 @@ async def test_auto_mode_runs_a_max_call_in_the_background(claude_env: ClaudeEnv
             assert "chunk" in kinds and rec.progress.get("chars") == len("from claude")
     finally:
         await tasks.close_manager()
+
+
+async def test_a_max_task_retried_after_validation_counts_only_the_answer_it_is_on(
+    claude_env: ClaudeEnv, managers: Callable[..., Awaitable[TaskManager]], use_settings: Callable[..., Any]
+) -> None:
+    """The record's ``progress.chars`` is what the current attempt has received: after a rejected
+    answer the count starts again, so the dashboard does not add the rejected text to the new one."""
+    use_settings(retry={"max_retries": 0}, claude={"use_api_key": True})
+    script = [Reply(text="a long rejected answer without the word"), Reply(text="ok then")]
+    async with ScriptedLLMServer(script) as srv:
+        claude_env.use_server(srv)
+        mgr = await managers()
+        task_id = await mgr.submit({"model": "max/sonnet", "prompt": "hi", "validate": ["contains:ok"], "max_attempts": 2})
+        rec = await mgr.wait(task_id, timeout=90)
+        assert rec.status is TaskStatus.SUCCEEDED, rec.error
+        assert rec.progress.get("attempt") == 2
+        assert rec.progress.get("chars") == len("ok then")

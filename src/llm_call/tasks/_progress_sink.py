@@ -30,6 +30,10 @@ _log = logging.getLogger("llm_call.tasks")
 _CHUNK_EVERY_S = 0.5
 
 
+#: progress events after which the text that comes belongs to a new answer
+_NEW_ANSWER = frozenset({"attempt", "retry_wait", "fallback", "escalated", "quota_fallback"})
+
+
 @dataclass(eq=False, slots=True)
 class RunningTask:
     """A task executing in this manager."""
@@ -83,6 +87,11 @@ class ProgressSink:
         prog = run.progress
         prog["last"] = kind
         prog["at"] = now
+        if kind in _NEW_ANSWER and run.chars:
+            # the next text is a new answer (validation retry, transient retry, other model):
+            # progress counts what the answer being made has received, not every call's text
+            run.chars = 0
+            prog["chars"] = 0
         if kind == "attempt":
             prog["attempt"] = data.get("number", int(prog.get("attempt") or 0) + 1)
             prog["model"] = data.get("model")
