@@ -417,3 +417,18 @@ def test_an_alias_or_endpoint_declares_a_local_litellm_provider(serve_llm: Any) 
     served.settings.endpoints["ollama"] = served.settings.endpoints["up"]
     r = httpx.post(served.base_url + "/chat/completions", json={"model": "ollama/llama3", "messages": HI}, timeout=30)
     assert r.status_code == 200, r.text[:300]
+
+
+def test_event_positions_beyond_any_seq_are_handled(serve_llm: Any) -> None:
+    """``?after=`` (or ``Last-Event-ID``) larger than SQLite's 64-bit integers passed validation and
+    broke the event stream mid-response (OverflowError after the 200 had started)."""
+    served = serve_llm()
+    task_id = httpx.post(served.base_url + "/tasks", json={"model": "up/x", "prompt": "hi"}, timeout=30).json()["id"]
+    done = httpx.get(f"{served.base_url}/tasks/{task_id}/events", timeout=30)  # follows until the task ends
+    assert "event: finished" in done.text
+    huge = "1" + "0" * 29
+    r = httpx.get(f"{served.base_url}/tasks/{task_id}/events?after={huge}&follow=false", timeout=30)
+    assert r.status_code == 400, r.text[:300]
+    assert r.json()["error"]["param"] == "query.after"
+    r = httpx.get(f"{served.base_url}/tasks/{task_id}/events", headers={"last-event-id": huge}, timeout=30)
+    assert r.status_code == 200 and "data:" not in r.text  # nothing after it, and a clean end

@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 __all__ = ["register", "task_body"]
 
 _KEEPALIVE_S = 15.0
+#: the largest event seq a request may name (the stores keep 64-bit integers)
+_MAX_SEQ = 2**62
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _STATUSES = ", ".join(s.value for s in TaskStatus)
 
@@ -197,14 +199,14 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def task_events(
         request: Request,
         task_id: str,
-        after: int | None = Query(default=None, ge=0, description="Send events after this seq"),
+        after: int | None = Query(default=None, ge=0, le=_MAX_SEQ, description="Send events after this seq"),
         follow: bool = Query(default=True, description="Keep the stream open until the task ends"),
         last_event_id: str | None = Header(default=None, description="Resume after this event id (seq)"),
     ) -> Response:
         start = after or 0
         if last_event_id is not None and after is None:
             try:
-                start = max(0, int(last_event_id.strip()))
+                start = min(max(0, int(last_event_id.strip())), _MAX_SEQ)  # past the last: nothing
             except ValueError:
                 raise HTTPFailure(400, "Last-Event-ID must be an event seq number", param="Last-Event-ID") from None
         await _record(state, request, task_id)  # 404 before the stream starts
