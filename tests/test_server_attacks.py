@@ -432,3 +432,30 @@ def test_event_positions_beyond_any_seq_are_handled(serve_llm: Any) -> None:
     assert r.json()["error"]["param"] == "query.after"
     r = httpx.get(f"{served.base_url}/tasks/{task_id}/events", headers={"last-event-id": huge}, timeout=30)
     assert r.status_code == 200 and "data:" not in r.text  # nothing after it, and a clean end
+
+
+def test_allowed_models_limits_what_requests_may_name(serve_llm: Any) -> None:
+    """With ``[server] allowed_models`` the operator lists the models requests may use: any other
+    model, fallback or escalation target (here a LiteLLM cloud model whose credentials the server
+    might hold) is a 403 naming the setting, on every route, and nothing is sent upstream."""
+    served = serve_llm(server={"allowed_models": ["up/*", "fast"]}, aliases={"fast": {"model": "up/quick"}})
+    ok = httpx.post(served.base_url + "/chat/completions", json={"model": "fast", "messages": HI}, timeout=30)
+    assert ok.status_code == 200, ok.text[:300]
+    assert httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI}, timeout=30).status_code == 200
+    sent = len(served.upstream.requests)
+    for path, body in (
+        ("/chat/completions", {"model": "anthropic/claude-x", "messages": HI}),
+        ("/chat/completions", {"model": "up/x", "messages": HI, "fallbacks": ["openai/gpt-4o"]}),
+        ("/chat/completions", {"model": "up/x", "messages": HI, "escalate": ["max/opus"]}),
+        ("/tasks", {"model": "max/sonnet", "prompt": "hi"}),
+        ("/responses", {"model": "openai/gpt-4o", "input": "hi"}),
+    ):
+        r = httpx.post(served.base_url + path, json=body, timeout=30)
+        assert r.status_code == 403, (path, r.text[:300])
+        error = r.json()["error"]
+        assert error["code"] == "model_not_allowed" and "allowed_models" in error["message"], error
+    r = httpx.post(served.url + "/v1/messages", json={"model": "max/opus", "max_tokens": 5, "messages": HI}, timeout=30)
+    assert r.status_code == 403 and "allowed_models" in r.text, r.text[:300]
+    assert len(served.upstream.requests) == sent
+    listed = {m["id"] for m in httpx.get(served.base_url + "/models", params={"all": "true"}, timeout=30).json()["data"]}
+    assert "fast" in listed and "up/*" in listed and not {"max/*", "openai/*", "local/*"} & listed, listed

@@ -316,6 +316,12 @@ class ServerConfig(_Strict):
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed cross-origin requests (CORS is off when empty)"
     )
+    allowed_models: list[str] | None = Field(
+        default=None,
+        description="Glob patterns of the models requests may name (model, fallbacks, escalate, a judge's "
+        "model), matched against the name as sent and the model it resolves to (e.g. [\"max/*\", "
+        "\"openai/gpt-4o*\", \"fast\"]); others get 403. Unset: every model a route serves",
+    )
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     body_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a request body may take to arrive in full; slower gets 408"

@@ -24,6 +24,7 @@ process) are operators and keep the raw options; this module only runs for HTTP 
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from typing import TYPE_CHECKING, Any
@@ -140,6 +141,20 @@ def _check_model(name: str, settings: Settings, param: str) -> None:
     try:
         route = resolve(name, settings)
     except ConfigError:
+        route = None
+    allowed = settings.server.allowed_models
+    if allowed is not None:
+        names = [name.strip()] if route is None else [name.strip(), route.model]
+        if not any(fnmatch.fnmatchcase(n, pattern) for n in names for pattern in allowed):
+            shown = ", ".join(allowed) if allowed else "none"
+            raise HTTPFailure(
+                403,
+                f"{param}: model {name[:100]!r} is not allowed on this server; requests may use "
+                f"{shown[:400]} (the operator's [server] allowed_models)",
+                param=param,
+                code="model_not_allowed",
+            )
+    if route is None:
         return  # not a model at all: the call reports it
     if route.aliases:  # an alias is the operator's choice
         return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import time
 from typing import Any
@@ -19,14 +20,28 @@ _log = logging.getLogger("llm_call.server")
 _STARTED = int(time.time())
 
 
+def _may_use(model_id: str, allowed: list[str]) -> bool:
+    """A model row requests may use under ``allowed_models``: a name a pattern matches, or a
+    route (``openai/*``) some pattern allows part of (``openai/gpt-4o*``)."""
+    for pattern in allowed:
+        if fnmatch.fnmatchcase(model_id, pattern):
+            return True
+        if model_id.endswith("/*") and pattern.startswith(model_id[:-1]):
+            return True
+    return False
+
+
 def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str, Any]]:
     from ..catalog import list_models
 
     rows = list_models(state.settings)
+    allowed = state.settings.server.allowed_models
     out = []
     for row in rows:
         if not row.get("available") and not include_unavailable:
             continue
+        if allowed is not None and not _may_use(row["id"], allowed):
+            continue  # requests could not use it: [server] allowed_models
         out.append(
             {
                 "id": row["id"],
