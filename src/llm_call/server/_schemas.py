@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from ..errors import UsageError
+from ..validation._base import nested_deeper_than
 from ._errors import HTTPFailure, pydantic_failure
 from ._request_policy import check_judge, check_models, tool_options
 
@@ -171,24 +172,11 @@ PASSTHROUGH = (
 MAX_BODY_DEPTH = 128
 
 
-def _nested_deeper_than(data: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
-    return False
-
-
 class _BoundedNesting(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _not_too_deep(cls, data: Any) -> Any:
-        if _nested_deeper_than(data, MAX_BODY_DEPTH):
+        if nested_deeper_than(data, MAX_BODY_DEPTH):
             raise ValueError(f"the request body is nested more than {MAX_BODY_DEPTH} levels deep; flatten it")
         return data
 

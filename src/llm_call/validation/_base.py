@@ -203,6 +203,12 @@ def _deeper_than(value: Any, limit: int, text: str) -> bool:
     """Whether ``value`` (parsed from ``text``) nests lists and objects more than ``limit`` deep."""
     if text.count("[") + text.count("{") <= limit:
         return False  # fewer brackets than levels: cannot be that deep
+    return nested_deeper_than(value, limit)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` deep (without recursion: the
+    values this guards are the ones too deep for it). Request bodies use it too (``server``)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()
