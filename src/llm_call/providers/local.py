@@ -51,6 +51,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .._jsontree import iter_dicts
 from ..errors import LLMCallError, ProviderFailed, ProviderTimeout, UsageError
 from ..types import Chunk, Message, Request, Response, Usage
 from ._local_models import (
@@ -245,22 +246,14 @@ def _check_refs(schema: dict[str, Any]) -> None:
                 return False
         return True
 
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and not (ref.startswith("#/") and target(ref)):
-                why = "points outside the schema" if not ref.startswith("#") else "points to nothing in the schema"
-                raise UsageError(
-                    f"response_format json_schema: $ref {ref[:200]!r} {why}; the local route resolves only "
-                    'references to the schema\'s own parts ("#/$defs/NAME") and never fetches one'
-                )
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(schema)
+    for node in iter_dicts(schema):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and not (ref.startswith("#/") and target(ref)):
+            why = "points outside the schema" if not ref.startswith("#") else "points to nothing in the schema"
+            raise UsageError(
+                f"response_format json_schema: $ref {ref[:200]!r} {why}; the local route resolves only "
+                'references to the schema\'s own parts ("#/$defs/NAME") and never fetches one'
+            )
 
 
 def _grammar(response_format: dict[str, Any] | None) -> Any:

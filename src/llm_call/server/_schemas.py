@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, with_config
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
+from .._jsontree import nested_deeper_than
 from ..errors import UsageError
-from ..validation._base import nested_deeper_than
 from ._errors import HTTPFailure, pydantic_failure
 from ._request_policy import check_judge, check_models, tool_options
 

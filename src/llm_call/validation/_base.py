@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from .._jsontree import nested_deeper_than
 from ..errors import BudgetExceeded, UsageError, ValidationFailed
 from ..types import Attempt, Request
 
@@ -204,21 +205,6 @@ def _deeper_than(value: Any, limit: int, text: str) -> bool:
     if text.count("[") + text.count("{") <= limit:
         return False  # fewer brackets than levels: cannot be that deep
     return nested_deeper_than(value, limit)
-
-
-def nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests lists and dicts more than ``limit`` deep (without recursion: the
-    values this guards are the ones too deep for it). Request bodies use it too (``server``)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > limit:
-            return True
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values() if isinstance(v, dict | list))
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node if isinstance(v, dict | list))
-    return False
 
 
 def extract_json(text: str) -> Any:

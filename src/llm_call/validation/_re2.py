@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Protocol
 
+from .._jsontree import iter_dicts
 from ..errors import UsageError
 
 __all__ = ["LinearPattern", "compile_linear", "re2_schema_class"]
@@ -136,16 +137,5 @@ def re2_schema_class(cls: Any, schema: Any) -> Any:
 
 
 def _has_unevaluated_with_patterns(schema: Any) -> bool:
-    keys: set[str] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            keys.update(k for k in node if isinstance(k, str))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(schema)
+    keys = {k for node in iter_dicts(schema) for k in node if isinstance(k, str)}
     return "unevaluatedProperties" in keys and "patternProperties" in keys
