@@ -196,6 +196,9 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
         "setting_sources": [],
         "env": cli_env,
         "include_partial_messages": True,  # text deltas, and activity for the idle watchdog
+        # the prompt is request text: never a CLI slash command (``/model haiku`` would switch a
+        # pooled process's model for later calls) nor an ``@path`` the CLI inlines from disk
+        "verbatim_prompts": True,
     }
     if cfg.cli_path:
         kw["cli_path"] = resolve_cli_path(cfg.cli_path)

@@ -135,8 +135,12 @@ class PooledCLI:
             _log.debug("Claude CLI pool: dropping a line written between calls: %.200r", item)
         return True
 
-    async def send(self, content: Content) -> None:
-        message = {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
+    async def send(self, content: Content, *, command: bool = False) -> None:
+        """A user message; the CLI delivers it as written (``client_composed``: no slash command,
+        no ``@path`` inlined) unless it is the pool's own ``command`` (``/clear``)."""
+        message: dict[str, Any] = {"type": "user", "message": {"role": "user", "content": content}, "parent_tool_use_id": None}
+        if not command:
+            message["client_composed"] = True
         await self._transport.write(json.dumps(message) + "\n")
 
     async def next_line(self, timeout: float) -> dict[str, Any]:
@@ -154,7 +158,7 @@ class PooledCLI:
     async def reset(self, timeout: float) -> bool:
         """``/clear``: True once the CLI has confirmed a new, empty conversation."""
         try:
-            await self.send("/clear")
+            await self.send("/clear", command=True)
             seen_reset = False
             async with asyncio.timeout(timeout):
                 while True:

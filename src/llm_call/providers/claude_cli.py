@@ -30,7 +30,8 @@ What a call does:
   removed afterwards, unless ``cwd=`` is given; a pooled process has one of its own), with ``--strict-mcp-config`` (only the MCP
   servers the call names), no settings files (``setting_sources=[]``), no built-in tools unless
   ``allowed_tools`` names them, and permission mode ``dontAsk`` (anything not in
-  ``allowed_tools`` is denied). Only an explicit ``permission_mode=`` changes that.
+  ``allowed_tools`` is denied). Only an explicit ``permission_mode=`` changes that. The prompt
+  is delivered as written (``verbatim_prompts``): never a CLI slash command, no ``@path`` inlined.
 - **Auth**: ``ANTHROPIC_API_KEY`` is blanked in the CLI's environment so the subscription login
   is used, unless ``claude.use_api_key`` (``LLM_CALL_CLAUDE_USE_API_KEY=1``). The SDK strips
   ``CLAUDECODE``, so calls work from inside a Claude Code session.
