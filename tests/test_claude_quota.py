@@ -231,6 +231,26 @@ async def test_overage_is_refused_when_not_allowed(claude_env: ClaudeEnv, use_se
         assert len(messages(srv)) == 2  # stopped before spending extra usage
 
 
+async def test_a_window_past_its_cap_does_not_stop_calls_the_subscription_still_serves(
+    claude_env: ClaudeEnv, use_settings: Callable[..., Any]
+) -> None:
+    """The CLI documents its ``unifiedWindows``: "a rejected window alone does not mean requests
+    are refused; the top-level status says whether they are" (usage may run past a window's cap).
+    Only a refused status stops the next call."""
+    use_settings(retry={"max_retries": 0})
+    reset = time.time() + 3600
+    headers = unified_ratelimit_headers(
+        "allowed_warning", five_hour=(1.02, reset, "rejected"), seven_day=(0.6, reset + 86400, "allowed")
+    )
+    async with _closing_providers(), ScriptedLLMServer(default=Reply(text="served", headers=headers, times=None)) as srv:
+        claude_env.use_subscription(srv)
+        assert (await llm_call.acall("max/sonnet", "one")).text == "served"
+        state = QUOTA.get("default")
+        assert state is not None and state.windows["five_hour"].status == "rejected"  # recorded as said
+        assert (await llm_call.acall("max/sonnet", "two")).text == "served"
+        assert len(messages(srv)) == 2
+
+
 def test_the_quota_is_shown_by_the_server_metrics_and_the_cli(
     claude_env: ClaudeEnv, serve_llm: Any, tmp_path: Any
 ) -> None:

@@ -90,6 +90,19 @@ def test_block_decisions(status: str, overage: str, allow_overage: bool, expecte
         assert block_of(state, allow_overage=allow_overage, now=NOW + 3601) is None  # after the reset
 
 
+def test_a_window_rejected_while_the_account_is_served_blocks_nothing() -> None:
+    """Only the top-level status refuses calls; a window may run past its cap (the CLI's words)."""
+    line = info("allowed_warning")
+    line["unifiedWindows"]["five_hour"] = {"utilization": 1.02, "resetsAt": NOW + 3600, "status": "rejected"}
+    state = parse_rate_limit_info(line, "me", now=NOW)
+    assert block_of(state, allow_overage=False, now=NOW) is None
+    # refused again later: that window and a later-resetting rejected one both hold the account
+    line = info("rejected")
+    line["unifiedWindows"]["seven_day"] = {"utilization": 1.0, "resetsAt": NOW + 86400, "status": "rejected"}
+    block = block_of(parse_rate_limit_info(line, "me", state, now=NOW + 5), allow_overage=False, now=NOW + 5)
+    assert block is not None and block.until == NOW + 86400
+
+
 def test_overage_in_use_is_refused_before_the_next_call_when_not_allowed() -> None:
     state = parse_rate_limit_info(info("allowed", isUsingOverage=True, overageStatus="allowed"), "me", now=NOW)
     assert block_of(state, allow_overage=True, now=NOW) is None

@@ -22,8 +22,9 @@ With an API key the CLI sends none. This module is the one place that understand
 - :func:`record_rate_limit_event` is the entry point for every way a CLI is driven (one process
   per call, or a long-lived pooled process reading stream-json lines): give it the parsed line
   (or the SDK's ``RateLimitInfo.raw``) and the account.
-- :func:`block_of` decides, without I/O, whether the next call may go: not while a window is
-  ``rejected`` until its reset, unless overage (extra usage) is open and allowed
+- :func:`block_of` decides, without I/O, whether the next call may go: not while the account's
+  status is ``rejected``, until the reset of its rejected windows (a window ``rejected`` while
+  the status still allows calls blocks nothing), unless overage (extra usage) is open and allowed
   (``claude.allow_overage``); :func:`slow` says whether utilization is above
   ``claude.slowdown_at``. :func:`admit` applies both before a CLI call: it raises
   :class:`~llm_call.errors.QuotaExhausted` (no upstream request is made) or waits for one of the
@@ -220,14 +221,18 @@ def block_of(state: QuotaState | None, *, allow_overage: bool, now: float | None
     if state is None:
         return None
     now = time.time() if now is None else now
-    rejected = {
-        name: w.resets_at
-        for name, w in state.windows.items()
-        if w.status == "rejected" and w.resets_at is not None and w.resets_at > now
-    }
     rep = state.representative or "unified"
-    if state.status == "rejected" and state.resets_at is not None and state.resets_at > now:
-        rejected.setdefault(rep if rep != "overage" else "unified", state.resets_at)
+    rejected: dict[str, float | None] = {}
+    # only the top-level status refuses calls: a window alone may run past its cap while the
+    # subscription still serves (the CLI's own description of unifiedWindows)
+    if state.status == "rejected":
+        rejected = {
+            name: w.resets_at
+            for name, w in state.windows.items()
+            if w.status == "rejected" and w.resets_at is not None and w.resets_at > now
+        }
+        if state.resets_at is not None and state.resets_at > now:
+            rejected.setdefault(rep if rep != "overage" else "unified", state.resets_at)
     overage_open = state.overage_status in _OPEN
     if not rejected:
         if state.using_overage and not allow_overage and state.resets_at is not None and state.resets_at > now:
