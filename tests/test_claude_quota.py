@@ -251,6 +251,37 @@ async def test_a_window_past_its_cap_does_not_stop_calls_the_subscription_still_
         assert len(messages(srv)) == 2
 
 
+async def test_a_used_up_opus_week_stops_opus_calls_only(
+    claude_env: ClaudeEnv, managers: Callable[..., Awaitable[TaskManager]], use_settings: Callable[..., Any]
+) -> None:
+    """``seven_day_opus`` meters Opus only (the CLI itself suggests ``/model sonnet`` then): an
+    Opus call refused for the week must not stop, or hold, every other max/* call until then."""
+    use_settings(retry={"max_retries": 0}, tasks={"heartbeat_s": 0.2})
+    reset = time.time() + 3 * 86400
+    refused = unified_ratelimit_headers(
+        "rejected", claim="seven_day_opus", reset=reset, five_hour=(0.3, time.time() + 3600, "allowed")
+    )
+    served = unified_ratelimit_headers("allowed", five_hour=(0.3, time.time() + 3600, "allowed"))
+    script = [Reply(match_text="opus one", fault=Fault.http(429), headers=refused)]
+    async with _closing_providers(), ScriptedLLMServer(script, default=Reply(text="from sonnet", headers=served, times=None)) as srv:
+        claude_env.use_subscription(srv)
+        with pytest.raises(QuotaExhausted) as info:
+            await llm_call.acall("max/opus", "opus one")
+        assert info.value.window == "seven_day_opus"
+        with pytest.raises(QuotaExhausted):
+            await llm_call.acall("max/claude-opus-4-5", "opus two")  # refused before it starts
+        assert (await llm_call.acall("max/sonnet", "sonnet one")).text == "from sonnet"
+
+        mgr = await managers(concurrency=1)
+        opus_task = await mgr.submit({"model": "max/opus", "prompt": "opus task"})
+        sonnet_task = await mgr.submit({"model": "max/sonnet", "prompt": "sonnet task"})
+        assert (await result_of(mgr, sonnet_task)).text == "from sonnet"
+        rec = await mgr.status(opus_task)
+        assert rec.status is TaskStatus.QUEUED  # held until the Opus week resets
+        assert [e.kind async for e in mgr.events(opus_task, follow=False)] == ["queued"]  # never claimed meanwhile
+        assert [r.last_user_text for r in messages(srv)] == ["opus one", "sonnet one", "sonnet task"]
+
+
 def test_the_quota_is_shown_by_the_server_metrics_and_the_cli(
     claude_env: ClaudeEnv, serve_llm: Any, tmp_path: Any
 ) -> None:

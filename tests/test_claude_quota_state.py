@@ -103,6 +103,21 @@ def test_a_window_rejected_while_the_account_is_served_blocks_nothing() -> None:
     assert block is not None and block.until == NOW + 86400
 
 
+def test_a_model_window_blocks_that_model_only() -> None:
+    line = info("rejected", rateLimitType="seven_day_opus", resetsAt=NOW + 86400)
+    line["unifiedWindows"]["five_hour"]["status"] = "allowed"
+    state = parse_rate_limit_info(line, "me", now=NOW)
+    # a Sonnet answer afterwards says "allowed": it does not lift the Opus week
+    later = parse_rate_limit_info(info("allowed"), "me", state, now=NOW + 5)
+    for st in (state, later):
+        for model in ("opus", "claude-opus-4-5", None):  # None: any model (what is held, shown)
+            block = block_of(st, allow_overage=True, now=NOW + 5, model=model)
+            assert block is not None and block.window == "seven_day_opus" and block.until == NOW + 86400
+        assert block_of(st, allow_overage=True, now=NOW + 5, model="sonnet") is None
+        assert block_of(st, allow_overage=True, now=NOW + 5, model="haiku") is None
+        assert block_of(st, allow_overage=True, now=NOW + 86401, model="opus") is None
+
+
 def test_overage_in_use_is_refused_before_the_next_call_when_not_allowed() -> None:
     state = parse_rate_limit_info(info("allowed", isUsingOverage=True, overageStatus="allowed"), "me", now=NOW)
     assert block_of(state, allow_overage=True, now=NOW) is None

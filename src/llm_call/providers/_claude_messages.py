@@ -197,7 +197,7 @@ class RunState:
         error = result_error(self.result, self.assistant_error, self.model, use_api_key=self.use_api_key)
         if isinstance(error, RateLimited):
             # the subscription refused: name the window and the time it resets
-            block = block_of(QUOTA.get(self.account), allow_overage=False)
+            block = block_of(QUOTA.get(self.account), allow_overage=False, model=self.model)
             if block is not None:
                 quota = exhausted_error(block, self.account, self.model)
                 return type(quota)(

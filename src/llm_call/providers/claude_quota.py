@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ..config import ClaudeConfig
 
 __all__ = [
+    "MODEL_WINDOWS",
     "QUOTA",
     "Admission",
     "Block",
@@ -216,22 +217,42 @@ class Block:
         return f"Claude subscription quota ({account}): {what}; it resets at {when}"
 
 
-def block_of(state: QuotaState | None, *, allow_overage: bool, now: float | None = None) -> Block | None:
-    """Whether the next call of ``state``'s account must wait, from the last state seen."""
+#: usage windows that meter one model family only (``rateLimitType`` values the CLI knows)
+MODEL_WINDOWS = {"seven_day_opus": "opus", "seven_day_sonnet": "sonnet"}
+
+
+def _meters(window: str, model: str | None) -> bool:
+    """Whether ``window`` limits calls of ``model`` (None: any model)."""
+    family = MODEL_WINDOWS.get(window)
+    return family is None or model is None or family in model.lower()
+
+
+def block_of(
+    state: QuotaState | None, *, allow_overage: bool, now: float | None = None, model: str | None = None
+) -> Block | None:
+    """Whether the next call of ``state``'s account must wait, from the last state seen.
+
+    ``model`` (the CLI's model name): a window of one model family (``seven_day_opus``) blocks
+    only that family's calls; None counts every window."""
     if state is None:
         return None
     now = time.time() if now is None else now
     rep = state.representative or "unified"
-    rejected: dict[str, float | None] = {}
     # only the top-level status refuses calls: a window alone may run past its cap while the
-    # subscription still serves (the CLI's own description of unifiedWindows)
+    # subscription still serves (the CLI's own description of unifiedWindows); a window of one
+    # model family is known only from a refusal of that family, which later answers for other
+    # models (status allowed) do not lift
+    rejected = {
+        name: w.resets_at
+        for name, w in state.windows.items()
+        if w.status == "rejected"
+        and w.resets_at is not None
+        and w.resets_at > now
+        and _meters(name, model)
+        and (state.status == "rejected" or name in MODEL_WINDOWS)
+    }
     if state.status == "rejected":
-        rejected = {
-            name: w.resets_at
-            for name, w in state.windows.items()
-            if w.status == "rejected" and w.resets_at is not None and w.resets_at > now
-        }
-        if state.resets_at is not None and state.resets_at > now:
+        if state.resets_at is not None and state.resets_at > now and _meters(rep, model):
             rejected.setdefault(rep if rep != "overage" else "unified", state.resets_at)
     overage_open = state.overage_status in _OPEN
     if not rejected:
@@ -426,7 +447,7 @@ async def admit(cfg: ClaudeConfig, model: str) -> Admission:
     one of ``slowdown_concurrency`` slots (per event loop). ``release()`` the result afterwards.
     """
     account = cfg.account
-    block = block_of(QUOTA.get(account), allow_overage=cfg.allow_overage)
+    block = block_of(QUOTA.get(account), allow_overage=cfg.allow_overage, model=model)
     if block is not None:
         emit("quota_blocked", window=block.window, until=block.until, reason=block.reason)
         raise exhausted_error(block, account, model)
@@ -440,7 +461,7 @@ async def admit(cfg: ClaudeConfig, model: str) -> Admission:
     emit("quota_slowdown", utilization=util, slowdown_at=cfg.slowdown_at, concurrency=cfg.slowdown_concurrency)
     await gate.acquire()
     admission = Admission(gate)
-    block = block_of(QUOTA.get(account), allow_overage=cfg.allow_overage)  # it may have changed meanwhile
+    block = block_of(QUOTA.get(account), allow_overage=cfg.allow_overage, model=model)  # it may have changed meanwhile
     if block is not None:
         admission.release()
         emit("quota_blocked", window=block.window, until=block.until, reason=block.reason)

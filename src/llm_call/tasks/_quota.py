@@ -5,7 +5,9 @@ The quota state itself is read and kept by :mod:`llm_call.providers.claude_quota
 
 - **Claims.** While the account's quota blocks calls (a window ``rejected`` until its reset, or
   only overage left with ``allow_overage = false``) the dispatcher claims no ``max/*`` task: they
-  stay ``queued``. Above ``slowdown_at`` it runs at most ``slowdown_concurrency`` of them.
+  stay ``queued`` (while only a window of one model family, ``seven_day_opus``, is used up:
+  only the routes of that family, ``max/*opus*``). Above ``slowdown_at`` it runs at most
+  ``slowdown_concurrency`` of them.
 - **A task that meets a used-up window** (:class:`~llm_call.errors.QuotaExhausted`, from the
   provider's check before the call or from the subscription's 429) follows
   ``on_quota_exhausted``:
@@ -45,7 +47,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import LLMCallError, QuotaExhausted, TaskStoreError, error_to_dict
 from ..providers.base import CLAUDE_ONLY_OPTIONS
-from ..providers.claude_quota import QUOTA, MetaStore, block_of, slow
+from ..providers.claude_quota import MODEL_WINDOWS, QUOTA, MetaStore, block_of, slow
 from ..types import Attempt, Response
 from .store import RequeuesWaiting, TaskStore
 
@@ -87,7 +89,8 @@ class QuotaScheduler:
         self._store: MetaStore | None = None
         self._requeues: tuple[TaskStore, RequeuesWaiting] | None = None
         self._refreshed = float("-inf")
-        self._hold_until = 0.0  # a wait this manager decided: hold max/* claims until then
+        # waits this manager decided: hold max/* claims (of one model family, or None: all) until then
+        self._hold_until: dict[str | None, float] = {}
 
     @property
     def active(self) -> bool:
@@ -132,9 +135,17 @@ class QuotaScheduler:
         cfg = self.cfg
         if cfg is None:
             return []
-        if time.time() < self._hold_until or block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage):
+        now = time.time()
+        state = QUOTA.get(cfg.account)
+        if now < self._hold_until.get(None, 0.0) or block_of(state, allow_overage=cfg.allow_overage, model=""):
             return list(MAX_ROUTES)
-        return []
+        held: list[str] = []
+        for family in dict.fromkeys(MODEL_WINDOWS.values()):  # a window of one model family: its routes
+            if now < self._hold_until.get(family, 0.0) or block_of(state, allow_overage=cfg.allow_overage, model=family):
+                held.append(f"max/*{family}*")
+                if family in cfg.default_model.lower():
+                    held.append("max")
+        return held
 
     def may_start_now(self, route: str) -> bool:
         """Whether a new task of ``route`` may skip the dispatcher (not while the quota holds
@@ -142,7 +153,8 @@ class QuotaScheduler:
         cfg = self.cfg
         if cfg is None or not is_max_route(route):
             return True
-        return not self.held() and slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None
+        held = self.held()
+        return not any(fnmatch.fnmatchcase(route, g) for g in held) and slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None
 
     def cap(self, pattern: str, running: int, room: int, hold: list[str]) -> int:
         """How many tasks of the route-limit ``pattern`` may start, of ``room``: none of a
@@ -150,8 +162,8 @@ class QuotaScheduler:
         cfg = self.cfg
         if cfg is None or room <= 0 or not any(fnmatch.fnmatchcase(pattern, g) for g in MAX_ROUTES):
             return room
-        if hold:
-            return 0
+        if set(MAX_ROUTES) <= set(hold):
+            return 0  # (a hold of one model family's routes is excluded from the claim instead)
         if slow(QUOTA.get(cfg.account), cfg.slowdown_at) is None:
             return room
         return min(room, cfg.slowdown_concurrency - running)
@@ -245,7 +257,8 @@ class QuotaScheduler:
         progress["waiting"] = waiting
         note("quota_wait", {**info, "until": until, "reason": reason})
         decisions.append(self._attempt("quota_wait", model, exc))
-        self._hold_until = max(self._hold_until, until, time.time() + _MIN_WAIT_S)
+        scope = MODEL_WINDOWS.get(exc.window or "")
+        self._hold_until[scope] = max(self._hold_until.get(scope, 0.0), until, time.time() + _MIN_WAIT_S)
         _log.info("task waits for the Claude quota (%s window) until %s", exc.window, time.ctime(until))
         if requeue is not None:
             carry = {"attempts": [a.to_dict() for a in decisions], "waiting": waiting}
