@@ -176,7 +176,7 @@ async def test_a_task_falls_back_to_quota_fallback(
         claude={"on_quota_exhausted": "fallback", "quota_fallback": "openai/backup"},
     )
     reset = time.time() + 3600
-    script = [Reply(fault=Fault.http(429), headers=rejected(reset)), Reply(text="from the API route")]
+    script = [Reply(fault=Fault.http(429), headers=rejected(reset)), Reply(text="from the API route", times=2)]
     async with ScriptedLLMServer(script) as srv:
         claude_env.use_subscription(srv)
         monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
@@ -190,6 +190,11 @@ async def test_a_task_falls_back_to_quota_fallback(
         events = [e async for e in mgr.events(task_id)]
         fallback = next(e for e in events if e.kind == "quota_fallback")
         assert fallback.data["to_model"] == "openai/backup" and fallback.data["window"] == "five_hour"
+        # the window stays used up for an hour: later max/* tasks fall back too, rather than wait
+        # in the queue for the reset
+        later = await mgr.submit({"model": "max/sonnet", "prompt": "later"})
+        assert (await result_of(mgr, later)).text == "from the API route"
+        assert [r.api for r in srv.requests if r.method == "POST"] == ["anthropic", "openai", "openai"]
 
 
 async def test_fail_policy_fails_the_task_with_the_window(

@@ -86,6 +86,8 @@ async def _quota_hold(manager: TaskManager) -> dict[str, Any] | None:
     if not hasattr(manager.store, "read_meta"):
         return None
     cfg = manager.settings.claude
+    if cfg.on_quota_exhausted != "wait":
+        return None  # tasks fall back or fail at once: none is held
     await QUOTA.refresh(manager.store)  # type: ignore[arg-type]
     block = block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage)
     return None if block is None else {"window": block.window, "until": block.until, "reason": block.reason}

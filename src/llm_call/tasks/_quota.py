@@ -3,11 +3,13 @@
 The quota state itself is read and kept by :mod:`llm_call.providers.claude_quota` (every
 ``rate_limit_event`` of the CLI, shared through the task store). The task manager acts on it:
 
-- **Claims.** While the account's quota blocks calls (a window ``rejected`` until its reset, or
-  only overage left with ``allow_overage = false``) the dispatcher claims no ``max/*`` task: they
-  stay ``queued`` (while only a window of one model family, ``seven_day_opus``, is used up:
-  only the routes of that family, ``max/*opus*``). Above ``slowdown_at`` it runs at most
-  ``slowdown_concurrency`` of them.
+- **Claims.** With ``on_quota_exhausted = "wait"``, while the account's quota blocks calls (a
+  window ``rejected`` until its reset, or only overage left with ``allow_overage = false``) the
+  dispatcher claims no ``max/*`` task: they stay ``queued`` (while only a window of one model
+  family, ``seven_day_opus``, is used up: only the routes of that family, ``max/*opus*``). With
+  ``"fallback"`` or ``"fail"`` nothing is held: each task is claimed and falls back or fails at
+  once, as its policy says. Above ``slowdown_at`` a worker runs at most ``slowdown_concurrency``
+  of them.
 - **A task that meets a used-up window** (:class:`~llm_call.errors.QuotaExhausted`, from the
   provider's check before the call or from the subscription's 429) follows
   ``on_quota_exhausted``:
@@ -133,8 +135,8 @@ class QuotaScheduler:
     def held(self) -> list[str]:
         """:meth:`hold` from the state known in this process."""
         cfg = self.cfg
-        if cfg is None:
-            return []
+        if cfg is None or cfg.on_quota_exhausted != "wait":
+            return []  # "fallback" and "fail" act on each task at once: holding them would make them wait
         now = time.time()
         state = QUOTA.get(cfg.account)
         if now < self._hold_until.get(None, 0.0) or block_of(state, allow_overage=cfg.allow_overage, model=""):
