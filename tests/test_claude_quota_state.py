@@ -19,6 +19,7 @@ from llm_call.providers.claude_quota import (
     QuotaState,
     block_of,
     parse_rate_limit_info,
+    quota_report,
     record_rate_limit_event,
     slow,
 )
@@ -181,3 +182,50 @@ async def test_a_worker_holds_max_tasks_while_another_process_saw_the_window_use
             assert (await mgr.status(other_route)).status is TaskStatus.SUCCEEDED
             assert (await mgr.status(held)).status is TaskStatus.QUEUED  # no CLI was started for it
             assert len(srv.requests) == 1
+
+
+def test_a_window_past_its_reset_is_shown_as_reset_not_as_its_last_reading(tmp_path: Path) -> None:
+    """The state keeps the last reading until the next call reports a new one; once a window's
+    reset has passed, what shows it (/v1/usage/quota, the gauges, llm-call quota and doctor)
+    must not go on saying "rejected, 100%"."""
+    from llm_call.cli._quota import quota_line
+    from llm_call.server._metrics import ServerMetrics
+
+    now = time.time()
+    line = info("rejected", resetsAt=now - 5)
+    line["unifiedWindows"] = {
+        "five_hour": {"utilization": 1.0, "resetsAt": now - 5, "status": "rejected"},
+        "seven_day": {"utilization": 0.4, "resetsAt": now + 86400, "status": "allowed"},
+    }
+    state = parse_rate_limit_info(line, "me", now=now - 60)
+    (row,) = quota_report({"me": state}, True, 0.9)
+    assert row["reset"] is True and row["blocked"] is None
+    assert row["windows"]["five_hour"]["reset"] is True and row["windows"]["seven_day"]["reset"] is False
+    metrics = ServerMetrics()
+    metrics.set_quota([row])
+    text = metrics.render().decode()
+    assert 'llm_call_claude_quota_status{account="me",window="overall"} 0.0' in text
+    assert 'llm_call_claude_quota_status{account="me",window="five_hour"} 0.0' in text
+    assert 'llm_call_claude_quota_utilization{account="me",window="five_hour"} 0.0' in text
+    assert 'llm_call_claude_quota_utilization{account="me",window="seven_day"} 0.4' in text
+    ok, detail = quota_line([row])
+    assert ok is True and "five_hour reset" in detail and "100%" not in detail and "seven_day 40%" in detail
+
+    from typer.testing import CliRunner
+
+    from llm_call.cli import app
+    from llm_call.providers.claude_quota import META_PREFIX
+
+    async def store_it() -> None:
+        store = await open_store(str(tmp_path / "tasks.db"))
+        try:
+            await store.put_meta(META_PREFIX + "me", state.to_dict())  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    asyncio.run(store_it())
+    QUOTA.clear()
+    out = CliRunner().invoke(app, ["quota", "--tasks", str(tmp_path / "tasks.db")])
+    assert out.exit_code == 0, out.output
+    five = next(line for line in out.output.splitlines() if "five_hour" in line)
+    assert "reset (was rejected)" in five and "100" not in five

@@ -73,7 +73,9 @@ def quota_line(rows: list[dict[str, Any]]) -> tuple[bool | None, str]:
             parts.append(f"{row['account']}: {b['window']} used up ({b['reason']}), resets in {_in(b['until'] - time.time())}")
             continue
         windows = ", ".join(
-            f"{name} {w['utilization'] * 100:.0f}%" for name, w in row["windows"].items() if w["utilization"] is not None
+            f"{name} reset" if w.get("reset") else f"{name} {w['utilization'] * 100:.0f}%"
+            for name, w in row["windows"].items()
+            if w["utilization"] is not None or w.get("reset")
         )
         parts.append(f"{row['account']}: {windows or row['status']}" + (" (slowed down)" if row["slowed"] else ""))
     return ok, "; ".join(parts)
@@ -103,7 +105,10 @@ def register(app: typer.Typer) -> None:
             for row in rows:
                 table = Table("window", "utilization", "status", "resets in", title=f"Claude quota: {row['account']}")
                 for name, w in row["windows"].items():
-                    table.add_row(name, _bar(w["utilization"]), w["status"] or "-", _in(w["resets_in_s"]))
+                    if w.get("reset"):  # the reading is from before its reset: the next call reports anew
+                        table.add_row(name, _bar(None), f"reset (was {w['status'] or '-'})", "-")
+                    else:
+                        table.add_row(name, _bar(w["utilization"]), w["status"] or "-", _in(w["resets_in_s"]))
                 console.print(table)
                 over = row["overage"]
                 extra = f"overage: {over['status'] or '-'}"

@@ -290,14 +290,18 @@ def exhausted_error(block: Block, account: str, model: str, *, now: float | None
 
 def quota_report(states: Mapping[str, QuotaState], allow_overage: bool, slowdown_at: float) -> list[dict[str, Any]]:
     """Each account's state with what it means now (``GET /v1/usage/quota``, ``llm-call quota``):
-    ``resets_in_s`` per window, ``blocked`` (window, until, reason) and ``slowed``."""
+    ``resets_in_s`` per window, ``blocked`` (window, until, reason) and ``slowed``. ``reset``
+    (per window, and for the account's ``status``): its reset has passed since the reading, so
+    the figures are from the window before (the next call reports the new one)."""
     now = time.time()
     rows = []
     for account in sorted(states):
         state = states[account]
         row = state.to_dict()
+        row["reset"] = state.resets_at is not None and state.resets_at <= now
         for w in row["windows"].values():
             w["resets_in_s"] = None if w["resets_at"] is None else max(w["resets_at"] - now, 0.0)
+            w["reset"] = w["resets_at"] is not None and w["resets_at"] <= now
         block = block_of(state, allow_overage=allow_overage, now=now)
         row["blocked"] = None if block is None else {"window": block.window, "until": block.until, "reason": block.reason}
         row["slowed"] = slow(state, slowdown_at, now=now) is not None

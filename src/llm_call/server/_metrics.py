@@ -218,16 +218,21 @@ class ServerMetrics:
                 self.breakers.labels(route).set(value)
 
     def set_quota(self, rows: list[dict[str, Any]]) -> None:
-        """Gauges from ``GET /v1/usage/quota`` rows (window ``overall``: the account's status)."""
+        """Gauges from ``GET /v1/usage/quota`` rows (window ``overall``: the account's status).
+        A window whose reset has passed since its reading starts over: 0 and allowed."""
         for row in rows:
             account = str(row.get("account"))
-            self.quota_status.labels(account, "overall").set(_QUOTA_STATUS.get(str(row.get("status")), 0))
+            overall = 0 if row.get("reset") else _QUOTA_STATUS.get(str(row.get("status")), 0)
+            self.quota_status.labels(account, "overall").set(overall)
             for name, w in (row.get("windows") or {}).items():
-                if w.get("utilization") is not None:
+                if w.get("reset"):
+                    self.quota_utilization.labels(account, name).set(0.0)
+                elif w.get("utilization") is not None:
                     self.quota_utilization.labels(account, name).set(w["utilization"])
                 if w.get("resets_at") is not None:
                     self.quota_resets.labels(account, name).set(w["resets_at"])
-                self.quota_status.labels(account, name).set(_QUOTA_STATUS.get(str(w.get("status")), 0))
+                status = 0 if w.get("reset") else _QUOTA_STATUS.get(str(w.get("status")), 0)
+                self.quota_status.labels(account, name).set(status)
 
     def set_claude_pool(self, pool: dict[str, Any]) -> None:
         """Gauges from ``llm_call.providers.claude_cli.pool_state()``."""
