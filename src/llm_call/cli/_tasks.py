@@ -9,6 +9,7 @@ failed (or is not done), 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import json
 import logging
 import sys
@@ -68,7 +69,7 @@ def _record_summary(rec: TaskRecord, held: dict[str, Any] | None = None) -> str:
     waiting = prog.get("waiting") if not rec.status.is_final else None
     if isinstance(waiting, dict):
         bits.append(f"waiting for the Claude quota ({waiting.get('window')}) until {_when(waiting.get('until'))}")
-    elif held and rec.status is TaskStatus.QUEUED and (rec.route == "max" or rec.route.startswith("max/")):
+    elif held and rec.status is TaskStatus.QUEUED and any(fnmatch.fnmatchcase(rec.route, g) for g in held["routes"]):
         bits.append(f"held: Claude quota {held['window']} used up ({held['reason']}) until {_when(held['until'])}")
     if prog.get("attempt"):
         bits.append(f"attempt {prog['attempt']}")
@@ -82,6 +83,7 @@ def _record_summary(rec: TaskRecord, held: dict[str, Any] | None = None) -> str:
 async def _quota_hold(manager: TaskManager) -> dict[str, Any] | None:
     """The quota block of the configured account, from the store (None: max/* may run)."""
     from ..providers.claude_quota import QUOTA, block_of
+    from ..tasks._quota import QuotaScheduler
 
     if not hasattr(manager.store, "read_meta"):
         return None
@@ -90,7 +92,12 @@ async def _quota_hold(manager: TaskManager) -> dict[str, Any] | None:
         return None  # tasks fall back or fail at once: none is held
     await QUOTA.refresh(manager.store)  # type: ignore[arg-type]
     block = block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage)
-    return None if block is None else {"window": block.window, "until": block.until, "reason": block.reason}
+    if block is None:
+        return None
+    scheduler = QuotaScheduler()
+    scheduler.cfg = cfg
+    # the routes a worker holds (a used-up Opus week holds only the opus routes)
+    return {"window": block.window, "until": block.until, "reason": block.reason, "routes": scheduler.held()}
 
 
 def _print_outcome(rec: TaskRecord, as_json: bool) -> None:
