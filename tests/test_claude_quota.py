@@ -166,6 +166,37 @@ async def test_a_background_task_waits_for_the_reset_then_completes(
         assert rec.status is TaskStatus.SUCCEEDED and not rec.progress.get("waiting")
 
 
+async def test_tasks_held_in_the_queue_say_why_and_until_when(
+    claude_env: ClaudeEnv, managers: Callable[..., Awaitable[TaskManager]], use_settings: Callable[..., Any]
+) -> None:
+    """Not only the task that met the used-up window waits: every max/* task queued behind it
+    is held until the reset, and its record (GET /v1/tasks/{id}, /ui) says so."""
+    use_settings(retry={"max_retries": 0}, tasks={"heartbeat_s": 0.2})
+    reset = int(time.time()) + 3600
+    async with _closing_providers(), ScriptedLLMServer([Reply(fault=Fault.http(429), headers=rejected(reset))]) as srv:
+        claude_env.use_subscription(srv)
+        mgr = await managers(concurrency=1)
+        first = await mgr.submit({"model": "max/sonnet", "prompt": "first"})
+
+        async def first_waits() -> bool:
+            return bool((await mgr.status(first)).progress.get("waiting"))
+
+        await _poll(first_waits, "the first task waits")
+        behind = await mgr.submit({"model": "max/sonnet", "prompt": "behind"})
+        other = await mgr.submit({"model": "openai/x", "prompt": "other"}, reserve=False)
+        for rec in [await mgr.status(behind), *(await mgr.list_tasks(TaskStatus.QUEUED))]:
+            if rec.id == other:
+                assert not rec.progress.get("waiting")
+                continue
+            assert rec.status is TaskStatus.QUEUED, rec.id
+            waiting = rec.progress.get("waiting")
+            assert waiting and waiting["window"] == "five_hour" and waiting["until"] == reset, (rec.id, rec.progress)
+            assert "five_hour" in waiting["reason"]
+        assert len(messages(srv)) == 1
+        for task_id in (first, behind, other):
+            await mgr.cancel(task_id)
+
+
 async def test_a_task_falls_back_to_quota_fallback(
     claude_env: ClaudeEnv,
     managers: Callable[..., Awaitable[TaskManager]],
@@ -285,8 +316,9 @@ async def test_a_used_up_opus_week_stops_opus_calls_only(
         rec = await mgr.status(opus_task)
         assert rec.status is TaskStatus.QUEUED  # held until the Opus week resets
         assert [e.kind async for e in mgr.events(opus_task, follow=False)] == ["queued"]  # never claimed meanwhile
+        assert rec.progress["waiting"]["window"] == "seven_day_opus"
         held = await _quota_hold(mgr)  # what llm-call tasks list says
-        assert "held: Claude quota seven_day_opus used up" in _record_summary(rec, held)
+        assert "held: Claude quota seven_day_opus used up" in _record_summary(TaskRecord("tk_y", TaskStatus.QUEUED, {}, route="max/opus"), held)
         assert "held" not in _record_summary(TaskRecord("tk_x", TaskStatus.QUEUED, {}, route="max/sonnet"), held)
         assert [r.last_user_text for r in messages(srv)] == ["opus one", "sonnet one", "sonnet task"]
 

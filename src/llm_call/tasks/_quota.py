@@ -149,6 +149,23 @@ class QuotaScheduler:
                     held.append("max")
         return held
 
+    def waiting_of(self, route: str) -> dict[str, Any] | None:
+        """Why a queued task of ``route`` is not claimed now, as ``progress.waiting`` shows it
+        (``reason``, ``window``, ``until``), or None when nothing holds it."""
+        cfg = self.cfg
+        if cfg is None or not is_max_route(route) or not any(fnmatch.fnmatchcase(route, g) for g in self.held()):
+            return None
+        model = route.split("/", 1)[1] if "/" in route else cfg.default_model
+        block = block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage, model=model)
+        if block is not None:
+            window: str | None = block.window
+            until = block.until
+        else:  # held by a wait this manager decided
+            scopes = [None, *(f for f in MODEL_WINDOWS.values() if f in model.lower())]
+            window, until = None, max(self._hold_until.get(f, 0.0) for f in scopes)
+        reason = f"Claude subscription quota: the {window or 'usage'} window is used up (held in the queue)"
+        return {"reason": reason, "window": window, "until": until}
+
     def may_start_now(self, route: str) -> bool:
         """Whether a new task of ``route`` may skip the dispatcher (not while the quota holds
         or slows ``max/*``)."""

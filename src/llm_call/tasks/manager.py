@@ -341,6 +341,15 @@ class TaskManager(TaskExecutor):
         rec = await self.store.get(task_id)
         if rec is None:
             raise TaskNotFound(f"no task {task_id} in {self.store.url}", task_id=task_id)
+        return self._show_quota_hold(rec)
+
+    def _show_quota_hold(self, rec: TaskRecord) -> TaskRecord:
+        """A queued ``max/*`` task the quota holds shows why in ``progress.waiting`` (as the task
+        that met the used-up window does), though it never ran."""
+        if rec.status is TaskStatus.QUEUED and not rec.progress.get("waiting"):
+            waiting = self._quota.waiting_of(rec.route)
+            if waiting is not None:
+                rec.progress = {**rec.progress, "waiting": waiting}
         return rec
 
     async def result(self, task_id: str) -> Response:
@@ -368,8 +377,10 @@ class TaskManager(TaskExecutor):
                     f"unknown task status {status!r}; one of {', '.join(s.value for s in TaskStatus)}"
                 ) from None
         if tenant is not None:
-            return await self.store.list_tasks(status=status, limit=limit, before=before, route=route, tenant=tenant)
-        return await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
+            records = await self.store.list_tasks(status=status, limit=limit, before=before, route=route, tenant=tenant)
+        else:
+            records = await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
+        return [self._show_quota_hold(r) for r in records]
 
     async def workers_alive(self) -> list[WorkerInfo]:
         """Workers (and servers, managers) with a recent heartbeat."""
