@@ -414,3 +414,25 @@ def test_a_pool_left_on_a_finished_event_loop_is_killed_by_the_next_loop(
             seen.append(set(claude_env.processes()))
         assert all(len(s) <= 1 for s in seen), seen  # the previous loop's process was killed
         asyncio.run(close_providers())
+
+
+def test_a_program_that_exits_without_closing_the_providers_leaves_nothing_behind(
+    claude_env: ClaudeEnv, tmp_path: Path
+) -> None:
+    """``llm-call worker``, ``llm-call ask`` and scripts end with ``asyncio.run`` returning, never
+    closing the providers: the pooled process and its workspace must not outlive the program."""
+    import subprocess
+    import sys
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    program = "import asyncio, llm_call; print(asyncio.run(llm_call.acall('max/sonnet', 'hi')).text)"
+    with ScriptedLLMServer(default=Reply(text="pooled", times=None)).running() as srv:
+        claude_env.use_server(srv)
+        env = {**os.environ, "LLM_CALL_CLAUDE_POOL_SIZE": "1", "TMPDIR": str(scratch)}
+        done = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "pooled"
+    assert not claude_env.processes()
+    assert not list(scratch.glob("llm-call-claude-pool-*"))
+

@@ -18,12 +18,14 @@ another process), and to make room for another key (``evicted``). At most
 own that is stopped afterwards (``overflow``). :func:`pool_state` sums every live pool for the
 server (``GET /v1/claude/pool``, ``/metrics``).
 
-One pool per event loop: a process's pipes belong to the loop that started it.
+One pool per event loop: a process's pipes belong to the loop that started it. At interpreter
+exit every pool still open is killed (:meth:`ClaudePool.kill_now`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import json
@@ -75,6 +77,14 @@ def pool_key(sdk_options: dict[str, Any], environ: dict[str, str] | None = None)
 
 
 _pools: weakref.WeakSet[ClaudePool] = weakref.WeakSet()
+
+
+@atexit.register
+def _kill_pools_at_exit() -> None:
+    """A program that ends without closing the providers (``asyncio.run`` returned, as in
+    ``llm-call worker`` or a script) leaves no pooled process or workspace behind."""
+    for pool in list(_pools):
+        pool.kill_now()
 
 
 def pool_state() -> dict[str, Any]:
