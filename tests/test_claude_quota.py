@@ -18,7 +18,7 @@ import pytest
 
 import llm_call
 from llm_call.cli._tasks import _quota_hold, _record_summary
-from llm_call.errors import QuotaExhausted, RateLimited
+from llm_call.errors import ProviderTimeout, QuotaExhausted, RateLimited
 from llm_call.providers.claude_cli import pool_state
 from llm_call.providers.claude_quota import QUOTA
 from llm_call.providers.router import close_providers
@@ -393,3 +393,34 @@ async def test_above_slowdown_at_max_tasks_run_one_at_a_time(
             events = [e async for e in mgr.events(task_id)]
             slowdown = next(e for e in events if e.kind == "quota_slowdown")
             assert slowdown.data["utilization"] >= 0.95 and slowdown.data["concurrency"] == 1
+
+
+async def test_a_call_waiting_for_a_slowdown_slot_keeps_its_timeout(
+    claude_env: ClaudeEnv, use_settings: Callable[..., Any]
+) -> None:
+    """Above slowdown_at one max/* call runs at a time; another one that waits for it must still
+    end at its own timeout, not whenever the running one (an agent, hours) is done."""
+    use_settings(retry={"max_retries": 0}, claude={"slowdown_at": 0.9})
+    script = [
+        Reply(match_text="learn", text="first", headers=warning(time.time(), util=0.95)),
+        Reply(match_text="long", fault=Fault.hang()),
+    ]
+    async with _closing_providers(), ScriptedLLMServer(script) as srv:
+        claude_env.use_subscription(srv)
+        assert (await llm_call.acall("max/sonnet", "learn the quota")).text == "first"
+        long = asyncio.create_task(llm_call.acall("max/sonnet", "long one", retry=False))
+        try:
+            await _poll(lambda: _count(srv, 2), "the long call reaches the upstream")
+            with pytest.raises(ProviderTimeout) as info:
+                await asyncio.wait_for(llm_call.acall("max/sonnet", "short", timeout=1, retry=False), 20)
+            assert "slowdown_at" in str(info.value)
+        finally:
+            long.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await long
+        assert len(messages(srv)) == 2  # the short call never started a CLI
+
+
+async def _count(srv: ScriptedLLMServer, n: int) -> bool:
+    return len(messages(srv)) >= n
+

@@ -166,7 +166,7 @@ class ClaudeCLIProvider:
             ) from None
         admission = Admission(None)
         try:
-            admission = await admit(self._cfg, plan.model)  # QuotaExhausted, or a slowdown slot
+            admission = await admit(self._cfg, plan.model, deadline)  # QuotaExhausted, or a slowdown slot
             stderr: deque[str] = deque(maxlen=_STDERR_LINES)
             state = RunState(plan.model, self._cfg.use_api_key, stderr, self._cfg.account)
             limits = Limits(self._cfg.idle_timeout, self._cfg.exit_timeout, deadline)

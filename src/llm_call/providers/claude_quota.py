@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._progress import emit
-from ..errors import QuotaExhausted
+from ..errors import ProviderTimeout, QuotaExhausted
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
@@ -444,11 +444,12 @@ class Admission:
             gate.release()
 
 
-async def admit(cfg: ClaudeConfig, model: str) -> Admission:
+async def admit(cfg: ClaudeConfig, model: str, deadline: float | None = None) -> Admission:
     """Check the account's quota before a ``max/*`` call (see the module docstring).
 
     Raises :class:`QuotaExhausted` when the call must not go; above ``slowdown_at`` waits for
-    one of ``slowdown_concurrency`` slots (per event loop). ``release()`` the result afterwards.
+    one of ``slowdown_concurrency`` slots (per event loop), until ``deadline`` (``loop.time()``,
+    the call's timeout) at most: then :class:`ProviderTimeout`. ``release()`` the result afterwards.
     """
     account = cfg.account
     block = block_of(QUOTA.get(account), allow_overage=cfg.allow_overage, model=model)
@@ -463,7 +464,17 @@ async def admit(cfg: ClaudeConfig, model: str) -> Admission:
     if gate is None:
         gate = gates[account] = asyncio.Semaphore(cfg.slowdown_concurrency)
     emit("quota_slowdown", utilization=util, slowdown_at=cfg.slowdown_at, concurrency=cfg.slowdown_concurrency)
-    await gate.acquire()
+    try:
+        async with asyncio.timeout_at(deadline):
+            await gate.acquire()
+    except TimeoutError:
+        raise ProviderTimeout(
+            f"no max/* slot within the call's timeout: the subscription's utilization ({util:.0%}) is above "
+            f"claude.slowdown_at ({cfg.slowdown_at}), where at most {cfg.slowdown_concurrency} call(s) run at once",
+            hint="raise timeout=, claude.slowdown_at or claude.slowdown_concurrency",
+            provider="max",
+            model=model,
+        ) from None
     admission = Admission(gate)
     block = block_of(QUOTA.get(account), allow_overage=cfg.allow_overage, model=model)  # it may have changed meanwhile
     if block is not None:
