@@ -229,3 +229,27 @@ def test_a_window_past_its_reset_is_shown_as_reset_not_as_its_last_reading(tmp_p
     assert out.exit_code == 0, out.output
     five = next(line for line in out.output.splitlines() if "five_hour" in line)
     assert "reset (was rejected)" in five and "100" not in five
+
+
+def test_a_used_up_model_week_holds_the_routes_of_that_family_only() -> None:
+    """What the dispatcher holds matches what the provider refuses (a model name of either
+    case), so a held task is never claimed just to be refused and requeued again."""
+    import fnmatch
+
+    from llm_call.config import ClaudeConfig
+    from llm_call.tasks._quota import QuotaScheduler
+
+    line = info("rejected", rateLimitType="seven_day_opus", resetsAt=time.time() + 86400)
+    line["unifiedWindows"]["five_hour"]["status"] = "allowed"
+    line["unifiedWindows"]["five_hour"]["resetsAt"] = time.time() + 3600
+    QUOTA.observe(line, "default")
+    scheduler = QuotaScheduler()
+    scheduler.cfg = ClaudeConfig(default_model="opus")
+    held = scheduler.held()
+    for route, is_held in [("max/opus", True), ("max/Claude-OPUS-4", True), ("max", True), ("max/sonnet", False), ("max/haiku", False)]:
+        assert any(fnmatch.fnmatchcase(route, g) for g in held) is is_held, route
+        model = route.split("/", 1)[1] if "/" in route else "opus"
+        assert (block_of(QUOTA.get("default"), allow_overage=True, model=model) is not None) is is_held, route
+        assert (scheduler.waiting_of(route) is not None) is is_held, route
+    scheduler.cfg = ClaudeConfig(default_model="sonnet", on_quota_exhausted="fallback", quota_fallback="openai/x")
+    assert scheduler.held() == []  # fallback and fail hold nothing

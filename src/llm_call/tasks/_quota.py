@@ -144,7 +144,8 @@ class QuotaScheduler:
         held: list[str] = []
         for family in dict.fromkeys(MODEL_WINDOWS.values()):  # a window of one model family: its routes
             if now < self._hold_until.get(family, 0.0) or block_of(state, allow_overage=cfg.allow_overage, model=family):
-                held.append(f"max/*{family}*")
+                # either case, in fnmatch and SQLite GLOB alike, as block_of compares model names
+                held.append("max/*" + "".join(f"[{c.lower()}{c.upper()}]" for c in family) + "*")
                 if family in cfg.default_model.lower():
                     held.append("max")
         return held
