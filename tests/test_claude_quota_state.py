@@ -243,6 +243,8 @@ def test_a_used_up_model_week_holds_the_routes_of_that_family_only() -> None:
     line["unifiedWindows"]["five_hour"]["status"] = "allowed"
     line["unifiedWindows"]["five_hour"]["resetsAt"] = time.time() + 3600
     QUOTA.observe(line, "default")
+    (row,) = quota_report(QUOTA.all(), True, 0.9)  # /v1/usage/quota, llm-call quota
+    assert row["blocked"]["window"] == "seven_day_opus" and row["blocked"]["models"] == "opus"
     scheduler = QuotaScheduler()
     scheduler.cfg = ClaudeConfig(default_model="opus")
     held = scheduler.held()

@@ -119,8 +119,9 @@ def register(app: typer.Typer) -> None:
                 console.print(extra, markup=False, highlight=False)
                 if row["blocked"]:
                     b = row["blocked"]
+                    which = f"max/* calls of {b['models']} models" if b.get("models") else "max/* calls"
                     console.print(
-                        f"max/* calls wait: {b['window']} used up ({b['reason']}), resets in {_in(b['until'] - time.time())}",
+                        f"{which} wait: {b['window']} used up ({b['reason']}), resets in {_in(b['until'] - time.time())}",
                         markup=False, highlight=False,
                     )
                 elif row["slowed"]:

@@ -290,7 +290,8 @@ def exhausted_error(block: Block, account: str, model: str, *, now: float | None
 
 def quota_report(states: Mapping[str, QuotaState], allow_overage: bool, slowdown_at: float) -> list[dict[str, Any]]:
     """Each account's state with what it means now (``GET /v1/usage/quota``, ``llm-call quota``):
-    ``resets_in_s`` per window, ``blocked`` (window, until, reason) and ``slowed``. ``reset``
+    ``resets_in_s`` per window, ``blocked`` (window, until, reason, and ``models``: the one
+    model family it blocks, or None for all) and ``slowed``. ``reset``
     (per window, and for the account's ``status``): its reset has passed since the reading, so
     the figures are from the window before (the next call reports the new one)."""
     now = time.time()
@@ -303,7 +304,11 @@ def quota_report(states: Mapping[str, QuotaState], allow_overage: bool, slowdown
             w["resets_in_s"] = None if w["resets_at"] is None else max(w["resets_at"] - now, 0.0)
             w["reset"] = w["resets_at"] is not None and w["resets_at"] <= now
         block = block_of(state, allow_overage=allow_overage, now=now)
-        row["blocked"] = None if block is None else {"window": block.window, "until": block.until, "reason": block.reason}
+        row["blocked"] = None
+        if block is not None:
+            # only one model family's calls when no window of all models blocks ("opus")
+            only = None if block_of(state, allow_overage=allow_overage, now=now, model="") else MODEL_WINDOWS.get(block.window)
+            row["blocked"] = {"window": block.window, "until": block.until, "reason": block.reason, "models": only}
         row["slowed"] = slow(state, slowdown_at, now=now) is not None
         rows.append(row)
     return rows
