@@ -244,6 +244,26 @@ async def test_a_dead_writer_thread_fails_pending_and_later_writes(tmp_path: Pat
         await asyncio.wait_for(store.close(), 10)
 
 
+async def test_a_writer_that_dies_mid_transaction_releases_the_write_lock(tmp_path: Path) -> None:
+    # the writer dies inside a batch's BEGIN IMMEDIATE: other processes on the file must still
+    # write (their workers, heartbeats and submits), not wait out the busy timeout for ever
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    try:
+        pending = [store.submit(_task(i)) for i in range(3)]
+        await asyncio.wait_for(asyncio.gather(*pending, store._write(_kill_writer), return_exceptions=True), 10)
+        assert store.broken() is not None
+        other = sqlite3.connect(tmp_path / "tasks.db", timeout=2.0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # before the fix: "database is locked" until close()
+            other.execute("UPDATE tasks SET priority = priority")
+            other.execute("COMMIT")
+        finally:
+            other.close()
+    finally:
+        await asyncio.wait_for(store.close(), 10)
+
+
 async def test_a_worker_on_a_broken_store_stops_with_the_error(tmp_path: Path) -> None:
     from llm_call.tasks.worker import run_worker
 

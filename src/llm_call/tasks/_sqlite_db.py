@@ -10,7 +10,9 @@ and its operations are replayed one per transaction, so only the faulty one fail
 If the writer thread itself dies (a ``ROLLBACK`` that raises, any ``BaseException`` out of a
 batch), the database is **broken**: the writes it held and every write queued or made later fail
 at once with :class:`~llm_call.errors.TaskStoreError` (never wait forever), and :attr:`broken`
-says why, so ``/health`` answers 503 and a worker exits for its supervisor to restart it.
+says why, so ``/health`` answers 503 and a worker exits for its supervisor to restart it. Its
+connection is closed as it dies, so a transaction it was inside does not keep the file's write
+lock from the other processes.
 """
 
 from __future__ import annotations
@@ -181,11 +183,25 @@ class GroupCommitDB:
                 "no write can be made until the process restarts"
             )
             _log.critical("%s", self.broken, exc_info=True)
+            self._release_lock()
             self._deliver([(fut, loop, None, self.broken) for _, fut, loop in self._in_hand])
             # stay to fail what was handed over meanwhile (racing with ``broken`` being set),
             # until close() sends the sentinel
             while (nxt := self._queue.get()) is not None:
                 self._deliver([(fut, loop, None, self.broken) for _, fut, loop in nxt])
+
+    def _release_lock(self) -> None:
+        """Close the dead writer's connection: it may have died inside ``BEGIN IMMEDIATE`` (or
+        after a ``ROLLBACK`` that raised), and an open transaction keeps the file's write lock,
+        so every other process's writes would fail after the busy timeout until this one exits.
+        Closing rolls back whatever it held."""
+        conn = self._wconn
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except sqlite3.Error as exc:  # dying anyway; the lock goes when the process does
+            _log.error("task store %s: closing the dead writer's connection failed: %s", self.path, exc)
 
     def _apply_batches(self) -> None:
         assert self._wconn is not None
