@@ -495,3 +495,111 @@ async def test_redis_cancel_and_events_are_pushed_not_polled(
             await client_store.close()
     assert rec.status is TaskStatus.CANCELLED
     assert seen[0] == "queued" and "started" in seen and seen[-1] == "cancelled"
+
+
+async def test_redis_pushed_notices_come_back_after_the_pubsub_connection_drops(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import redis.asyncio as aioredis
+
+    settings = Settings.model_validate(
+        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": 60.0}}
+    )
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    url = f"{redis_server.url}?prefix={prefix}"
+    admin = aioredis.from_url(redis_server.url, decode_responses=True)
+
+    async def subscribed(channel: str) -> bool:
+        for _ in range(200):
+            if dict(await admin.pubsub_numsub(channel)).get(channel) == 1:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        worker_store, client_store = await open_store(url), await open_store(url)
+        try:
+            async with (
+                TaskManager(worker_store, claims="all", settings=settings) as worker,
+                TaskManager(client_store, execute=False, settings=settings) as client,
+            ):
+                await worker.start()
+                task_id = await client.submit({"model": MODEL, "prompt": "hang"})
+                seen: list[str] = []
+
+                async def follow() -> None:
+                    async for ev in client.events(task_id):
+                        seen.append(ev.kind)
+
+                follower = asyncio.create_task(follow())
+                for _ in range(400):  # the worker's call is in flight
+                    if srv.in_flight == 1:
+                        break
+                    await asyncio.sleep(0.025)
+                assert srv.in_flight == 1
+                cancel_channel, events_channel = f"{prefix}:cancel:{worker.worker_id}", f"{prefix}:ev:{task_id}"
+                assert await subscribed(cancel_channel) and await subscribed(events_channel)
+                # every pub/sub connection dropped (a Redis restart, a proxy's idle timeout ...)
+                before = {c["id"] for c in await admin.client_list(_type="pubsub")}
+                assert await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+                for _ in range(200):  # Redis closes killed clients asynchronously
+                    if not before & {c["id"] for c in await admin.client_list(_type="pubsub")}:
+                        break
+                    await asyncio.sleep(0.05)
+                assert not before & {c["id"] for c in await admin.client_list(_type="pubsub")}
+                assert await subscribed(cancel_channel) and await subscribed(events_channel)
+                await client.cancel(task_id)
+                # before the fix: nothing read the notices any more, only the 60 s poll was left
+                rec = await asyncio.wait_for(client.wait(task_id), 10)
+                await asyncio.wait_for(follower, 10)
+        finally:
+            await worker_store.close()
+            await client_store.close()
+            await admin.aclose()
+    assert rec.status is TaskStatus.CANCELLED
+    assert seen[0] == "queued" and seen[-1] == "cancelled"
+
+
+async def test_redis_cancel_and_events_still_arrive_by_polling_when_every_notice_is_lost(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_call.tasks._redis_notices import RedisNotices
+
+    monkeypatch.setattr(RedisNotices, "_dispatch", lambda self, message: None)  # pub/sub delivers nothing
+    settings = Settings.model_validate(
+        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": 0.2}}
+    )
+    url = f"{redis_server.url}?prefix=l{uuid.uuid4().hex[:8]}"
+    async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        worker_store, client_store = await open_store(url), await open_store(url)
+        try:
+            async with (
+                TaskManager(worker_store, claims="all", settings=settings) as worker,
+                TaskManager(client_store, execute=False, settings=settings) as client,
+            ):
+                await worker.start()
+                task_id = await client.submit({"model": MODEL, "prompt": "hang"})
+                seen: list[str] = []
+
+                async def follow() -> None:
+                    async for ev in client.events(task_id):
+                        seen.append(ev.kind)
+
+                follower = asyncio.create_task(follow())
+                for _ in range(400):
+                    if srv.in_flight == 1:
+                        break
+                    await asyncio.sleep(0.025)
+                assert srv.in_flight == 1
+                await client.cancel(task_id)  # the worker finds it by the fallback poll
+                rec = await asyncio.wait_for(client.wait(task_id), 20)
+                await asyncio.wait_for(follower, 20)
+        finally:
+            await worker_store.close()
+            await client_store.close()
+    assert rec.status is TaskStatus.CANCELLED
+    assert seen[0] == "queued" and "cancel_requested" in seen and seen[-1] == "cancelled"

@@ -181,11 +181,17 @@ class RedisTaskStore(RedisWorkers):
 
     async def watch_cancels(self, worker_id: str, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
         """Call ``on_cancel(task_id)`` as soon as a cancel of a task running on ``worker_id`` is requested."""
-        return await self._notice_hub().watch(f"{self.prefix}:cancel:{worker_id}", on_cancel)
+        return await self._watch(f"{self.prefix}:cancel:{worker_id}", on_cancel)
 
     async def watch_events(self, task_id: str, on_event: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
         """Call ``on_event(count)`` as soon as an event of ``task_id`` is stored."""
-        return await self._notice_hub().watch(f"{self.prefix}:ev:{task_id}", on_event)
+        return await self._watch(f"{self.prefix}:ev:{task_id}", on_event)
+
+    async def _watch(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        try:
+            return await self._notice_hub().watch(channel, callback)
+        except self._errors as exc:  # the caller polls instead (TaskStoreError is what it expects)
+            raise TaskStoreError(f"task store {self.url}: watch {channel}: {type(exc).__name__}: {exc}") from None
 
     def _notice_hub(self) -> RedisNotices:
         if self._r is None:

@@ -396,7 +396,9 @@ class FinishesWithEvents(Protocol):
 @runtime_checkable
 class PushesNotices(Protocol):
     """Cancel requests and new events pushed as they happen (Redis pub/sub); each ``watch_*``
-    returns the coroutine function that stops it. Polling stays as the fallback."""
+    returns the coroutine function that stops it, or raises TaskStoreError. A callback gets
+    ``""`` when notices may have been lost (a dropped connection came back). Polling stays as
+    the fallback."""
 
     async def watch_cancels(self, worker_id: str, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]: ...
 
