@@ -21,6 +21,7 @@ import pytest
 from llm_call.config import Settings
 from llm_call.errors import TaskStoreError
 from llm_call.tasks import NewTask, TaskManager, WorkerInfo, open_store
+from llm_call.tasks.redis_store import RedisTaskStore
 from llm_call.tasks.sqlite_store import SQLiteTaskStore
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 from llm_call.types import TaskStatus
@@ -211,6 +212,45 @@ async def test_a_failed_outcome_write_is_retried_until_recorded(
             rec = await asyncio.wait_for(mgr.wait(task_id), 20)  # before the fix: running forever
         assert rec.status is TaskStatus.SUCCEEDED and rec.result["text"] == "the answer"
         assert store.finish_calls == fail + 1 and len(srv.requests) == 1  # recorded, not re-run
+
+
+class FailingFinishRedisStore(RedisTaskStore):
+    """The Redis store (no combined finish-with-events: the manager stores events, then finishes)
+    whose first ``fail`` outcome writes raise, as a dropped connection would."""
+
+    def __init__(self, url: str, fail: int = 1) -> None:
+        super().__init__(url)
+        self.to_fail = fail
+        self.finish_calls = 0
+
+    async def finish(self, *args: Any, **kwargs: Any) -> bool:
+        self.finish_calls += 1
+        if self.to_fail > 0:
+            self.to_fail -= 1
+            raise TaskStoreError("task store: finish: ConnectionError (injected)")
+        return await super().finish(*args, **kwargs)
+
+
+@pytest.mark.parametrize("fail", [1, 3])
+async def test_a_failed_outcome_write_on_redis_is_retried_until_recorded(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, fail: int
+) -> None:
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2}})
+    async with ScriptedLLMServer(default=Reply(text="the answer", times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        store = FailingFinishRedisStore(f"{redis_server.url}?prefix=o{uuid.uuid4().hex[:8]}", fail=fail)
+        await store.open()
+        try:
+            async with TaskManager(store, claims="all", settings=settings) as mgr:
+                task_id = await mgr.submit({"model": MODEL, "prompt": "q"})
+                rec = await asyncio.wait_for(mgr.wait(task_id), 20)  # without the retry: running forever
+            kinds = [e.kind for e in await store.read_events(task_id)]
+        finally:
+            await store.close()
+    assert rec.status is TaskStatus.SUCCEEDED and rec.result["text"] == "the answer"
+    assert store.finish_calls == fail + 1 and len(srv.requests) == 1  # recorded, not re-run
+    assert sum(k in FINAL_KINDS for k in kinds) == 1 and kinds[-1] == "finished"
 
 
 # -- 3. a dead writer thread fails every write promptly; health and workers notice -------------------
