@@ -20,7 +20,7 @@ import pytest
 
 from llm_call.config import Settings
 from llm_call.errors import TaskStoreError
-from llm_call.tasks import NewTask, TaskManager, WorkerInfo, open_store
+from llm_call.tasks import NewTask, Outcome, TaskManager, WorkerInfo, open_store
 from llm_call.tasks.redis_store import RedisTaskStore
 from llm_call.tasks.sqlite_store import SQLiteTaskStore
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
@@ -122,6 +122,48 @@ async def test_recovery_of_a_dead_workers_cancelled_task_does_not_requeue_it(tmp
         await store.close()
 
 
+async def test_redis_recovery_of_a_dead_workers_cancelled_task_does_not_requeue_it(redis_server: RedisServer) -> None:
+    store = await open_store(f"{redis_server.url}?prefix=r{uuid.uuid4().hex[:8]}")
+    try:
+        rec, _ = await store.submit(_task(1))
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid of this host that is gone
+        gone.wait(timeout=30)
+        await store.heartbeat(WorkerInfo(id="dead", kind="worker", claims="all", pid=gone.pid))
+        assert [r.id for r in await store.claim("dead", limit=1)] == [rec.id]
+        await store.request_cancel(rec.id)
+        report = await store.recover(max_executions=3, stale_after=30.0)
+        assert report.dead_workers == ["dead"] and report.cancelled == [rec.id] and report.requeued == []
+        got = await store.get(rec.id)
+        assert got is not None and got.status is TaskStatus.CANCELLED
+        assert await store.claim("w2", limit=5) == []
+        kinds = [e.kind for e in await store.read_events(rec.id)]
+        assert "requeued" not in kinds and sum(k in FINAL_KINDS for k in kinds) == 1 and kinds[-1] == "cancelled"
+    finally:
+        await store.close()
+
+
+async def test_redis_a_swept_job_whose_cancel_was_requested_ends_cancelled(redis_server: RedisServer) -> None:
+    # a worker of another host stops touching its job (no pid check can see it die): SAQ's sweep
+    # in recovery finds it stale; with its cancel requested it ends cancelled, never re-queued
+    store = await open_store(f"{redis_server.url}?prefix=s{uuid.uuid4().hex[:8]}&job_heartbeat_s=1")
+    try:
+        rec, _ = await store.submit(_task(1))
+        await store.heartbeat(WorkerInfo(id="far", kind="worker", claims="all", host="elsewhere"))
+        assert [r.id for r in await store.claim("far", limit=1)] == [rec.id]
+        await store.request_cancel(rec.id)
+        await asyncio.sleep(1.5)  # the job's SAQ heartbeat (1 s) goes stale: "far" stopped touching it
+        report = await store.recover(max_executions=3, stale_after=30.0)  # "far" itself looks alive
+        assert report.cancelled == [rec.id] and report.requeued == [] and report.dead_workers == []
+        got = await store.get(rec.id)
+        assert got is not None and got.status is TaskStatus.CANCELLED
+        assert await store.claim("w2", limit=5) == []
+        assert not await store.finish(rec.id, "far", Outcome(TaskStatus.SUCCEEDED, result={"text": "late"}))
+        kinds = [e.kind for e in await store.read_events(rec.id)]
+        assert "requeued" not in kinds and sum(k in FINAL_KINDS for k in kinds) == 1 and kinds[-1] == "cancelled"
+    finally:
+        await store.close()
+
+
 @pytest.fixture
 def worker_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -133,10 +175,18 @@ def worker_procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_cancel_while_the_worker_is_dead_then_a_new_worker_never_runs_it_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker_procs: list[subprocess.Popen[bytes]]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_procs: list[subprocess.Popen[bytes]],
+    request: pytest.FixtureRequest,
+    backend: str,
 ) -> None:
-    db = tmp_path / "cancel.db"
+    if backend == "sqlite":
+        db = str(tmp_path / "cancel.db")
+    else:
+        db = f"{request.getfixturevalue('redis_server').url}?prefix=c{uuid.uuid4().hex[:8]}"
     settings = Settings.model_validate({"retry": {"max_retries": 0}})
     with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")], default=Reply(text="ok", times=None)).running() as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
@@ -150,7 +200,7 @@ def test_cancel_while_the_worker_is_dead_then_a_new_worker_never_runs_it_again(
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLM_CALL_")}
         (tmp_path / "llm_call.toml").write_text("[retry]\nmax_retries = 0\n")
         env["LLM_CALL_CONFIG"] = str(tmp_path / "llm_call.toml")
-        proc = subprocess.Popen([LLM_CALL, "worker", "--tasks", str(db), "-j", "1"], env=env, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen([LLM_CALL, "worker", "--tasks", db, "-j", "1"], env=env, stderr=subprocess.DEVNULL)
         worker_procs.append(proc)
         sync_eventually(lambda: srv.in_flight == 1, what="the task's request in flight")
         os.kill(proc.pid, signal.SIGKILL)
@@ -162,13 +212,11 @@ def test_cancel_while_the_worker_is_dead_then_a_new_worker_never_runs_it_again(
                 assert rec.status is TaskStatus.RUNNING and rec.cancel_requested  # nobody alive to act on it
             async with TaskManager(db, claims="all", settings=settings) as mgr:
                 await asyncio.wait_for(mgr.drain(), 30)
-                return await mgr.status(task_id)
+                return await mgr.status(task_id), [e.kind for e in await mgr.store.read_events(task_id)]
 
-        final = asyncio.run(cancel_then_restart())
+        final, kinds = asyncio.run(cancel_then_restart())
         assert final.status is TaskStatus.CANCELLED
         assert len(srv.requests) == 1  # the upstream saw the call once: it was not run again
-        with sqlite3.connect(db) as conn:
-            kinds = [r[0] for r in conn.execute("SELECT kind FROM events WHERE task_id = ? ORDER BY seq", (task_id,))]
         assert "requeued" not in kinds and sum(k in FINAL_KINDS for k in kinds) == 1
 
 
