@@ -427,6 +427,61 @@ async def test_a_lock_held_longer_than_the_stale_window_does_not_requeue_a_runni
         assert len(srv.requests) == 1  # run exactly once
 
 
+class SlowCleanupRedisStore(RedisTaskStore):
+    """A Redis store whose retention sweeps after the first take longer than a job's heartbeat
+    window (a million expired tasks to prune); bounded, so nothing can hang."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.cleanups = 0
+        self.cleaning = asyncio.Event()
+
+    async def cleanup(self, older_than: float) -> int:
+        self.cleanups += 1
+        if self.cleanups > 1:
+            self.cleaning.set()
+            await asyncio.sleep(4.0)
+        return await super().cleanup(older_than)
+
+
+@pytest.mark.timeout(90)
+async def test_a_long_retention_sweep_does_not_hold_up_redis_heartbeats(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llm_call.tasks import _executor
+
+    monkeypatch.setattr(_executor, "_CLEANUP_EVERY_S", 0.3)  # the hourly sweep, now
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2}})
+    url = f"{redis_server.url}?prefix=h{uuid.uuid4().hex[:8]}&job_heartbeat_s=1"
+    async with ScriptedLLMServer(default=Reply(text="done", latency=3.0, times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        worker_store = SlowCleanupRedisStore(url)
+        await worker_store.open()
+        other = await open_store(url)  # another process's recovery
+        try:
+            async with (
+                TaskManager(worker_store, claims="all", settings=settings) as worker,
+                TaskManager(other, execute=False, settings=settings) as client,
+            ):
+                await worker.start()
+                task_id = await client.submit({"model": MODEL, "prompt": "slow"})
+                for _ in range(400):
+                    if srv.in_flight == 1 and worker_store.cleaning.is_set():
+                        break
+                    await asyncio.sleep(0.025)
+                assert srv.in_flight == 1 and worker_store.cleaning.is_set()
+                await asyncio.sleep(1.5)  # past the job's 1 s heartbeat window, the sweep still going
+                report = await other.recover(max_executions=3, stale_after=30.0)
+                assert report.requeued == []  # before the fix: swept and re-queued while it ran
+                rec = await asyncio.wait_for(client.wait(task_id), 30)
+        finally:
+            await worker_store.close()
+            await other.close()
+    assert rec.status is TaskStatus.SUCCEEDED and rec.attempts == 1
+    assert len(srv.requests) == 1  # run exactly once
+
+
 async def test_a_worker_whose_pid_was_reused_is_dead(tmp_path: Path) -> None:
     store = SQLiteTaskStore(tmp_path / "tasks.db")
     await store.open()

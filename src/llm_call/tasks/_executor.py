@@ -556,6 +556,7 @@ class TaskExecutor(ProgressSink):
         next_cleanup = loop.time() + _CLEANUP_EVERY_S
         next_recheck = loop.time() + _RECHECK_S
         next_cancel_poll = loop.time() + (self._fallback_poll_s if self._pushes else 0.0)
+        cleaning: asyncio.Task[None] | None = None
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
             broken = self._store_broken()
@@ -581,11 +582,21 @@ class TaskExecutor(ProgressSink):
                 if now >= next_recover:
                     next_recover = now + self._heartbeat_s * STALE_BEATS
                     await self._recover()
-                if now >= next_cleanup:
+                if now >= next_cleanup and (cleaning is None or cleaning.done()):
                     next_cleanup = now + _CLEANUP_EVERY_S
-                    removed = await self.store.cleanup(time.time() - self._retention_s)
-                    if removed:
-                        _log.info("removed %d task(s) older than the retention period", removed)
+                    # beside this loop, cancelled with it by close(): a long sweep must not hold up
+                    # heartbeats (on Redis a job not touched in time is swept and run again)
+                    cleaning = asyncio.create_task(self._cleanup(), name=f"llm_call-tasks-cleanup:{self.worker_id}")
+                    self._loops = [*(t for t in self._loops if not t.done()), cleaning]
             except Exception:  # heartbeats must go on: log and try again next tick
                 _log.exception("task housekeeping failed; trying again next tick")
+
+    async def _cleanup(self) -> None:
+        try:
+            removed = await self.store.cleanup(time.time() - self._retention_s)
+        except Exception:
+            _log.exception("task retention cleanup failed; trying again in %.0f s", _CLEANUP_EVERY_S)
+            return
+        if removed:
+            _log.info("removed %d task(s) older than the retention period", removed)
 
