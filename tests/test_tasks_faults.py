@@ -482,6 +482,49 @@ async def test_a_long_retention_sweep_does_not_hold_up_redis_heartbeats(
     assert len(srv.requests) == 1  # run exactly once
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_tasks_of_a_manager_whose_event_loop_ended_without_close_run_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """``asyncio.run(...)`` returns while the loop's default manager runs a task and holds another
+    queued for itself; the process lives on. Its worker is alive by its pid, so recovery would
+    never touch them: the manager must hand them back as its loop ends."""
+    from llm_call import tasks
+    from llm_call.config import set_settings
+
+    if backend == "sqlite":
+        db = str(tmp_path / "abandoned.db")
+    else:
+        db = f"{request.getfixturevalue('redis_server').url}?prefix=a{uuid.uuid4().hex[:8]}"
+    settings = Settings.model_validate(
+        {"retry": {"max_retries": 0}, "tasks": {"store": db, "heartbeat_s": 0.2, "global_limit": 1}}
+    )
+    with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="first")], default=Reply(text="ok", times=None)).running() as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        set_settings(settings)
+
+        async def submit_and_return() -> list[str]:
+            ids = [await tasks.submit(model=MODEL, prompt="first"), await tasks.submit(model=MODEL, prompt="second")]
+            for _ in range(400):  # the first is running here, the second queued for this manager
+                if srv.in_flight == 1:
+                    break
+                await asyncio.sleep(0.025)
+            assert srv.in_flight == 1
+            return ids  # the loop ends without closing its default manager
+
+        ids = asyncio.run(submit_and_return())
+
+        async def another_worker() -> list[Any]:
+            async with TaskManager(db, claims="all", settings=settings) as worker:
+                return [await asyncio.wait_for(worker.wait(i), 20) for i in ids]  # before the fix: running for ever
+
+        records = asyncio.run(another_worker())
+    assert [r.status for r in records] == [TaskStatus.SUCCEEDED, TaskStatus.SUCCEEDED]
+    assert len(srv.requests) == 3  # the first cut by the loop's end and run again, the second once
+
+
 async def test_a_worker_whose_pid_was_reused_is_dead(tmp_path: Path) -> None:
     store = SQLiteTaskStore(tmp_path / "tasks.db")
     await store.open()

@@ -549,6 +549,31 @@ class TaskExecutor(ProgressSink):
             self._cancel_run(run)
 
     async def _housekeeping_loop(self) -> None:
+        try:
+            await self._housekeep()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                await self._abandoned()
+            raise
+
+    async def _abandoned(self) -> None:
+        """The event loop is ending (``asyncio.run`` returned, the manager was never closed): hand
+        this manager's running and reserved tasks back and drop its worker entry. The process
+        may live on, and a worker whose process lives is never declared dead, so nothing else
+        would ever run them."""
+        self._stopping = True
+        try:
+            released = await self.store.release(list(self._running), self.worker_id)
+            await self.store.remove_worker(self.worker_id)
+        except Exception:  # what is left: recovery re-queues it once this process is gone
+            _log.exception("the event loop of task manager %s ended without close(); handing its tasks back failed", self.worker_id)
+            return
+        _log.warning(
+            "the event loop of task manager %s ended without close(): %d running task(s) back in the queue",
+            self.worker_id, len(released),
+        )
+
+    async def _housekeep(self) -> None:
         assert self._info is not None
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self._heartbeat_s
