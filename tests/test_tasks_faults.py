@@ -352,6 +352,35 @@ async def test_a_writer_that_dies_mid_transaction_releases_the_write_lock(tmp_pa
         await asyncio.wait_for(store.close(), 10)
 
 
+async def test_a_batch_that_cannot_get_the_lock_fails_at_once_not_one_busy_wait_per_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # another process holds the write lock past the busy timeout: nothing of the batch ran, so
+    # its writes fail together; replaying them one by one made the k-th wait k busy timeouts
+    from llm_call.tasks import _sqlite_db
+
+    monkeypatch.setattr(_sqlite_db, "_BUSY_TIMEOUT_S", 0.2)
+    store = SQLiteTaskStore(tmp_path / "tasks.db")
+    await store.open()
+    begins: list[str] = []
+    assert store._db._wconn is not None
+    store._db._wconn.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+    lock = sqlite3.connect(tmp_path / "tasks.db", isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        results = await asyncio.wait_for(
+            asyncio.gather(*(store.submit(_task(i)) for i in range(5)), return_exceptions=True), 30
+        )
+        assert all(isinstance(r, TaskStoreError) and "locked" in str(r) for r in results), results
+        assert len(begins) == 1  # before the fix: 6 (the batch, then each write again)
+        lock.execute("COMMIT")
+        rec, created = await asyncio.wait_for(store.submit(_task(9)), 10)  # the lock is free: it writes
+        assert created and store.broken() is None
+    finally:
+        lock.close()
+        await asyncio.wait_for(store.close(), 10)
+
+
 async def test_a_worker_on_a_broken_store_stops_with_the_error(tmp_path: Path) -> None:
     from llm_call.tasks.worker import run_worker
 

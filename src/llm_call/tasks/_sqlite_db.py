@@ -4,7 +4,9 @@
 the transaction holding it committed. The writer thread takes every operation waiting at that
 moment and applies them in one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``synchronous=FULL``, WAL), so
 a thousand concurrent writes cost one fsync. If an operation raises, the batch is rolled back
-and its operations are replayed one per transaction, so only the faulty one fails.
+and its operations are replayed one per transaction, so only the faulty one fails. If the lock
+cannot be had (another process held it past the busy timeout), nothing ran: the whole batch
+fails at once, instead of each write waiting out the timeout again in turn.
 :meth:`GroupCommitDB.read` runs a query inline on the calling thread's own read connection.
 
 If the writer thread itself dies (a ``ROLLBACK`` that raises, any ``BaseException`` out of a
@@ -233,6 +235,12 @@ class GroupCommitDB:
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:  # no lock (busy past the timeout): nothing ran, all fail alike
+            err = self._error(exc)
+            _log.error("task store write failed: %s", exc)
+            self._deliver([(fut, loop, None, err) for _, fut, loop in batch])
+            return
+        try:
             for op, _, _ in batch:
                 results.append(op(conn))
             conn.execute("COMMIT")
