@@ -576,6 +576,28 @@ async def test_a_worker_whose_pid_was_reused_is_dead(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_a_worker_in_another_pid_namespace_of_this_host_is_judged_by_its_heartbeat(
+    any_store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # containers with host networking share the host name, not their pids: a worker's pid from
+    # another container means nothing here (absent, or another process)
+    from llm_call.tasks import store as store_module
+
+    rec, _ = await any_store.submit(_task(1))
+    absent = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid of this namespace that is gone
+    absent.wait(timeout=30)
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "_pid_namespace", lambda: "pid:[4026532999]", raising=False)
+        other = WorkerInfo(id="container", kind="worker", claims="all", pid=absent.pid)
+    await any_store.heartbeat(other)
+    assert [r.id for r in await any_store.claim("container", limit=1)] == [rec.id]
+    report = await any_store.recover(max_executions=3, stale_after=30.0)
+    assert report.dead_workers == [] and report.requeued == []  # before the fix: dead at once, run twice
+    assert [w.id for w in await any_store.workers(alive_within=30.0)] == ["container"]
+    got = await any_store.get(rec.id)
+    assert got is not None and got.status is TaskStatus.RUNNING and got.worker == "container"
+
+
 async def test_cleanup_removes_every_expired_task_in_small_transactions(tmp_path: Path) -> None:
     store = SQLiteTaskStore(tmp_path / "tasks.db")
     await store.open()

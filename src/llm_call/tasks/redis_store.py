@@ -70,6 +70,7 @@ from .store import (
     NewTask,
     Outcome,
     final_event_data,
+    machine_name,
     queue_full,
 )
 
@@ -104,6 +105,9 @@ class RedisTaskStore(RedisWorkers):
             raise ConfigError(f"task store URL {self.url}: prefix {self.prefix!r} may not contain | : {{ }}")
         self._opts = opts
         self.host = opts.get("host") or socket.gethostname()
+        # where a worker's pid can be checked (registered as its host): the URL's host name if
+        # given, else this machine and PID namespace (containers share host names, not pids)
+        self._machine = opts.get("host") or machine_name()
         self.host_limits: dict[str, int] = {}
         self.global_limits: dict[str, int] = parse_limits(opts.get("global_limits", ""), "global_limits")
         self.lease_s = 30.0
