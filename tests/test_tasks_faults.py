@@ -39,6 +39,13 @@ def _task(n: int = 0, route: str = "openai/x", **kw: Any) -> NewTask:
     return NewTask(request={"model": route, "messages": [{"role": "user", "content": f"q{n}"}]}, route=route, **kw)
 
 
+def _gone_pid() -> int:
+    """The pid of a process of this namespace that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait(timeout=30)
+    return proc.pid
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 async def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "sqlite":
@@ -126,9 +133,7 @@ async def test_redis_recovery_of_a_dead_workers_cancelled_task_does_not_requeue_
     store = await open_store(f"{redis_server.url}?prefix=r{uuid.uuid4().hex[:8]}")
     try:
         rec, _ = await store.submit(_task(1))
-        gone = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid of this host that is gone
-        gone.wait(timeout=30)
-        await store.heartbeat(WorkerInfo(id="dead", kind="worker", claims="all", pid=gone.pid))
+        await store.heartbeat(WorkerInfo(id="dead", kind="worker", claims="all", pid=_gone_pid()))
         assert [r.id for r in await store.claim("dead", limit=1)] == [rec.id]
         await store.request_cancel(rec.id)
         report = await store.recover(max_executions=3, stale_after=30.0)
@@ -374,7 +379,7 @@ async def test_a_batch_that_cannot_get_the_lock_fails_at_once_not_one_busy_wait_
         assert all(isinstance(r, TaskStoreError) and "locked" in str(r) for r in results), results
         assert len(begins) == 1  # before the fix: 6 (the batch, then each write again)
         lock.execute("COMMIT")
-        rec, created = await asyncio.wait_for(store.submit(_task(9)), 10)  # the lock is free: it writes
+        _, created = await asyncio.wait_for(store.submit(_task(9)), 10)  # the lock is free: it writes
         assert created and store.broken() is None
     finally:
         lock.close()
@@ -584,11 +589,9 @@ async def test_a_worker_in_another_pid_namespace_of_this_host_is_judged_by_its_h
     from llm_call.tasks import store as store_module
 
     rec, _ = await any_store.submit(_task(1))
-    absent = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid of this namespace that is gone
-    absent.wait(timeout=30)
     with monkeypatch.context() as m:
         m.setattr(store_module, "_pid_namespace", lambda: "pid:[4026532999]", raising=False)
-        other = WorkerInfo(id="container", kind="worker", claims="all", pid=absent.pid)
+        other = WorkerInfo(id="container", kind="worker", claims="all", pid=_gone_pid())
     await any_store.heartbeat(other)
     assert [r.id for r in await any_store.claim("container", limit=1)] == [rec.id]
     report = await any_store.recover(max_executions=3, stale_after=30.0)

@@ -236,9 +236,9 @@ class GroupCommitDB:
         try:
             conn.execute("BEGIN IMMEDIATE")
         except Exception as exc:  # no lock (busy past the timeout): nothing ran, all fail alike
-            err = self._error(exc)
+            busy = self._error(exc)
             _log.error("task store write failed: %s", exc)
-            self._deliver([(fut, loop, None, err) for _, fut, loop in batch])
+            self._deliver([(fut, loop, None, busy) for _, fut, loop in batch])
             return
         try:
             for op, _, _ in batch:
