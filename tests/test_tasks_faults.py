@@ -228,6 +228,36 @@ def test_cancel_while_the_worker_is_dead_then_a_new_worker_never_runs_it_again(
 # -- 2. recording an outcome that fails once is retried, never left `running` ------------------------
 
 
+async def test_a_cancel_of_a_task_running_here_is_stored_before_cancel_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the work stopped, but its outcome is not recorded yet (a slow kill of a CLI, a busy store):
+    # if this process died now, recovery must end the task cancelled, not run it again
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2}})
+    async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        store = FailingFinishStore(tmp_path / "tasks.db", fail=10**6)  # no outcome gets recorded
+        async with TaskManager(store, claims="all", settings=settings) as mgr:
+            task_id = await mgr.submit({"model": MODEL, "prompt": "hang"})
+            for _ in range(400):
+                if srv.in_flight == 1:
+                    break
+                await asyncio.sleep(0.025)
+            assert srv.in_flight == 1
+            rec = await mgr.cancel(task_id, timeout=0.5)
+            assert rec.status is TaskStatus.RUNNING  # its outcome could not be recorded
+            stored = await store.get(task_id)
+            assert stored is not None and stored.cancel_requested  # before the fix: only in memory
+        with sqlite3.connect(tmp_path / "tasks.db") as conn:  # this worker is gone now
+            conn.execute("DELETE FROM workers")
+        async with TaskManager(tmp_path / "tasks.db", claims="all", settings=settings) as again:
+            final = await asyncio.wait_for(again.wait(task_id), 20)
+    assert final.status is TaskStatus.CANCELLED and len(srv.requests) == 1
+
+
+
+
 class FailingFinishStore(SQLiteTaskStore):
     """A SQLite store whose first ``fail`` outcome writes raise, as a busy lock or an I/O error would."""
 

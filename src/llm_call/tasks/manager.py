@@ -483,13 +483,18 @@ class TaskManager(TaskExecutor):
 
     async def cancel(self, task_id: str, *, timeout: float = 30.0) -> TaskRecord:
         """Cancel a task. Queued (or in review): cancelled at once. Running here: its work is
-        cancelled and this returns once it is recorded cancelled (up to ``timeout`` s). Running in
+        cancelled, the request stored (a crash before the outcome is recorded cannot run it
+        again), and this returns once it is recorded cancelled (up to ``timeout`` s). Running in
         another process: the request is recorded, that process stops it within about a second
         (``wait`` for it). A finished task is returned unchanged."""
         self._check_open()
         run = self._running.get(task_id)
         if run is not None and run.work is not None:
             self._cancel_run(run)
+            try:  # stored too: if this process dies before the outcome is recorded, the cancel holds
+                await self.store.request_cancel(task_id)
+            except TaskStoreError:
+                _log.warning("task %s: the cancel request could not be stored; the work is cancelled here", task_id, exc_info=True)
             if run.settler is not None:
                 await asyncio.wait({run.settler}, timeout=timeout)
             return await self.status(task_id)
