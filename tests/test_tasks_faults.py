@@ -631,6 +631,28 @@ async def test_a_worker_in_another_pid_namespace_of_this_host_is_judged_by_its_h
     assert got is not None and got.status is TaskStatus.RUNNING and got.worker == "container"
 
 
+async def test_redis_workers_named_alike_in_the_url_in_other_containers_are_judged_by_heartbeat(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ?host=node1 on every container of a node (to share its per-host limits): still two PID namespaces
+    from llm_call.tasks import store as store_module
+
+    url = f"{redis_server.url}?prefix=n{uuid.uuid4().hex[:8]}&host=node1"
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "_pid_namespace", lambda: "pid:[4026532999]", raising=False)
+        there = await open_store(url)  # a worker's store in another container
+    here = await open_store(url)
+    try:
+        rec, _ = await here.submit(_task(1))
+        await there.heartbeat(WorkerInfo(id="container", kind="worker", claims="all", pid=_gone_pid()))
+        assert [r.id for r in await there.claim("container", limit=1)] == [rec.id]
+        report = await here.recover(max_executions=3, stale_after=30.0)
+        assert report.dead_workers == [] and report.requeued == []  # before the fix: dead at once
+    finally:
+        await there.close()
+        await here.close()
+
+
 async def test_cleanup_removes_every_expired_task_in_small_transactions(tmp_path: Path) -> None:
     store = SQLiteTaskStore(tmp_path / "tasks.db")
     await store.open()

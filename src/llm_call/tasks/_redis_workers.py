@@ -51,7 +51,7 @@ class RedisWorkers:
     async def heartbeat(self, worker: WorkerInfo) -> None:
         worker.heartbeat_at = time.time()
         if "host" in self._opts:
-            worker.host = self.host  # the host name given in the URL is this worker's host
+            worker.host = self._machine  # the host name given in the URL is this worker's host
         async with self._io("heartbeat") as r:
             pipe = r.pipeline(transaction=True)
             pipe.hset(f"{self.prefix}:workers", worker.id, dumps(worker.to_dict()))

@@ -105,9 +105,9 @@ class RedisTaskStore(RedisWorkers):
             raise ConfigError(f"task store URL {self.url}: prefix {self.prefix!r} may not contain | : {{ }}")
         self._opts = opts
         self.host = opts.get("host") or socket.gethostname()
-        # where a worker's pid can be checked (registered as its host): the URL's host name if
-        # given, else this machine and PID namespace (containers share host names, not pids)
-        self._machine = opts.get("host") or machine_name()
+        # where a worker's pid can be checked (registered as its host): this host name (the URL's
+        # if given) and PID namespace; containers may share a host name, never pids
+        self._machine = machine_name(opts.get("host"))
         self.host_limits: dict[str, int] = {}
         self.global_limits: dict[str, int] = parse_limits(opts.get("global_limits", ""), "global_limits")
         self.lease_s = 30.0

@@ -443,12 +443,12 @@ def queue_full(route: str, pattern: str, limit: int) -> QueueFull:
 _INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # the kernel's own (PROC_PID_INIT_INO): no container
 
 
-def machine_name() -> str:
-    """The name a worker registers as its host: where its pid can be checked. The host name, plus
-    the PID namespace when this process has one of its own (a container): containers that share
-    a host name (host networking) see different processes under the same pid, so a worker must
-    not judge another's liveness by a pid from another namespace."""
-    name = socket.gethostname()
+def machine_name(host: str | None = None) -> str:
+    """The name a worker registers as its host: where its pid can be checked. The host name (or
+    ``host``), plus the PID namespace when this process has one of its own (a container):
+    containers that share a host name (host networking) see different processes under the same
+    pid, so a worker must not judge another's liveness by a pid from another namespace."""
+    name = host or socket.gethostname()
     namespace = _pid_namespace()
     return name if namespace in (None, _INITIAL_PID_NAMESPACE) else f"{name}#{namespace}"
 
