@@ -35,6 +35,7 @@ from ..errors import (
     error_to_dict,
 )
 from ..types import Response, TaskRecord, TaskStatus
+from ._housekeeping import remove_expired
 from ._progress_sink import ProgressSink, RunningTask
 from ._quota import QuotaScheduler, Requeued, is_max_route
 from ._spec import rebuild, response_dict
@@ -549,31 +550,6 @@ class TaskExecutor(ProgressSink):
             self._cancel_run(run)
 
     async def _housekeeping_loop(self) -> None:
-        try:
-            await self._housekeep()
-        except asyncio.CancelledError:
-            if not self._stopping:
-                await self._abandoned()
-            raise
-
-    async def _abandoned(self) -> None:
-        """The event loop is ending (``asyncio.run`` returned, the manager was never closed): hand
-        this manager's running and reserved tasks back and drop its worker entry. The process
-        may live on, and a worker whose process lives is never declared dead, so nothing else
-        would ever run them."""
-        self._stopping = True
-        try:
-            released = await self.store.release(list(self._running), self.worker_id)
-            await self.store.remove_worker(self.worker_id)
-        except Exception:  # what is left: recovery re-queues it once this process is gone
-            _log.exception("the event loop of task manager %s ended without close(); handing its tasks back failed", self.worker_id)
-            return
-        _log.warning(
-            "the event loop of task manager %s ended without close(): %d running task(s) back in the queue",
-            self.worker_id, len(released),
-        )
-
-    async def _housekeep(self) -> None:
         assert self._info is not None
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self._heartbeat_s
@@ -607,21 +583,10 @@ class TaskExecutor(ProgressSink):
                 if now >= next_recover:
                     next_recover = now + self._heartbeat_s * STALE_BEATS
                     await self._recover()
-                if now >= next_cleanup and (cleaning is None or cleaning.done()):
+                if now >= next_cleanup and (cleaning is None or cleaning.done()):  # beside: beats never wait on it
                     next_cleanup = now + _CLEANUP_EVERY_S
-                    # beside this loop, cancelled with it by close(): a long sweep must not hold up
-                    # heartbeats (on Redis a job not touched in time is swept and run again)
-                    cleaning = asyncio.create_task(self._cleanup(), name=f"llm_call-tasks-cleanup:{self.worker_id}")
-                    self._loops = [*(t for t in self._loops if not t.done()), cleaning]
+                    cleaning = asyncio.create_task(remove_expired(self.store, self._retention_s))
+                    self._loops = [*(t for t in self._loops if not t.done()), cleaning]  # close() cancels it
             except Exception:  # heartbeats must go on: log and try again next tick
                 _log.exception("task housekeeping failed; trying again next tick")
-
-    async def _cleanup(self) -> None:
-        try:
-            removed = await self.store.cleanup(time.time() - self._retention_s)
-        except Exception:
-            _log.exception("task retention cleanup failed; trying again in %.0f s", _CLEANUP_EVERY_S)
-            return
-        if removed:
-            _log.info("removed %d task(s) older than the retention period", removed)
 
