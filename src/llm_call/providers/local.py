@@ -460,21 +460,26 @@ class LocalProvider:
 
         job, model = self._start(request, on_text)
         answered = f"local/{request.model}"
+        # one deadline for the wait for a slot and the generation, applied to our own awaits only:
+        # a timeout held across ``yield`` would cancel the consumer's code instead (a raw
+        # CancelledError in the caller while it handles a chunk, never a ProviderTimeout)
+        deadline = None if request.timeout is None else loop.time() + request.timeout
         try:
-            async with asyncio.timeout(request.timeout):  # the wait for a slot and the generation
+            async with asyncio.timeout_at(deadline):
                 await model.slots.acquire()
                 self._launch(job, done)
-                while True:
+            while True:
+                async with asyncio.timeout_at(deadline):
                     kind, value = await queue.get()
-                    if kind == "text":
-                        yield Chunk(text=value, model=answered)
-                    elif kind == "error":
-                        if isinstance(value, LLMCallError):
-                            raise value
-                        raise self._error(value, request.model) from value
-                    else:
-                        yield Chunk(model=answered, finish_reason=value.finish_reason, usage=value.usage)
-                        return
+                if kind == "text":
+                    yield Chunk(text=value, model=answered)
+                elif kind == "error":
+                    if isinstance(value, LLMCallError):
+                        raise value
+                    raise self._error(value, request.model) from value
+                else:
+                    yield Chunk(model=answered, finish_reason=value.finish_reason, usage=value.usage)
+                    return
         except TimeoutError:
             raise self._timeout_error(request, job) from None
         finally:
