@@ -336,6 +336,73 @@ async def test_a_failed_outcome_write_on_redis_is_retried_until_recorded(
     assert sum(k in FINAL_KINDS for k in kinds) == 1 and kinds[-1] == "finished"
 
 
+def _fail_nth_write(store: Any, n: int) -> None:
+    """Make the store's ``n``-th write from now fail without running (a busy lock, a dropped
+    connection): the SQLite writer's queue, or a Redis script call."""
+    count = 0
+    if isinstance(store, SQLiteTaskStore):
+        enqueue = store._db.enqueue
+
+        def failing_enqueue(op: Any) -> Any:
+            nonlocal count
+            count += 1
+            if count == n:
+                failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+                failed.set_exception(TaskStoreError("task store: disk I/O error (injected)"))
+                return failed
+            return enqueue(op)
+
+        store._db.enqueue = failing_enqueue  # type: ignore[method-assign]
+    else:
+        run = store._run
+
+        async def failing_run(script: str, *args: Any) -> Any:
+            nonlocal count
+            count += 1
+            if count == n:
+                raise TaskStoreError(f"task store: {script}: ConnectionError (injected)")
+            return await run(script, *args)
+
+        store._run = failing_run
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+async def test_whichever_write_fails_every_accepted_task_runs_once_and_ends_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, backend: str
+) -> None:
+    """The Nth write fails, for each N over a few submits and their runs: a submit that failed
+    raises and stores nothing; every task it accepted is run once and ends in one final state."""
+    settings = Settings.model_validate({"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "global_limit": 2}})
+    async with ScriptedLLMServer(default=Reply(text="ok", times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        for n in range(1, 11):
+            if backend == "sqlite":
+                store: Any = SQLiteTaskStore(tmp_path / f"nth{n}.db")
+                await store.open()
+            else:
+                store = await open_store(f"{request.getfixturevalue('redis_server').url}?prefix=w{uuid.uuid4().hex[:8]}")
+            before = len(srv.requests)
+            try:
+                async with TaskManager(store, claims="all", settings=settings) as mgr:
+                    _fail_nth_write(store, n)
+                    accepted, refused = [], 0
+                    for i in range(4):
+                        try:
+                            accepted.append(await mgr.submit({"model": MODEL, "prompt": f"q{i}"}))
+                        except TaskStoreError:
+                            refused += 1
+                    records = [await asyncio.wait_for(mgr.wait(t), 20) for t in accepted]
+                    kinds = [[e.kind for e in await store.read_events(t)] for t in accepted]
+            finally:
+                await store.close()
+            assert refused <= 1 and len(accepted) + refused == 4, n
+            assert [r.status for r in records] == [TaskStatus.SUCCEEDED] * len(accepted), (n, records)
+            assert all(sum(k in FINAL_KINDS for k in ks) == 1 for ks in kinds), (n, kinds)
+            assert len(srv.requests) - before == len(accepted), n  # each accepted task run once
+
+
 # -- 3. a dead writer thread fails every write promptly; health and workers notice -------------------
 
 
