@@ -168,8 +168,8 @@ def render_content(messages: list[Message], *, allow_image_urls: bool = False) -
     """``(system prompt, user message content)`` for the CLI from an OpenAI-shaped conversation.
 
     System and developer messages become the system prompt (text only). One user message is the
-    content as is. Earlier turns are rendered as a delimited transcript before the latest user
-    message; images keep their place::
+    content as is (text starting with ``/`` gets a space before it: never a CLI command). Earlier
+    turns are rendered as a delimited transcript before the latest user message; images keep their place::
 
         <conversation_history>
         <turn role="user">
@@ -212,7 +212,7 @@ def render_content(messages: list[Message], *, allow_image_urls: bool = False) -
         )
     system_prompt = "\n\n".join(system) if system else None
     if len(turns) == 1:
-        return system_prompt, _blocks(last_parts)
+        return system_prompt, _not_a_command(_blocks(last_parts))
     pieces: list[str | dict[str, Any]] = ["<conversation_history>\n"]
     for n, (role, parts) in enumerate(turns[:-1]):
         pieces.append(("\n" if n else "") + f'<turn role="{role}">\n')
@@ -220,4 +220,23 @@ def render_content(messages: list[Message], *, allow_image_urls: bool = False) -
         pieces.append("\n</turn>")
     pieces.append("\n</conversation_history>\n\nContinue the conversation above. The user's latest message:\n\n")
     pieces.extend(last_parts)
-    return system_prompt, _blocks(pieces)
+    return system_prompt, _not_a_command(_blocks(pieces))
+
+
+def _not_a_command(content: Content) -> Content:
+    """The content with a space before any text that starts with ``/``.
+
+    The CLI runs a user message whose text (or last text block) starts with ``/`` as one of its
+    own slash commands instead of sending it to the model: ``/config language=X`` or
+    ``/config permissionMode=acceptEdits`` writes the ``~/.claude/settings.json`` of the user
+    running llm_call, ``/model`` switches a pooled process for whoever gets it next. A prompt is
+    text for the model, never a command (the pool's own ``/clear`` does not come through here).
+    """
+    if isinstance(content, str):
+        return " " + content if content.startswith("/") else content
+    return [
+        {**block, "text": " " + block["text"]}
+        if block.get("type") == "text" and str(block.get("text", "")).startswith("/")
+        else block
+        for block in content
+    ]
