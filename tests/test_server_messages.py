@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import pydantic
 import pytest
 
 from llm_call.testing import Fault, Reply, ToolCall
@@ -285,3 +286,26 @@ def test_streamed_tool_use_reassembled_by_sdk(serve_llm: Any) -> None:
     fragments = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"]
     assert len(fragments) > 1 and json.loads("".join(fragments)) == {"city": "Paris", "unit": "celsius"}
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_structured_output_format_reaches_upstream_as_response_format(serve_llm: Any) -> None:
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    served = serve_llm([Reply(text='{"name": "Paris", "population": 2100000}'), Reply(text="fine")])
+    client = _client(served)
+    message = client.messages.parse(model="up/x", max_tokens=100, output_format=City, messages=HI)
+    assert message.parsed_output == City(name="Paris", population=2100000)
+    fmt = served.upstream.requests[-1].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "output"
+    assert fmt["json_schema"]["schema"]["properties"].keys() == {"name", "population"}
+
+    client.messages.create(model="up/x", max_tokens=10, messages=HI, output_config={"effort": "low"})
+    assert "response_format" not in served.upstream.requests[-1].body  # effort alone asks for no format
+
+    r = httpx.post(served.url + "/v1/messages", json={"model": "up/x", "max_tokens": 5, "messages": HI,
+                                                      "output_config": {"format": {"type": "xml"}}})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "output_config.format" in r.json()["error"]["message"]
+    assert len(served.upstream.requests) == 2

@@ -27,9 +27,14 @@ tools (``name``, ``description``,     function tools
 ``stop_sequences``, ``top_p``,        ``stop``, ``top_p``, ``top_k`` (top_k goes to the
 ``top_k``, ``temperature``,           upstream as is: an OpenAI-compatible upstream that
 ``max_tokens``                        does not know it may refuse it)
+``output_config.format`` (structured  ``response_format`` ``json_schema`` (named
+outputs, ``json_schema``)             ``output``, not strict: OpenAI's strict mode refuses
+                                      schemas with optional properties, which Anthropic
+                                      takes); another format type is a 400
 ``metadata``, ``thinking``,           accepted and not used (``metadata.user_id`` is not
 ``context_management``,               forwarded upstream)
-``output_config``, ``service_tier``
+``output_config.effort``,
+``service_tier``
 llm_call extras (``validation``,      the same options as on chat completions (one parser:
 ``fallbacks`` ...)                    :func:`._schemas.call_options`)
 ====================================  ==================================================
@@ -89,7 +94,9 @@ class _MessagesBase(LLMCallExtras):
     thinking: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
     metadata: dict[str, Any] | None = Field(default=None, description="Accepted, not forwarded")
     context_management: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
-    output_config: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
+    output_config: dict[str, Any] | None = Field(
+        default=None, description="format (json_schema) becomes response_format; the rest is accepted, not used"
+    )
     service_tier: str | None = None
 
 
@@ -165,8 +172,28 @@ def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, An
             kwargs["tool_choice"] = choice
         if parallel is not None:
             kwargs["parallel_tool_calls"] = parallel
+    fmt = _response_format((req.output_config or {}).get("format"))
+    if fmt is not None:
+        kwargs["response_format"] = fmt
     kwargs.update(call_options(req, settings))
     return kwargs
+
+
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    """``output_config.format`` (structured outputs) as a chat ``response_format``.
+
+    Dropping it would answer a different question: the client (``messages.parse``) expects JSON
+    of its schema and gets whatever text the model writes.
+    """
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise _bad("output_config.format.type", f"output_config.format type {kind!r} is not supported (json_schema is)")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise _bad("output_config.format.schema", "output_config.format needs a schema object (a JSON schema)")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def system_text(system: str | list[dict[str, Any]] | None, param: str = "system") -> str:
