@@ -309,3 +309,19 @@ def test_structured_output_format_reaches_upstream_as_response_format(serve_llm:
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     assert "output_config.format" in r.json()["error"]["message"]
     assert len(served.upstream.requests) == 2
+
+
+def test_count_tokens_counts_an_image_as_an_image_not_as_its_base64_text(serve_llm: Any) -> None:
+    served = serve_llm()
+    client = _client(served)
+    photo = "A" * 400_000  # the base64 of a ~300 KB photo
+    question = {"type": "text", "text": "What is in this picture?"}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": photo}}
+    text_only = client.messages.count_tokens(model="up/x", messages=[{"role": "user", "content": [question]}])
+    with_image = client.messages.count_tokens(model="up/x", messages=[{"role": "user", "content": [image, question]}])
+    assert 1000 <= with_image.input_tokens - text_only.input_tokens <= 2000  # Anthropic: at most ~1,600 an image
+    in_result = client.messages.count_tokens(model="up/x", messages=[
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {"path": "a.jpg"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [image]}]},
+    ])
+    assert in_result.input_tokens <= 2000

@@ -455,18 +455,43 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
 #: characters per token of the estimate (English prose and code average ~3.5-4 with GPT and
 #: Claude tokenizers); JSON-heavy content (tool schemas) tokenizes denser, hence the floor of 3.5
 CHARS_PER_TOKEN = 3.5
+#: tokens of one image: Anthropic counts width * height / 750 and scales images down to about
+#: 1.15 megapixels first, so no image costs more than ~1,600 (OpenAI's high detail: ~1,100)
+IMAGE_TOKENS = 1600
 
 
 def estimate_tokens(req: CountTokensRequest) -> int:
-    """An estimate of the input tokens of a request: characters / 3.5, plus 4 per message.
+    """An estimate of the input tokens of a request: characters / 3.5, plus 4 per message and
+    :data:`IMAGE_TOKENS` per image.
 
     No tokenizer is loaded: routes span tokenizers (GPT, Llama, Claude) and a server must not
-    load one per request; the estimate is within ~20% for prose and code, and errs high.
+    load one per request; the estimate is within ~20% for prose and code, and errs high. An image
+    is counted as an image, not as its base64 text (which would make a photo 100,000 tokens).
     """
     chars = len(system_text(req.system)) if req.system is not None else 0
+    images = 0
     for message in req.messages:
-        content = message["content"]
-        chars += len(content) if isinstance(content, str) else len(json.dumps(content, ensure_ascii=False))
+        more, found = _content_size(message["content"])
+        chars += more
+        images += found
     if req.tools:
         chars += len(json.dumps(req.tools, ensure_ascii=False))
-    return max(1, round(chars / CHARS_PER_TOKEN) + 4 * len(req.messages))
+    return max(1, round(chars / CHARS_PER_TOKEN) + 4 * len(req.messages) + IMAGE_TOKENS * images)
+
+
+def _content_size(content: Any) -> tuple[int, int]:
+    """(characters, images) of message or tool result content; images are not characters."""
+    if not isinstance(content, list):
+        return len(content) if isinstance(content, str) else len(json.dumps(content, ensure_ascii=False)), 0
+    chars = images = 0
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "image":
+            images += 1
+        elif isinstance(block, dict) and block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+            more, found = _content_size(block["content"])
+            rest = {k: v for k, v in block.items() if k != "content"}
+            chars += more + len(json.dumps(rest, ensure_ascii=False))
+            images += found
+        else:
+            chars += len(json.dumps(block, ensure_ascii=False))
+    return chars, images
