@@ -185,3 +185,20 @@ def test_background_response_with_tools_keeps_its_function_calls(serve_llm: Any)
     assert [t.name for t in done.response.tools] == ["get_weather"]  # the request's tools, echoed
     again = client.responses.retrieve(done.response.id)  # read back from the task store
     assert [(o.type, getattr(o, "call_id", None)) for o in again.output] == [("function_call", "call_bg")]
+
+
+def test_text_and_function_calls_of_one_turn_go_upstream_as_one_assistant_message(serve_llm: Any) -> None:
+    calls = [ToolCall("get_weather", {"city": "Oslo"}, id="call_a"), ToolCall("get_weather", {"city": "Rome"}, id="call_b")]
+    served = serve_llm([Reply(text="Let me check both.", tool_calls=calls), Reply(text="Sunny in both.")])
+    client = served.client()
+    first = client.responses.create(model="up/x", input="weather in Oslo and Rome?", tools=[WEATHER])
+    assert [o.type for o in first.output] == ["message", "function_call", "function_call"]
+    outputs = [{"type": "function_call_output", "call_id": c.id, "output": "sunny"} for c in calls]
+    history = [o.model_dump(exclude_none=True) for o in first.output]
+    second = client.responses.create(model="up/x", tools=[WEATHER],
+                                     input=[{"role": "user", "content": "weather in Oslo and Rome?"}, *history, *outputs])
+    assert second.output_text == "Sunny in both."
+    sent = served.upstream.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]  # no two assistant turns in a row
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_a", "call_b"]
+    assert sent[1]["content"] == [{"type": "text", "text": "Let me check both."}]

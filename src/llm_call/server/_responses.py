@@ -100,8 +100,10 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         if isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-                last["tool_calls"].append(call)  # parallel calls of one turn: one assistant message
+            if last is not None and last["role"] == "assistant":
+                # the text and the (parallel) calls of one turn: one assistant message, as the model
+                # answered; two assistant turns in a row are refused by chat templates that alternate
+                last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputItem):
