@@ -202,3 +202,37 @@ def test_text_and_function_calls_of_one_turn_go_upstream_as_one_assistant_messag
     assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]  # no two assistant turns in a row
     assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_a", "call_b"]
     assert sent[1]["content"] == [{"type": "text", "text": "Let me check both."}]
+
+
+def _truncated(stream: bool) -> Reply:
+    """An upstream answer cut by max_tokens (``finish_reason: "length"``), as JSON or as SSE."""
+    if not stream:
+        body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Once upon a"}, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+        return Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(body)))
+    chunks = [{"delta": {"role": "assistant", "content": "Once upon a"}, "finish_reason": None},
+              {"delta": {}, "finish_reason": "length"}]
+    events = "".join(f"data: {json.dumps({'id': 'c1', 'object': 'chat.completion.chunk', 'created': 0, 'model': 'x', 'choices': [{'index': 0, **c}]})}\n\n" for c in chunks)
+    return Reply(fault=Fault.http(200, {"content-type": "text/event-stream"}, events + "data: [DONE]\n\n"))
+
+
+def test_an_answer_cut_by_max_output_tokens_is_incomplete_not_completed(serve_llm: Any) -> None:
+    served = serve_llm([_truncated(False), _truncated(True), _truncated(False)])
+    client = served.client()
+    direct = client.responses.create(model="up/x", input="tell a story", max_output_tokens=4)
+    assert direct.output_text == "Once upon a"
+    assert direct.status == "incomplete" and direct.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+
+    with client.responses.create(model="up/x", input="tell a story", max_output_tokens=4, stream=True) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.incomplete" and "response.completed" not in [e.type for e in events]
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+    assert events[-1].response.output_text == "Once upon a"
+
+    background = client.responses.create(model="up/x", input="tell a story", max_output_tokens=4, background=True)
+    with client.responses.retrieve(background.id, stream=True) as followed:
+        last = list(followed)[-1]
+    assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+    polled = client.responses.retrieve(background.id)
+    assert polled.status == "incomplete" and polled.output_text == "Once upon a"

@@ -26,6 +26,10 @@ Choices made here:
   sends ``created``/``in_progress`` at once and the output when the task ends, in one delta.
   The sequence numbers of a task's stream are a function of its final record, so
   ``starting_after=N`` resumes exactly after event ``N`` on any server process.
+- An answer cut short (``finish_reason`` ``length``, or ``content_filter``) ends with
+  ``response.incomplete`` (status ``incomplete``, ``incomplete_details.reason``
+  ``max_output_tokens`` or ``content_filter``) instead of ``response.completed``, as OpenAI's
+  does, so a client can tell a truncated answer from a whole one.
 - A failure before the first event is an HTTP error status, as on chat completions; after it,
   ``response.failed`` ends the stream. A task resting in ``needs_review`` ends its stream with
   ``response.incomplete`` (``incomplete_details.reason == "needs_review"``); follow again after
@@ -47,10 +51,36 @@ from ._errors import HTTPFailure, failure_for
 if TYPE_CHECKING:
     from ..types import TaskRecord
 
-__all__ = ["EventWriter", "OutputEvents", "follow_task", "function_call_item", "message_item", "output_items", "stream_chunks"]
+__all__ = [
+    "EventWriter",
+    "OutputEvents",
+    "finished",
+    "follow_task",
+    "function_call_item",
+    "message_item",
+    "output_items",
+    "stream_chunks",
+]
 
 _KEEPALIVE_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+#: ``incomplete_details.reason`` of an answer that ended for this finish reason
+_INCOMPLETE = {"length": "max_output_tokens", "max_tokens": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def finished(body: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    """``body`` as a finished answer: status ``completed``, or ``incomplete`` with its reason when
+    the answer was cut short (the model hit ``max_output_tokens``, or a content filter)."""
+    reason = _INCOMPLETE.get(finish_reason or "")
+    if reason is None:
+        return {**body, "status": "completed"}
+    return {**body, "status": "incomplete", "incomplete_details": {"reason": reason}}
+
+
+def _end_event(response: dict[str, Any]) -> str:
+    return "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
@@ -247,7 +277,8 @@ async def stream_chunks(
             raise StreamInterrupted("the stream finished with tool_calls but carried no tool call", model=body.get("model"))
         for event in out.close():
             yield event
-        yield emit("response.completed", response=on_done(final, out))
+        done = on_done(final, out)
+        yield emit(_end_event(done), response=done)
     except (TimeoutError, LLMCallError) as exc:
         fail: HTTPFailure = on_error(exc)
         yield emit("response.failed", response=_failed_body(body, fail, out.output()))
@@ -332,7 +363,7 @@ async def follow_task(
                 yield event
         for event in out.close():
             yield event
-        yield emit("response.completed", response=body)
+        yield emit(_end_event(body), response=body)
     elif rec.status is TaskStatus.NEEDS_REVIEW:
         yield emit("response.incomplete", response={**body, "incomplete_details": {"reason": "needs_review"}})
     else:
