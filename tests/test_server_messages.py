@@ -325,3 +325,16 @@ def test_count_tokens_counts_an_image_as_an_image_not_as_its_base64_text(serve_l
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [image]}]},
     ])
     assert in_result.input_tokens <= 2000
+
+
+def test_a_tool_call_cut_by_max_tokens_is_a_max_tokens_answer_not_an_upstream_error(serve_llm: Any) -> None:
+    cut = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x",
+           "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": None, "tool_calls": [
+               {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "cel'}}]}}],
+           "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}
+    served = serve_llm([Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(cut)))])
+    message = _client(served).messages.create(model="up/x", max_tokens=12, tools=[WEATHER], messages=HI)
+    assert message.stop_reason == "max_tokens"  # Anthropic's answer: the client retries with more max_tokens
+    (block,) = message.content
+    assert block.type == "tool_use" and block.id == "call_1" and block.name == "get_weather"
+    assert block.input == {"city": "Paris"}  # what was complete, as the SDK's stream parser keeps it

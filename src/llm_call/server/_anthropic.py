@@ -397,8 +397,14 @@ def call_parts(call: Any) -> tuple[str, str, str]:
     return str(call.id or ""), str(call.name), str(call.arguments or "")
 
 
-def tool_input(arguments: str, name: str) -> Any:
-    """The ``input`` object of a tool call from its JSON text; MalformedResponse if it is not one."""
+def tool_input(arguments: str, name: str, cut: bool = False) -> Any:
+    """The ``input`` object of a tool call from its JSON text; MalformedResponse if it is not one.
+
+    ``cut``: the answer hit ``max_tokens`` in the middle of the call. Anthropic answers that with
+    ``stop_reason: "max_tokens"`` and the incomplete ``tool_use`` block (clients retry with more
+    tokens), so the input is what the text holds up to the cut, as the SDK's stream parser reads
+    it (an unfinished string or key is left out), not an upstream error.
+    """
     from ..errors import MalformedResponse
 
     if not arguments.strip():
@@ -407,6 +413,14 @@ def tool_input(arguments: str, name: str) -> Any:
         value = json.loads(arguments)
     except ValueError:
         value = None
+    if value is None and cut:
+        from pydantic_core import from_json
+
+        try:
+            value = from_json(arguments, allow_partial=True)
+        except ValueError:
+            value = None
+        return value if isinstance(value, dict) else {}
     if not isinstance(value, dict):
         raise MalformedResponse(f"the model called tool {name!r} with arguments that are not a JSON object: {arguments[:200]!r}")
     return value
@@ -434,7 +448,7 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         content.append({"type": "text", "text": resp.text})
     for call in calls:
         call_id, name, arguments = call_parts(call)
-        content.append({"type": "tool_use", "id": call_id or f"toolu_{message_id}", "name": name, "input": tool_input(arguments, name)})
+        content.append({"type": "tool_use", "id": call_id or f"toolu_{message_id}", "name": name, "input": tool_input(arguments, name, reason == "max_tokens")})
     body: dict[str, Any] = {
         "id": f"msg_{message_id}",
         "type": "message",
