@@ -236,3 +236,31 @@ def test_an_answer_cut_by_max_output_tokens_is_incomplete_not_completed(serve_ll
     assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
     polled = client.responses.retrieve(background.id)
     assert polled.status == "incomplete" and polled.output_text == "Once upon a"
+
+
+def test_streamed_output_items_finish_one_after_another_as_openai_sends_them(serve_llm: Any) -> None:
+    calls = [ToolCall("get_weather", {"city": "Oslo"}, id="call_a"), ToolCall("get_weather", {"city": "Rome"}, id="call_b")]
+    served = serve_llm([Reply(text="Checking both.", tool_calls=calls)])
+    r = httpx.post(served.base_url + "/responses", json={"model": "up/x", "input": "weather?", "tools": [WEATHER], "stream": True})
+    events = [e for e in _events(r.text) if "output_index" in e]
+    order = [(e["type"], e["output_index"]) for e in events]
+    added = [i for kind, i in order if kind == "response.output_item.added"]
+    assert added == [0, 1, 2]
+    for index in added:  # every event of an item comes after the previous item's output_item.done
+        first = order.index(("response.output_item.added", index))
+        done = order.index(("response.output_item.done", index))
+        assert all(i == index for _, i in order[first:done + 1]), order
+    finished = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i.get("call_id")) for i in finished] == [("message", None), ("function_call", "call_a"), ("function_call", "call_b")]
+
+
+def test_a_stream_going_back_to_an_earlier_tool_call_is_interrupted_not_reordered() -> None:
+    from llm_call.errors import StreamInterrupted
+    from llm_call.server._responses_stream import EventWriter, OutputEvents
+    from llm_call.types import ToolCallDelta
+
+    out = OutputEvents(EventWriter(), "r1")
+    list(out.tool_delta(ToolCallDelta(0, "call_a", "f", '{"a": ')))
+    list(out.tool_delta(ToolCallDelta(1, "call_b", "g", "{}")))  # call 0 is finished here
+    with pytest.raises(StreamInterrupted, match="went back to tool call 0"):
+        list(out.tool_delta(ToolCallDelta(0, None, None, "1}")))

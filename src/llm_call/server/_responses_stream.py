@@ -124,7 +124,10 @@ class EventWriter:
 class OutputEvents:
     """Turns chunks (text deltas and tool-call deltas) into output item events.
 
-    ``items`` collects the finished output items in order; ``text`` all text sent.
+    ``items`` collects the finished output items in order; ``text`` all text sent. Items finish
+    one after another, as OpenAI sends them: the next item's ``output_item.added`` comes after the
+    previous item's ``output_item.done``. Upstreams stream parallel tool calls one after another
+    too; one that goes back to a call after the next began is a StreamInterrupted.
     """
 
     def __init__(self, emit: EventWriter, item_id: str) -> None:
@@ -139,8 +142,10 @@ class OutputEvents:
         self._msg: tuple[int, str, list[str]] | None = None  # output index, item id, parts
         self._messages = 0
         self._tools: dict[int, tuple[int, str, list[Any]]] = {}  # delta index -> (index, id, [call_id, name, parts])
+        self._closed: set[int] = set()  # delta indexes of the finished tool calls
 
     def _msg_open(self) -> Iterable[bytes]:
+        yield from self._tools_close()
         index = self._next
         self._next += 1
         suffix = f"_{self._messages}" if self._messages else ""
@@ -179,7 +184,10 @@ class OutputEvents:
     def tool_delta(self, d: ToolCallDelta) -> Iterable[bytes]:
         state = self._tools.get(d.index)
         if state is None:
+            if d.index in self._closed:
+                raise StreamInterrupted(f"the stream went back to tool call {d.index} after the next output began")
             yield from self._msg_close()
+            yield from self._tools_close()
             index = self._next
             self._next += 1
             call = ToolCall(id=d.id or f"call_{self.item_id}_{d.index}", name=d.name or "", arguments="")
@@ -195,6 +203,12 @@ class OutputEvents:
             )
 
     def chunk(self, chunk: Chunk) -> Iterable[bytes]:
+        if self._tools:  # a call is being streamed: its fragments first, any text after it
+            for d in chunk.tool_calls:
+                yield from self.tool_delta(d)
+            if chunk.text:
+                yield from self.text_delta(chunk.text)
+            return
         if chunk.text:
             yield from self.text_delta(chunk.text)
         for d in chunk.tool_calls:
@@ -205,7 +219,11 @@ class OutputEvents:
         if self._next == 0:
             yield from self._msg_open()
         yield from self._msg_close()
+        yield from self._tools_close()
+
+    def _tools_close(self) -> Iterable[bytes]:
         for key in sorted(self._tools):
+            self._closed.add(key)
             index, item_id, (call_id, name, parts) = self._tools[key]
             call = ToolCall(id=call_id, name=name, arguments="".join(parts) or "{}")
             self.calls.append(call)
