@@ -338,3 +338,14 @@ def test_a_tool_call_cut_by_max_tokens_is_a_max_tokens_answer_not_an_upstream_er
     (block,) = message.content
     assert block.type == "tool_use" and block.id == "call_1" and block.name == "get_weather"
     assert block.input == {"city": "Paris"}  # what was complete, as the SDK's stream parser keeps it
+
+
+def test_parallel_tool_calls_without_upstream_ids_get_distinct_tool_use_ids(serve_llm: Any) -> None:
+    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}} for c in ("Oslo", "Rome")]
+    body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": calls}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}
+    served = serve_llm([Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(body)))])
+    message = _client(served).messages.create(model="up/x", max_tokens=100, tools=[WEATHER], messages=HI)
+    ids = [b.id for b in message.content if b.type == "tool_use"]
+    assert len(ids) == 2 and len(set(ids)) == 2 and all(ids)  # each tool_result must name one call

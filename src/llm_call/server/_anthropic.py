@@ -446,9 +446,10 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         raise MalformedResponse("the answer ended for tool calls but carried none", model=resp.model)
     if resp.text or not calls:
         content.append({"type": "text", "text": resp.text})
-    for call in calls:
+    for i, call in enumerate(calls):
         call_id, name, arguments = call_parts(call)
-        content.append({"type": "tool_use", "id": call_id or f"toolu_{message_id}", "name": name, "input": tool_input(arguments, name, reason == "max_tokens")})
+        # an upstream that gives no id: one per call (as the stream does), for tool_result to name
+        content.append({"type": "tool_use", "id": call_id or f"toolu_{message_id}_{i}", "name": name, "input": tool_input(arguments, name, reason == "max_tokens")})
     body: dict[str, Any] = {
         "id": f"msg_{message_id}",
         "type": "message",
