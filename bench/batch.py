@@ -466,6 +466,12 @@ def main() -> None:
         f"{set_writer_ms:.3f} ms per line); the floor's encodings and awaits with nothing written {noio_row[7]:.2f} ms. "
         "On 2 shared CPUs the scripted server competes for the same cores, so CPU per line turns into wall time."
     )
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus:
+        verdict += (
+            f" **The machine was loaded** (load average {load:.1f} on {cpus} CPUs): the plain script then waits on a "
+            "starved scripted server and the wall ratios understate what the machinery costs; trust the CPU figures."
+        )
     text = "\n".join([header, "", *table, "", verdict])
     print(text)
     if args.update_docs:
