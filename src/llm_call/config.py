@@ -326,6 +326,7 @@ class ServerConfig(_Strict):
     body_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a request body may take to arrive in full; slower gets 408"
     )
+    header_timeout: float = Field(default=30.0, gt=0, description="Seconds a request's headers may take; slower: closed")
     max_concurrent_per_key: int = Field(
         default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
     )

@@ -26,6 +26,7 @@ import uvicorn
 
 from ._app import create_app
 from ._auth import check_public_bind
+from ._header_deadline import header_deadline_protocol
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -37,13 +38,22 @@ def _fast(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _http_protocol(settings: Settings | None) -> Any:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with the header deadline of
+    ``server.header_timeout`` (``_header_deadline``)."""
+    from ..config import ServerConfig
+
+    timeout = (settings.server if settings is not None else ServerConfig()).header_timeout
+    return header_deadline_protocol("httptools" if _fast("httptools") else "h11", timeout)
+
+
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration ``llm-call serve`` uses for ``app``."""
     options: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,
         "loop": "uvloop" if _fast("uvloop") else "asyncio",
-        "http": "httptools" if _fast("httptools") else "h11",
+        "http": _http_protocol(settings),
         "lifespan": "on",
         "access_log": False,  # the gateway middleware writes one structured line per request
         "server_header": False,
@@ -145,7 +155,7 @@ class ServerThread:
             access_log=False,
             log_level="warning",
             loop="asyncio",
-            http="httptools" if _fast("httptools") else "h11",
+            http=_http_protocol(getattr(getattr(getattr(self.app, "state", None), "llm_call", None), "settings", None)),
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
