@@ -37,6 +37,7 @@ from ..types import Chunk, TaskRecord, TaskStatus, ToolCall, ToolCallDelta
 from ._background import manager
 from ._chat import cancelled_on_disconnect
 from ._errors import HTTPFailure, failure_for
+from ._heartbeat import with_heartbeat
 from ._responses_stream import (
     SSE_HEADERS,
     OutputEvents,
@@ -350,7 +351,7 @@ async def _start_stream(
         info.attempts = final.attempt
         return done
 
-    events = stream_chunks(body, info.id, first, chunks, deadline, on_error, on_done)
+    events = with_heartbeat(stream_chunks(body, info.id, first, chunks, deadline, on_error, on_done), state.settings.server.sse_heartbeat)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -412,7 +413,8 @@ def register(app: FastAPI, state: ServerState) -> None:
         rec = await mgr.status(task_id)
         if req.stream:
             info.stream = True
-            return StreamingResponse(follow_task(mgr, rec, None, response_from_task), media_type="text/event-stream", headers=SSE_HEADERS)
+            body = with_heartbeat(follow_task(mgr, rec, None, response_from_task), state.settings.server.sse_heartbeat)
+            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
         return _json(response_from_task(rec))
 
     @app.get(
@@ -431,7 +433,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         request.scope["llm_call"].task_id = rec.id
         if stream:
             request.scope["llm_call"].stream = True
-            body = follow_task(manager(state), rec, starting_after, response_from_task)
+            body = with_heartbeat(follow_task(manager(state), rec, starting_after, response_from_task), state.settings.server.sse_heartbeat)
             return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
         if starting_after is not None:
             raise HTTPFailure(400, "starting_after applies only with stream=true", param="starting_after")
