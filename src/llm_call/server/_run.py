@@ -26,6 +26,7 @@ import uvicorn
 
 from ._app import create_app
 from ._auth import check_public_bind
+from ._header_deadline import header_deadline_protocol
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -37,57 +38,13 @@ def _fast(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-#: the most bytes a request line and its headers may take (h11's own limit is 16 KiB)
-MAX_HEAD_BYTES = 64 * 1024
-_TOO_LARGE_TEXT = f"the request line and headers are larger than {MAX_HEAD_BYTES} bytes\n".encode()
-_HEAD_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-    b"content-length: " + str(len(_TOO_LARGE_TEXT)).encode() + b"\r\nconnection: close\r\n\r\n" + _TOO_LARGE_TEXT
-)
+def _http_protocol(settings: Settings | None) -> Any:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with the header deadline of
+    ``server.header_timeout`` (``_header_deadline``)."""
+    from ..config import ServerConfig
 
-
-def _http_protocol() -> Any:
-    """uvicorn's httptools protocol with the request head bounded by :data:`MAX_HEAD_BYTES`
-    (431 and the connection closed past it), or ``"h11"`` without httptools (bounded by h11).
-
-    httptools buffers a header or URL until it ends, with no limit: a client that never ended
-    one grew the server by every byte it sent (4 connections, 400 MB), before any key check."""
-    if not _fast("httptools"):
-        return "h11"
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-    class BoundedHttpTools(HttpToolsProtocol):
-        _head_bytes = 0
-        _in_head = True
-
-        def data_received(self, data: bytes) -> None:
-            if not self._in_head:
-                super().data_received(data)
-                return
-            room = MAX_HEAD_BYTES - self._head_bytes
-            if len(data) <= room:
-                self._head_bytes += len(data)
-                super().data_received(data)
-                return
-            # the head must end within the room left; what follows it (a body) is not head
-            super().data_received(data[:room])
-            if self._in_head:
-                self._in_head = False
-                if not self.transport.is_closing():
-                    self.transport.write(_HEAD_TOO_LARGE)
-                    self.transport.close()
-                return
-            self.data_received(data[room:])
-
-        def on_headers_complete(self) -> None:
-            self._in_head = False
-            super().on_headers_complete()
-
-        def on_message_complete(self) -> None:
-            self._in_head, self._head_bytes = True, 0
-            super().on_message_complete()
-
-    return BoundedHttpTools
+    timeout = (settings.server if settings is not None else ServerConfig()).header_timeout
+    return header_deadline_protocol("httptools" if _fast("httptools") else "h11", timeout)
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -96,7 +53,7 @@ def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Co
         "host": settings.server.host,
         "port": settings.server.port,
         "loop": "uvloop" if _fast("uvloop") else "asyncio",
-        "http": _http_protocol(),
+        "http": _http_protocol(settings),
         "lifespan": "on",
         "access_log": False,  # the gateway middleware writes one structured line per request
         "server_header": False,
@@ -198,7 +155,7 @@ class ServerThread:
             access_log=False,
             log_level="warning",
             loop="asyncio",
-            http=_http_protocol(),
+            http=_http_protocol(getattr(getattr(getattr(self.app, "state", None), "llm_call", None), "settings", None)),
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)
