@@ -97,7 +97,7 @@ def test_serve_uses_the_configured_header_deadline() -> None:
     """``llm-call serve`` builds its uvicorn config with the deadline of its settings."""
     settings = Settings.model_validate({"server": {"header_timeout": 7}})
     config = uvicorn_config(object(), settings)
-    assert isinstance(config.http, type) and config.http.__name__.startswith("HeaderDeadline")
+    assert isinstance(config.http, type) and config.http.__name__.startswith("Limited")
     proto = config.http.__new__(config.http)
     proto.loop, proto.cycle, proto.transport = None, None, None  # what _arm reads
     scheduled: list[float] = []
@@ -126,7 +126,7 @@ def test_both_uvicorn_protocols_get_the_deadline(http: str) -> None:
 
     import uvicorn
 
-    from llm_call.server._header_deadline import header_deadline_protocol
+    from llm_call.server._http_limits import http_limits_protocol
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -137,7 +137,7 @@ def test_both_uvicorn_protocols_get_the_deadline(http: str) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, http=header_deadline_protocol(http, 0.5), log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, http=http_limits_protocol(http, 0.5), log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -67,3 +67,39 @@ def test_heads_and_bodies_within_the_limits_are_served(serve_llm: Any) -> None:
     )
     out = _exchange(port, head + body, [])
     assert out.startswith(b"HTTP/1.1 200 "), out[:300]
+
+
+def test_connections_past_max_connections_get_503_and_the_server_keeps_working(serve_llm: Any) -> None:
+    """Idle connections (re-opened every header_timeout) could take every file descriptor, and
+    then the server's own sockets to its upstream fail. Past ``server.max_connections`` a new
+    connection is answered 503 and closed; once others close, requests are served again."""
+    import httpx
+
+    served = serve_llm(server={"max_connections": 3})
+    port = served.server.port
+    held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            got = b""
+            while data := extra.recv(65536):  # the server closes it: no hang
+                got += data
+        assert got.startswith(b"HTTP/1.1 503"), got
+        assert b"server.max_connections" in got
+    finally:
+        for sock in held:
+            sock.close()
+    for _ in range(100):  # the closes reach the server's event loop
+        r = httpx.get(served.url + "/health", timeout=10)
+        if r.status_code == 200:
+            break
+    assert r.status_code == 200, r.text
+
+
+def test_the_default_cap_leaves_room_below_the_file_limit() -> None:
+    import resource
+
+    from llm_call.server._http_limits import default_max_connections
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = default_max_connections()
+    assert cap is not None and cap < soft and cap >= soft * 0.8

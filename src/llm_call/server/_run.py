@@ -26,7 +26,7 @@ import uvicorn
 
 from ._app import create_app
 from ._auth import check_public_bind
-from ._header_deadline import header_deadline_protocol
+from ._http_limits import default_max_connections, http_limits_protocol, raise_file_limit
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -39,12 +39,13 @@ def _fast(module: str) -> bool:
 
 
 def _http_protocol(settings: Settings | None) -> Any:
-    """uvicorn's HTTP protocol (httptools when installed, else h11) with the header deadline of
-    ``server.header_timeout`` (``_header_deadline``)."""
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with the connection-level
+    limits of ``_http_limits``: ``server.header_timeout``, ``server.max_connections``."""
     from ..config import ServerConfig
 
-    timeout = (settings.server if settings is not None else ServerConfig()).header_timeout
-    return header_deadline_protocol("httptools" if _fast("httptools") else "h11", timeout)
+    server = settings.server if settings is not None else ServerConfig()
+    cap = server.max_connections if server.max_connections is not None else default_max_connections()
+    return http_limits_protocol("httptools" if _fast("httptools") else "h11", server.header_timeout, cap)
 
 
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -104,6 +105,7 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> bool:
     """Serve until SIGTERM/SIGINT. Returns False when the server could not start (port in use...)."""
     configure_logging(settings.server.debug)
+    raise_file_limit()  # before the connection cap is derived from it
     app = create_app(settings)
     if host is not None:
         check_public_bind(host, app.state.llm_call.auth)
