@@ -153,3 +153,20 @@ async def test_deadline_covers_the_wait_for_a_slot(fake: FakeLlama, gguf: Path) 
     assert fake.generations == 1
     fake.gate.set()
     await asyncio.wait_for(holder, HANG_GUARD)
+
+
+async def test_a_slow_consumer_of_a_stream_gets_the_answer_or_a_timeout_never_a_cancellation(
+    fake: FakeLlama, gguf: Path
+) -> None:
+    """The timeout of a stream applies to its own waits: handling a chunk for longer than the
+    timeout must not cancel the consumer (a raw CancelledError in the caller before the fix)."""
+    fake.gate.set()
+    provider = LocalProvider(LocalConfig())
+    text = ""
+    try:
+        async for chunk in provider.stream(_request(gguf, 0.2)):
+            text += chunk.text
+            await asyncio.sleep(0.4)  # e.g. writing the chunk to a slow client
+    except ProviderTimeout:
+        text = "<timeout>"
+    assert text in (" word" * WORDS, "<timeout>")

@@ -337,3 +337,18 @@ def test_http_ask_is_bounded_by_the_request_timeout(serve_llm: Any) -> None:
             assert "server.request_timeout" in _text(result) and "use submit" in _text(result)
 
     asyncio.run(run())
+
+
+def test_models_lists_only_what_allowed_models_lets_a_call_use(serve_llm: Any) -> None:
+    served: Served = serve_llm(server={**KEYS, "allowed_models": ["up/x"]})
+
+    async def run() -> list[str]:
+        async with http_session(served, A) as session:
+            listed = await session.call_tool("models", {})
+            assert not listed.is_error
+            return [row["id"] for row in listed.structured_content["result"]]
+
+    ids = asyncio.run(run())
+    with httpx.Client(timeout=10) as http:
+        http_ids = [m["id"] for m in http.get(served.base_url + "/models", headers={"authorization": f"Bearer {A}"}).json()["data"]]
+    assert ids == http_ids == ["up/*"]  # not max/*, local/smollm2 or LiteLLM's <provider>/<model>: each a 403

@@ -459,3 +459,35 @@ def test_allowed_models_limits_what_requests_may_name(serve_llm: Any) -> None:
     assert len(served.upstream.requests) == sent
     listed = {m["id"] for m in httpx.get(served.base_url + "/models", params={"all": "true"}, timeout=30).json()["data"]}
     assert "fast" in listed and "up/*" in listed and not {"max/*", "openai/*", "local/*"} & listed, listed
+
+
+def test_the_mcp_models_tool_lists_only_allowed_models(serve_llm: Any) -> None:
+    """``/v1/models`` lists only what ``allowed_models`` lets requests use; the MCP ``models`` tool
+    listed every route, alias and endpoint (with its base URL) to any key."""
+    served = serve_llm(server={"allowed_models": ["up/*", "fast"]}, aliases={"fast": {"model": "up/quick"}})
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "models", "arguments": {}}}
+    r = httpx.post(served.url + "/mcp", json=body, headers={"accept": "application/json, text/event-stream"}, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    data = json.loads(next(line[5:] for line in r.text.splitlines() if line.startswith("data:")))
+    listed = {json.loads(part["text"])["id"] for part in data["result"]["content"]}
+    assert listed == {"fast", "up/*"}, listed
+
+
+def test_a_request_without_a_model_gets_no_model_outside_allowed_models(serve_llm: Any) -> None:
+    """A request that names no model runs the default model: with ``allowed_models`` set and the
+    default (here the bundled local model, loaded on first use) not in it, naming nothing was a
+    way around the list. It is a 403 that says so; a configured default_model is the operator's
+    choice (documented as not checked) and still answers."""
+    served = serve_llm(server={"allowed_models": ["up/*"]})
+    for path, body in (
+        ("/chat/completions", {"messages": HI}),
+        ("/tasks", {"prompt": "hi"}),
+        ("/responses", {"input": "hi"}),
+    ):
+        r = httpx.post(served.base_url + path, json=body, timeout=30)
+        assert r.status_code == 403, (path, r.text[:300])
+        error = r.json()["error"]
+        assert error["code"] == "model_not_allowed" and "names none" in error["message"], error
+    configured = serve_llm(server={"allowed_models": ["max/*"]}, default_model="up/x")
+    r = httpx.post(configured.base_url + "/chat/completions", json={"messages": HI}, timeout=30)
+    assert r.status_code == 200, r.text[:300]

@@ -69,3 +69,16 @@ async def test_litellm_max_model_through_the_claude_cli(litellm: Any, claude_env
     )
     assert resp.choices[0].message.content == "Claude via LiteLLM via llm_call."
     assert [r.path for r in served.upstream.requests].count("/v1/messages") == 1
+
+
+def test_litellm_errors_carry_no_server_traceback(serve_llm: Any) -> None:
+    """LiteLLM puts a Python traceback in the text of some errors (a provider that needs a base
+    URL, a missing module): over HTTP it named the server's paths and code to any key."""
+    import httpx
+
+    served: Served = serve_llm()
+    r = httpx.post(f"{served.base_url}/chat/completions", json={"model": "triton/x", "messages": HI}, timeout=60)
+    assert r.status_code >= 400
+    message = r.json()["error"]["message"]
+    assert "api_base is required" in message  # what is wrong stays
+    assert "Traceback" not in message and "site-packages" not in message and ".py" not in message, message

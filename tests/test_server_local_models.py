@@ -132,3 +132,24 @@ def test_local_model_config_is_strict(tmp_path: Path) -> None:
             load_settings(bad)
         assert str(bad) in str(info.value) and where in str(info.value), str(info.value)
     assert Settings.model_validate({"local": {"models": {"tiny": {"path": "x.gguf"}}}}).local.models["tiny"].path == "x.gguf"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "minLength": 20_000_000},
+        {"type": "array", "items": {"type": "integer"}, "maxItems": 20_000_000},
+        {"type": "string", "pattern": "^a{20000000}$"},
+    ],
+    ids=["minLength", "maxItems", "pattern"],
+)
+def test_a_schema_cannot_make_the_local_grammar_huge(serve_llm: Any, schema: dict[str, Any]) -> None:
+    """llama.cpp writes out one grammar element per repetition, on a thread nothing can stop:
+    a response_format asking for 50,000,000 characters took 1.5 GB and 7 s, a billion would take
+    the server down. A 400 naming the limit, before any model is loaded."""
+    served = serve_llm()
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    r = httpx.post(f"{served.base_url}/chat/completions",
+                   json={"model": "local/smollm2", "messages": HI, "max_tokens": 3, "response_format": fmt}, timeout=60)
+    assert r.status_code == 400, r.text[:300]
+    assert "100,000" in r.json()["error"]["message"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import anthropic
 import httpx
+import pydantic
 import pytest
 
 from llm_call.testing import Fault, Reply, ToolCall
@@ -285,3 +286,66 @@ def test_streamed_tool_use_reassembled_by_sdk(serve_llm: Any) -> None:
     fragments = [d["delta"]["partial_json"] for n, d in events if n == "content_block_delta"]
     assert len(fragments) > 1 and json.loads("".join(fragments)) == {"city": "Paris", "unit": "celsius"}
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_structured_output_format_reaches_upstream_as_response_format(serve_llm: Any) -> None:
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    served = serve_llm([Reply(text='{"name": "Paris", "population": 2100000}'), Reply(text="fine")])
+    client = _client(served)
+    message = client.messages.parse(model="up/x", max_tokens=100, output_format=City, messages=HI)
+    assert message.parsed_output == City(name="Paris", population=2100000)
+    fmt = served.upstream.requests[-1].body["response_format"]
+    assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "output"
+    assert fmt["json_schema"]["schema"]["properties"].keys() == {"name", "population"}
+
+    client.messages.create(model="up/x", max_tokens=10, messages=HI, output_config={"effort": "low"})
+    assert "response_format" not in served.upstream.requests[-1].body  # effort alone asks for no format
+
+    r = httpx.post(served.url + "/v1/messages", json={"model": "up/x", "max_tokens": 5, "messages": HI,
+                                                      "output_config": {"format": {"type": "xml"}}})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    assert "output_config.format" in r.json()["error"]["message"]
+    assert len(served.upstream.requests) == 2
+
+
+def test_count_tokens_counts_an_image_as_an_image_not_as_its_base64_text(serve_llm: Any) -> None:
+    served = serve_llm()
+    client = _client(served)
+    photo = "A" * 400_000  # the base64 of a ~300 KB photo
+    question = {"type": "text", "text": "What is in this picture?"}
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": photo}}
+    text_only = client.messages.count_tokens(model="up/x", messages=[{"role": "user", "content": [question]}])
+    with_image = client.messages.count_tokens(model="up/x", messages=[{"role": "user", "content": [image, question]}])
+    assert 1000 <= with_image.input_tokens - text_only.input_tokens <= 2000  # Anthropic: at most ~1,600 an image
+    in_result = client.messages.count_tokens(model="up/x", messages=[
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "read", "input": {"path": "a.jpg"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [image]}]},
+    ])
+    assert in_result.input_tokens <= 2000
+
+
+def test_a_tool_call_cut_by_max_tokens_is_a_max_tokens_answer_not_an_upstream_error(serve_llm: Any) -> None:
+    cut = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x",
+           "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": None, "tool_calls": [
+               {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "cel'}}]}}],
+           "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}
+    served = serve_llm([Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(cut)))])
+    message = _client(served).messages.create(model="up/x", max_tokens=12, tools=[WEATHER], messages=HI)
+    assert message.stop_reason == "max_tokens"  # Anthropic's answer: the client retries with more max_tokens
+    (block,) = message.content
+    assert block.type == "tool_use" and block.id == "call_1" and block.name == "get_weather"
+    assert block.input == {"city": "Paris"}  # what was complete, as the SDK's stream parser keeps it
+
+
+def test_parallel_tool_calls_without_upstream_ids_get_distinct_tool_use_ids(serve_llm: Any) -> None:
+    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}} for c in ("Oslo", "Rome")]
+    body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": None, "tool_calls": calls}}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}}
+    served = serve_llm([Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(body)))])
+    message = _client(served).messages.create(model="up/x", max_tokens=100, tools=[WEATHER], messages=HI)
+    ids = [b.id for b in message.content if b.type == "tool_use"]
+    assert len(ids) == 2 and len(set(ids)) == 2 and all(ids)  # each tool_result must name one call

@@ -185,3 +185,82 @@ def test_background_response_with_tools_keeps_its_function_calls(serve_llm: Any)
     assert [t.name for t in done.response.tools] == ["get_weather"]  # the request's tools, echoed
     again = client.responses.retrieve(done.response.id)  # read back from the task store
     assert [(o.type, getattr(o, "call_id", None)) for o in again.output] == [("function_call", "call_bg")]
+
+
+def test_text_and_function_calls_of_one_turn_go_upstream_as_one_assistant_message(serve_llm: Any) -> None:
+    calls = [ToolCall("get_weather", {"city": "Oslo"}, id="call_a"), ToolCall("get_weather", {"city": "Rome"}, id="call_b")]
+    served = serve_llm([Reply(text="Let me check both.", tool_calls=calls), Reply(text="Sunny in both.")])
+    client = served.client()
+    first = client.responses.create(model="up/x", input="weather in Oslo and Rome?", tools=[WEATHER])
+    assert [o.type for o in first.output] == ["message", "function_call", "function_call"]
+    outputs = [{"type": "function_call_output", "call_id": c.id, "output": "sunny"} for c in calls]
+    history = [o.model_dump(exclude_none=True) for o in first.output]
+    second = client.responses.create(model="up/x", tools=[WEATHER],
+                                     input=[{"role": "user", "content": "weather in Oslo and Rome?"}, *history, *outputs])
+    assert second.output_text == "Sunny in both."
+    sent = served.upstream.requests[-1].body["messages"]
+    assert [m["role"] for m in sent] == ["user", "assistant", "tool", "tool"]  # no two assistant turns in a row
+    assert [c["id"] for c in sent[1]["tool_calls"]] == ["call_a", "call_b"]
+    assert sent[1]["content"] == [{"type": "text", "text": "Let me check both."}]
+
+
+def _truncated(stream: bool) -> Reply:
+    """An upstream answer cut by max_tokens (``finish_reason: "length"``), as JSON or as SSE."""
+    if not stream:
+        body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Once upon a"}, "finish_reason": "length"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}}
+        return Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(body)))
+    chunks = [{"delta": {"role": "assistant", "content": "Once upon a"}, "finish_reason": None},
+              {"delta": {}, "finish_reason": "length"}]
+    events = "".join(f"data: {json.dumps({'id': 'c1', 'object': 'chat.completion.chunk', 'created': 0, 'model': 'x', 'choices': [{'index': 0, **c}]})}\n\n" for c in chunks)
+    return Reply(fault=Fault.http(200, {"content-type": "text/event-stream"}, events + "data: [DONE]\n\n"))
+
+
+def test_an_answer_cut_by_max_output_tokens_is_incomplete_not_completed(serve_llm: Any) -> None:
+    served = serve_llm([_truncated(False), _truncated(True), _truncated(False)])
+    client = served.client()
+    direct = client.responses.create(model="up/x", input="tell a story", max_output_tokens=4)
+    assert direct.output_text == "Once upon a"
+    assert direct.status == "incomplete" and direct.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+
+    with client.responses.create(model="up/x", input="tell a story", max_output_tokens=4, stream=True) as stream:
+        events = list(stream)
+    assert events[-1].type == "response.incomplete" and "response.completed" not in [e.type for e in events]
+    assert events[-1].response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+    assert events[-1].response.output_text == "Once upon a"
+
+    background = client.responses.create(model="up/x", input="tell a story", max_output_tokens=4, background=True)
+    with client.responses.retrieve(background.id, stream=True) as followed:
+        last = list(followed)[-1]
+    assert last.type == "response.incomplete" and last.response.incomplete_details.reason == "max_output_tokens"  # type: ignore[union-attr]
+    polled = client.responses.retrieve(background.id)
+    assert polled.status == "incomplete" and polled.output_text == "Once upon a"
+
+
+def test_streamed_output_items_finish_one_after_another_as_openai_sends_them(serve_llm: Any) -> None:
+    calls = [ToolCall("get_weather", {"city": "Oslo"}, id="call_a"), ToolCall("get_weather", {"city": "Rome"}, id="call_b")]
+    served = serve_llm([Reply(text="Checking both.", tool_calls=calls)])
+    r = httpx.post(served.base_url + "/responses", json={"model": "up/x", "input": "weather?", "tools": [WEATHER], "stream": True})
+    events = [e for e in _events(r.text) if "output_index" in e]
+    order = [(e["type"], e["output_index"]) for e in events]
+    added = [i for kind, i in order if kind == "response.output_item.added"]
+    assert added == [0, 1, 2]
+    for index in added:  # every event of an item comes after the previous item's output_item.done
+        first = order.index(("response.output_item.added", index))
+        done = order.index(("response.output_item.done", index))
+        assert all(i == index for _, i in order[first:done + 1]), order
+    finished = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+    assert [(i["type"], i.get("call_id")) for i in finished] == [("message", None), ("function_call", "call_a"), ("function_call", "call_b")]
+
+
+def test_a_stream_going_back_to_an_earlier_tool_call_is_interrupted_not_reordered() -> None:
+    from llm_call.errors import StreamInterrupted
+    from llm_call.server._responses_stream import EventWriter, OutputEvents
+    from llm_call.types import ToolCallDelta
+
+    out = OutputEvents(EventWriter(), "r1")
+    list(out.tool_delta(ToolCallDelta(0, "call_a", "f", '{"a": ')))
+    list(out.tool_delta(ToolCallDelta(1, "call_b", "g", "{}")))  # call 0 is finished here
+    with pytest.raises(StreamInterrupted, match="went back to tool call 0"):
+        list(out.tool_delta(ToolCallDelta(0, None, None, "1}")))

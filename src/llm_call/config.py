@@ -326,6 +326,9 @@ class ServerConfig(_Strict):
     body_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a request body may take to arrive in full; slower gets 408"
     )
+    header_timeout: float = Field(default=30.0, gt=0, description="Seconds a request's headers may take; slower: closed")
+    max_connections: int | None = Field(default=None, ge=1, description="Open connections at most (503 past it); default: 90% of the file limit")
+    sse_heartbeat: float = Field(default=15.0, ge=0, description="Seconds of silence before a stream gets a keep-alive; 0: never")
     max_concurrent_per_key: int = Field(
         default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 from ..errors import UsageError
@@ -168,8 +169,9 @@ def render_content(messages: list[Message], *, allow_image_urls: bool = False) -
     """``(system prompt, user message content)`` for the CLI from an OpenAI-shaped conversation.
 
     System and developer messages become the system prompt (text only). One user message is the
-    content as is. Earlier turns are rendered as a delimited transcript before the latest user
-    message; images keep their place::
+    content as is, except that the CLI never reads it as a command or file mention
+    (:func:`_text_for_model`). Earlier turns are rendered as a delimited transcript before the
+    latest user message; images keep their place::
 
         <conversation_history>
         <turn role="user">
@@ -212,7 +214,7 @@ def render_content(messages: list[Message], *, allow_image_urls: bool = False) -
         )
     system_prompt = "\n\n".join(system) if system else None
     if len(turns) == 1:
-        return system_prompt, _blocks(last_parts)
+        return system_prompt, _for_model(_blocks(last_parts))
     pieces: list[str | dict[str, Any]] = ["<conversation_history>\n"]
     for n, (role, parts) in enumerate(turns[:-1]):
         pieces.append(("\n" if n else "") + f'<turn role="{role}">\n')
@@ -220,4 +222,36 @@ def render_content(messages: list[Message], *, allow_image_urls: bool = False) -
         pieces.append("\n</turn>")
     pieces.append("\n</conversation_history>\n\nContinue the conversation above. The user's latest message:\n\n")
     pieces.extend(last_parts)
-    return system_prompt, _blocks(pieces)
+    return system_prompt, _for_model(_blocks(pieces))
+
+
+#: an ``@`` where the CLI reads a file mention: at the start or after JavaScript whitespace
+_MENTION = re.compile(r"(^|[\s\ufeff])@")
+
+
+def _text_for_model(text: str) -> str:
+    """``text`` as the CLI passes it to the model, never as an instruction to the CLI itself.
+
+    The CLI runs a user message whose text (or last text block) starts with ``/`` as one of its
+    own slash commands: ``/config permissionMode=acceptEdits`` or ``/config language=X`` wrote the
+    ``~/.claude/settings.json`` of the user running llm_call, ``/model`` switched a pooled process
+    for whoever got it next. It reads every ``@path`` (``@/etc/passwd``, ``@"~/.ssh/id_rsa"``,
+    ``@../x``) at the start of the text or after whitespace and sends the file to the model, with
+    every tool off. A space before a leading ``/`` and a zero-width space before such an ``@``
+    keep both as text (the pool's own ``/clear`` does not come through here).
+    """
+    if text.startswith("/"):
+        text = " " + text
+    return _MENTION.sub("\\1\u200b@", text) if "@" in text else text
+
+
+def _for_model(content: Content) -> Content:
+    """Every text of ``content`` through :func:`_text_for_model`."""
+    if isinstance(content, str):
+        return _text_for_model(content)
+    return [
+        {**block, "text": _text_for_model(block["text"])}
+        if block.get("type") == "text" and isinstance(block.get("text"), str)
+        else block
+        for block in content
+    ]

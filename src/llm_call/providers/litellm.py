@@ -326,7 +326,11 @@ def _tool_deltas(calls: list[Any]) -> list[ToolCallDelta]:
 
 
 def _text(exc: BaseException) -> str:
-    return str(getattr(exc, "message", None) or exc)
+    """The error's message, without the Python traceback LiteLLM appends to some (an internal
+    failure, a missing module): its file paths and code are no business of an HTTP client, and
+    the exception chain keeps them for the operator."""
+    text = str(getattr(exc, "message", None) or exc)
+    return text.split("\nTraceback (most recent call last):", 1)[0].rstrip()
 
 
 def _status(exc: BaseException, default: int) -> int:

@@ -45,6 +45,7 @@ import codecs
 import json
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -256,6 +257,37 @@ def _check_refs(schema: dict[str, Any]) -> None:
             )
 
 
+#: the most repetitions a response_format schema may ask for in all (minLength, maxItems, a
+#: pattern's {m,n} ...): llama.cpp's grammar parser writes out one element per repetition
+MAX_SCHEMA_REPEATS = 100_000
+_REPEAT_KEYS = ("minLength", "maxLength", "minItems", "maxItems", "minProperties", "maxProperties")
+_QUANTIFIER = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
+
+
+def _check_repeats(schema: dict[str, Any]) -> None:
+    """The repetition counts of a response_format schema add up to at most
+    :data:`MAX_SCHEMA_REPEATS`. The grammar is built on a thread that cannot be stopped, one
+    element per repetition: ``{"type": "string", "minLength": 50000000}`` took 1.5 GB and 7 s,
+    a billion would take the process down."""
+    total = 0
+    for node in iter_dicts(schema):
+        for key in _REPEAT_KEYS:
+            value = node.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                total += min(int(value), MAX_SCHEMA_REPEATS + 1)
+        pattern = node.get("pattern")
+        if isinstance(pattern, str):
+            for low, high in _QUANTIFIER.findall(pattern):
+                for digits in filter(None, (low, high)):  # {m,n} costs about n: counting both errs high
+                    total += min(int(digits) if len(digits) <= 12 else MAX_SCHEMA_REPEATS + 1, MAX_SCHEMA_REPEATS + 1)
+        if total > MAX_SCHEMA_REPEATS:
+            raise UsageError(
+                f"response_format json_schema: its lengths and counts (minLength, maxItems, a pattern's {{m,n}} ...) "
+                f"add up to more than {MAX_SCHEMA_REPEATS:,}; the local route turns each repetition into grammar, "
+                "and its models cannot write that much anyway"
+            )
+
+
 def _grammar(response_format: dict[str, Any] | None) -> Any:
     if response_format is None:
         return None
@@ -366,6 +398,7 @@ class LocalProvider:
                 raise UsageError("response_format json_schema needs json_schema.schema (a JSON Schema object)")
             if fmt["type"] == "json_schema":
                 _check_refs(fmt["json_schema"]["schema"])
+                _check_repeats(fmt["json_schema"]["schema"])
             params.response_format = None if fmt["type"] == "text" else fmt
         return params
 
@@ -460,21 +493,26 @@ class LocalProvider:
 
         job, model = self._start(request, on_text)
         answered = f"local/{request.model}"
+        # one deadline for the wait for a slot and the generation, applied to our own awaits only:
+        # a timeout held across ``yield`` would cancel the consumer's code instead (a raw
+        # CancelledError in the caller while it handles a chunk, never a ProviderTimeout)
+        deadline = None if request.timeout is None else loop.time() + request.timeout
         try:
-            async with asyncio.timeout(request.timeout):  # the wait for a slot and the generation
+            async with asyncio.timeout_at(deadline):
                 await model.slots.acquire()
                 self._launch(job, done)
-                while True:
+            while True:
+                async with asyncio.timeout_at(deadline):
                     kind, value = await queue.get()
-                    if kind == "text":
-                        yield Chunk(text=value, model=answered)
-                    elif kind == "error":
-                        if isinstance(value, LLMCallError):
-                            raise value
-                        raise self._error(value, request.model) from value
-                    else:
-                        yield Chunk(model=answered, finish_reason=value.finish_reason, usage=value.usage)
-                        return
+                if kind == "text":
+                    yield Chunk(text=value, model=answered)
+                elif kind == "error":
+                    if isinstance(value, LLMCallError):
+                        raise value
+                    raise self._error(value, request.model) from value
+                else:
+                    yield Chunk(model=answered, finish_reason=value.finish_reason, usage=value.usage)
+                    return
         except TimeoutError:
             raise self._timeout_error(request, job) from None
         finally:

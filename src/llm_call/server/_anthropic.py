@@ -27,9 +27,14 @@ tools (``name``, ``description``,     function tools
 ``stop_sequences``, ``top_p``,        ``stop``, ``top_p``, ``top_k`` (top_k goes to the
 ``top_k``, ``temperature``,           upstream as is: an OpenAI-compatible upstream that
 ``max_tokens``                        does not know it may refuse it)
+``output_config.format`` (structured  ``response_format`` ``json_schema`` (named
+outputs, ``json_schema``)             ``output``, not strict: OpenAI's strict mode refuses
+                                      schemas with optional properties, which Anthropic
+                                      takes); another format type is a 400
 ``metadata``, ``thinking``,           accepted and not used (``metadata.user_id`` is not
 ``context_management``,               forwarded upstream)
-``output_config``, ``service_tier``
+``output_config.effort``,
+``service_tier``
 llm_call extras (``validation``,      the same options as on chat completions (one parser:
 ``fallbacks`` ...)                    :func:`._schemas.call_options`)
 ====================================  ==================================================
@@ -89,7 +94,9 @@ class _MessagesBase(LLMCallExtras):
     thinking: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
     metadata: dict[str, Any] | None = Field(default=None, description="Accepted, not forwarded")
     context_management: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
-    output_config: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
+    output_config: dict[str, Any] | None = Field(
+        default=None, description="format (json_schema) becomes response_format; the rest is accepted, not used"
+    )
     service_tier: str | None = None
 
 
@@ -165,8 +172,28 @@ def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, An
             kwargs["tool_choice"] = choice
         if parallel is not None:
             kwargs["parallel_tool_calls"] = parallel
+    fmt = _response_format((req.output_config or {}).get("format"))
+    if fmt is not None:
+        kwargs["response_format"] = fmt
     kwargs.update(call_options(req, settings))
     return kwargs
+
+
+def _response_format(fmt: Any) -> dict[str, Any] | None:
+    """``output_config.format`` (structured outputs) as a chat ``response_format``.
+
+    Dropping it would answer a different question: the client (``messages.parse``) expects JSON
+    of its schema and gets whatever text the model writes.
+    """
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        kind = fmt.get("type") if isinstance(fmt, dict) else fmt
+        raise _bad("output_config.format.type", f"output_config.format type {kind!r} is not supported (json_schema is)")
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise _bad("output_config.format.schema", "output_config.format needs a schema object (a JSON schema)")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
 
 
 def system_text(system: str | list[dict[str, Any]] | None, param: str = "system") -> str:
@@ -370,8 +397,14 @@ def call_parts(call: Any) -> tuple[str, str, str]:
     return str(call.id or ""), str(call.name), str(call.arguments or "")
 
 
-def tool_input(arguments: str, name: str) -> Any:
-    """The ``input`` object of a tool call from its JSON text; MalformedResponse if it is not one."""
+def tool_input(arguments: str, name: str, cut: bool = False) -> Any:
+    """The ``input`` object of a tool call from its JSON text; MalformedResponse if it is not one.
+
+    ``cut``: the answer hit ``max_tokens`` in the middle of the call. Anthropic answers that with
+    ``stop_reason: "max_tokens"`` and the incomplete ``tool_use`` block (clients retry with more
+    tokens), so the input is what the text holds up to the cut, as the SDK's stream parser reads
+    it (an unfinished string or key is left out), not an upstream error.
+    """
     from ..errors import MalformedResponse
 
     if not arguments.strip():
@@ -380,6 +413,14 @@ def tool_input(arguments: str, name: str) -> Any:
         value = json.loads(arguments)
     except ValueError:
         value = None
+    if value is None and cut:
+        from pydantic_core import from_json
+
+        try:
+            value = from_json(arguments, allow_partial=True)
+        except ValueError:
+            value = None
+        return value if isinstance(value, dict) else {}
     if not isinstance(value, dict):
         raise MalformedResponse(f"the model called tool {name!r} with arguments that are not a JSON object: {arguments[:200]!r}")
     return value
@@ -405,9 +446,10 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         raise MalformedResponse("the answer ended for tool calls but carried none", model=resp.model)
     if resp.text or not calls:
         content.append({"type": "text", "text": resp.text})
-    for call in calls:
+    for i, call in enumerate(calls):
         call_id, name, arguments = call_parts(call)
-        content.append({"type": "tool_use", "id": call_id or f"toolu_{message_id}", "name": name, "input": tool_input(arguments, name)})
+        # an upstream that gives no id: one per call (as the stream does), for tool_result to name
+        content.append({"type": "tool_use", "id": call_id or f"toolu_{message_id}_{i}", "name": name, "input": tool_input(arguments, name, reason == "max_tokens")})
     body: dict[str, Any] = {
         "id": f"msg_{message_id}",
         "type": "message",
@@ -428,18 +470,43 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
 #: characters per token of the estimate (English prose and code average ~3.5-4 with GPT and
 #: Claude tokenizers); JSON-heavy content (tool schemas) tokenizes denser, hence the floor of 3.5
 CHARS_PER_TOKEN = 3.5
+#: tokens of one image: Anthropic counts width * height / 750 and scales images down to about
+#: 1.15 megapixels first, so no image costs more than ~1,600 (OpenAI's high detail: ~1,100)
+IMAGE_TOKENS = 1600
 
 
 def estimate_tokens(req: CountTokensRequest) -> int:
-    """An estimate of the input tokens of a request: characters / 3.5, plus 4 per message.
+    """An estimate of the input tokens of a request: characters / 3.5, plus 4 per message and
+    :data:`IMAGE_TOKENS` per image.
 
     No tokenizer is loaded: routes span tokenizers (GPT, Llama, Claude) and a server must not
-    load one per request; the estimate is within ~20% for prose and code, and errs high.
+    load one per request; the estimate is within ~20% for prose and code, and errs high. An image
+    is counted as an image, not as its base64 text (which would make a photo 100,000 tokens).
     """
     chars = len(system_text(req.system)) if req.system is not None else 0
+    images = 0
     for message in req.messages:
-        content = message["content"]
-        chars += len(content) if isinstance(content, str) else len(json.dumps(content, ensure_ascii=False))
+        more, found = _content_size(message["content"])
+        chars += more
+        images += found
     if req.tools:
         chars += len(json.dumps(req.tools, ensure_ascii=False))
-    return max(1, round(chars / CHARS_PER_TOKEN) + 4 * len(req.messages))
+    return max(1, round(chars / CHARS_PER_TOKEN) + 4 * len(req.messages) + IMAGE_TOKENS * images)
+
+
+def _content_size(content: Any) -> tuple[int, int]:
+    """(characters, images) of message or tool result content; images are not characters."""
+    if not isinstance(content, list):
+        return len(content) if isinstance(content, str) else len(json.dumps(content, ensure_ascii=False)), 0
+    chars = images = 0
+    for block in content:
+        if isinstance(block, dict) and block.get("type") == "image":
+            images += 1
+        elif isinstance(block, dict) and block.get("type") == "tool_result" and isinstance(block.get("content"), list):
+            more, found = _content_size(block["content"])
+            rest = {k: v for k, v in block.items() if k != "content"}
+            chars += more + len(json.dumps(rest, ensure_ascii=False))
+            images += found
+        else:
+            chars += len(json.dumps(block, ensure_ascii=False))
+    return chars, images

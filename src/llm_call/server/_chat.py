@@ -29,6 +29,7 @@ from ..client import acall, astream
 from ..errors import LLMCallError, MalformedResponse, StreamInterrupted
 from ..types import Attempt, Chunk, Usage
 from ._errors import HTTPFailure, failure_for
+from ._heartbeat import with_heartbeat
 from ._schemas import PASSTHROUGH, ChatCompletionRequest, call_options, parse_json_body
 
 if TYPE_CHECKING:
@@ -249,6 +250,7 @@ async def _start_stream(
         await close_stream(chunks)
         raise call_failure(state, info, exc) from None
     body = _sse(state, info, first, chunks, include_usage, deadline, req.model)
+    body = with_heartbeat(body, state.settings.server.sse_heartbeat)
     return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 

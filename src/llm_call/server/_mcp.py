@@ -322,11 +322,13 @@ def build_mcp_server(
     @server.tool(description="The models that can be asked now: routes (max/*, openai/*, ...), aliases and endpoints.")
     async def models() -> list[dict[str, Any]]:
         from ..catalog import list_models
+        from ._routes import may_use
 
+        allowed = settings.server.allowed_models  # as GET /v1/models: only what a call may name
         return [
             {"id": row["id"], "kind": row["kind"], "notes": row.get("notes", "")}
             for row in list_models(settings)
-            if row.get("available")
+            if row.get("available") and (allowed is None or may_use(row["id"], allowed))
         ]
 
     server.middleware.append(_refuse_unknown_arguments(server))  # type: ignore[arg-type]  # a plain function fits the protocol

@@ -48,6 +48,7 @@ from ._chat import (
     timeout_failure,
 )
 from ._errors import HTTPFailure
+from ._heartbeat import with_heartbeat
 from ._schemas import parse_json_body
 
 if TYPE_CHECKING:
@@ -171,6 +172,7 @@ async def _start_stream(
         await close_stream(chunks)
         raise
     body = _MessageStream(state, info, req.model).events(first, chunks, deadline)
+    body = with_heartbeat(body, state.settings.server.sse_heartbeat, _PING)  # Anthropic's keep-alive
     return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
 

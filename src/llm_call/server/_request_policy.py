@@ -122,8 +122,28 @@ def tool_options(extras: LLMCallExtras, claude: ClaudeConfig) -> dict[str, Any]:
 def check_models(extras: LLMCallExtras, settings: Settings) -> None:
     """Every model the request names (``model``, ``escalate``, ``fallbacks``) may be loaded for it."""
     model = getattr(extras, "model", None)
-    if isinstance(model, str):
+    if isinstance(model, str) and model.strip():
         _check_model(model, settings, "model")
+    elif settings.server.allowed_models is not None and not settings.default_model:
+        # no model and no configured default_model (that one is the operator's choice): the call
+        # would take the built-in default, which the operator's list may leave out
+        from .._request import default_model
+
+        default = default_model(settings)
+        try:
+            _check_model(default, settings, "model")
+        except HTTPFailure as exc:
+            if exc.status_code != 403:
+                raise
+            shown = ", ".join(settings.server.allowed_models) or "none"
+            raise HTTPFailure(
+                403,
+                f"model: the request names none and the built-in default model {default!r} is not one "
+                f"requests may use; name a model: {shown[:400]} (the operator's [server] allowed_models), "
+                "or the operator sets default_model",
+                param="model",
+                code="model_not_allowed",
+            ) from None
     for field in ("escalate", "fallbacks"):
         for i, name in enumerate(getattr(extras, field) or ()):
             _check_model(name, settings, f"{field}.{i}")

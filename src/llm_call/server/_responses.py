@@ -2,8 +2,9 @@
 
 ``POST /v1/responses`` with ``background: true`` submits the call as a task and returns at once
 (status ``queued``, id ``resp_<task id>``); ``GET /v1/responses/{id}`` reads the task and answers
-the same object with status ``queued``, ``in_progress``, ``completed``, ``failed`` or
-``cancelled`` (and ``output`` / ``output_text`` when done); ``POST /v1/responses/{id}/cancel``
+the same object with status ``queued``, ``in_progress``, ``completed`` (``incomplete`` when the
+answer was cut by ``max_output_tokens``), ``failed`` or ``cancelled`` (and ``output`` /
+``output_text`` when done); ``POST /v1/responses/{id}/cancel``
 cancels it. A ``max/*`` call that takes minutes survives any client timeout: the client polls.
 Without ``background`` the call runs directly and the answer comes back in the same request (it
 is not stored, so it cannot be retrieved later).
@@ -36,7 +37,15 @@ from ..types import Chunk, TaskRecord, TaskStatus, ToolCall, ToolCallDelta
 from ._background import manager
 from ._chat import cancelled_on_disconnect
 from ._errors import HTTPFailure, failure_for
-from ._responses_stream import SSE_HEADERS, OutputEvents, follow_task, output_items, stream_chunks
+from ._heartbeat import with_heartbeat
+from ._responses_stream import (
+    SSE_HEADERS,
+    OutputEvents,
+    finished,
+    follow_task,
+    output_items,
+    stream_chunks,
+)
 from ._schemas import (
     FunctionCallItem,
     FunctionCallOutputItem,
@@ -100,8 +109,10 @@ def _messages(req: ResponsesRequest) -> list[dict[str, Any]]:
         if isinstance(item, FunctionCallItem):
             call = {"id": item.call_id, "type": "function", "function": {"name": item.name, "arguments": item.arguments}}
             last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant" and "tool_calls" in last:
-                last["tool_calls"].append(call)  # parallel calls of one turn: one assistant message
+            if last is not None and last["role"] == "assistant":
+                # the text and the (parallel) calls of one turn: one assistant message, as the model
+                # answered; two assistant turns in a row are refused by chat templates that alternate
+                last.setdefault("tool_calls", []).append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
         elif isinstance(item, FunctionCallOutputItem):
@@ -264,6 +275,7 @@ def response_from_task(rec: TaskRecord) -> dict[str, Any]:
         body["output"] = output_items(rec.id, text, calls)
         body["output_text"] = text
         body["usage"] = _usage(result.get("usage"))
+        body = finished(body, result.get("finish_reason"))
     body["error"] = _error(rec.error, rec.status)
     body["llm_call"] = {
         "task_id": rec.id,
@@ -283,12 +295,11 @@ def response_from_answer(resp: LLMResponse, request_id: str, req: ResponsesReque
     spec = {"temperature": req.temperature, "top_p": req.top_p, "max_tokens": req.max_output_tokens}
     meta = response_meta(req)
     body = _base(_PREFIX + request_id, resp.model, time.time(), meta, spec, background=False)
-    body["status"] = "completed"
     body["output"] = output_items(request_id, resp.text, resp.tool_calls)
     body["output_text"] = resp.text
     body["usage"] = _usage(resp.usage.to_dict())
     body["llm_call"] = llm_call_extra(resp)
-    return body
+    return finished(body, resp.finish_reason)
 
 
 async def _start_stream(
@@ -333,14 +344,14 @@ async def _start_stream(
         body["model"] = first.model
 
     def on_done(final: Chunk, out: OutputEvents) -> dict[str, Any]:
-        done = {**body, "status": "completed", "output": out.output(), "output_text": out.text}
+        done = finished({**body, "output": out.output(), "output_text": out.text}, final.finish_reason)
         done["usage"] = _usage(final.usage.to_dict()) if final.usage else None
         if final.model:
             done["model"] = final.model
         info.attempts = final.attempt
         return done
 
-    events = stream_chunks(body, info.id, first, chunks, deadline, on_error, on_done)
+    events = with_heartbeat(stream_chunks(body, info.id, first, chunks, deadline, on_error, on_done), state.settings.server.sse_heartbeat)
     return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -402,7 +413,8 @@ def register(app: FastAPI, state: ServerState) -> None:
         rec = await mgr.status(task_id)
         if req.stream:
             info.stream = True
-            return StreamingResponse(follow_task(mgr, rec, None, response_from_task), media_type="text/event-stream", headers=SSE_HEADERS)
+            body = with_heartbeat(follow_task(mgr, rec, None, response_from_task), state.settings.server.sse_heartbeat)
+            return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
         return _json(response_from_task(rec))
 
     @app.get(
@@ -421,7 +433,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         request.scope["llm_call"].task_id = rec.id
         if stream:
             request.scope["llm_call"].stream = True
-            body = follow_task(manager(state), rec, starting_after, response_from_task)
+            body = with_heartbeat(follow_task(manager(state), rec, starting_after, response_from_task), state.settings.server.sse_heartbeat)
             return StreamingResponse(body, media_type="text/event-stream", headers=SSE_HEADERS)
         if starting_after is not None:
             raise HTTPFailure(400, "starting_after applies only with stream=true", param="starting_after")

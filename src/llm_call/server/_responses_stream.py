@@ -26,6 +26,10 @@ Choices made here:
   sends ``created``/``in_progress`` at once and the output when the task ends, in one delta.
   The sequence numbers of a task's stream are a function of its final record, so
   ``starting_after=N`` resumes exactly after event ``N`` on any server process.
+- An answer cut short (``finish_reason`` ``length``, or ``content_filter``) ends with
+  ``response.incomplete`` (status ``incomplete``, ``incomplete_details.reason``
+  ``max_output_tokens`` or ``content_filter``) instead of ``response.completed``, as OpenAI's
+  does, so a client can tell a truncated answer from a whole one.
 - A failure before the first event is an HTTP error status, as on chat completions; after it,
   ``response.failed`` ends the stream. A task resting in ``needs_review`` ends its stream with
   ``response.incomplete`` (``incomplete_details.reason == "needs_review"``); follow again after
@@ -47,10 +51,36 @@ from ._errors import HTTPFailure, failure_for
 if TYPE_CHECKING:
     from ..types import TaskRecord
 
-__all__ = ["EventWriter", "OutputEvents", "follow_task", "function_call_item", "message_item", "output_items", "stream_chunks"]
+__all__ = [
+    "EventWriter",
+    "OutputEvents",
+    "finished",
+    "follow_task",
+    "function_call_item",
+    "message_item",
+    "output_items",
+    "stream_chunks",
+]
 
 _KEEPALIVE_S = 15.0
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+#: ``incomplete_details.reason`` of an answer that ended for this finish reason
+_INCOMPLETE = {"length": "max_output_tokens", "max_tokens": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def finished(body: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    """``body`` as a finished answer: status ``completed``, or ``incomplete`` with its reason when
+    the answer was cut short (the model hit ``max_output_tokens``, or a content filter)."""
+    reason = _INCOMPLETE.get(finish_reason or "")
+    if reason is None:
+        return {**body, "status": "completed"}
+    return {**body, "status": "incomplete", "incomplete_details": {"reason": reason}}
+
+
+def _end_event(response: dict[str, Any]) -> str:
+    return "response.incomplete" if response.get("status") == "incomplete" else "response.completed"
 
 
 def message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
@@ -94,7 +124,10 @@ class EventWriter:
 class OutputEvents:
     """Turns chunks (text deltas and tool-call deltas) into output item events.
 
-    ``items`` collects the finished output items in order; ``text`` all text sent.
+    ``items`` collects the finished output items in order; ``text`` all text sent. Items finish
+    one after another, as OpenAI sends them: the next item's ``output_item.added`` comes after the
+    previous item's ``output_item.done``. Upstreams stream parallel tool calls one after another
+    too; one that goes back to a call after the next began is a StreamInterrupted.
     """
 
     def __init__(self, emit: EventWriter, item_id: str) -> None:
@@ -109,8 +142,10 @@ class OutputEvents:
         self._msg: tuple[int, str, list[str]] | None = None  # output index, item id, parts
         self._messages = 0
         self._tools: dict[int, tuple[int, str, list[Any]]] = {}  # delta index -> (index, id, [call_id, name, parts])
+        self._closed: set[int] = set()  # delta indexes of the finished tool calls
 
     def _msg_open(self) -> Iterable[bytes]:
+        yield from self._tools_close()
         index = self._next
         self._next += 1
         suffix = f"_{self._messages}" if self._messages else ""
@@ -149,7 +184,10 @@ class OutputEvents:
     def tool_delta(self, d: ToolCallDelta) -> Iterable[bytes]:
         state = self._tools.get(d.index)
         if state is None:
+            if d.index in self._closed:
+                raise StreamInterrupted(f"the stream went back to tool call {d.index} after the next output began")
             yield from self._msg_close()
+            yield from self._tools_close()
             index = self._next
             self._next += 1
             call = ToolCall(id=d.id or f"call_{self.item_id}_{d.index}", name=d.name or "", arguments="")
@@ -165,6 +203,12 @@ class OutputEvents:
             )
 
     def chunk(self, chunk: Chunk) -> Iterable[bytes]:
+        if self._tools:  # a call is being streamed: its fragments first, any text after it
+            for d in chunk.tool_calls:
+                yield from self.tool_delta(d)
+            if chunk.text:
+                yield from self.text_delta(chunk.text)
+            return
         if chunk.text:
             yield from self.text_delta(chunk.text)
         for d in chunk.tool_calls:
@@ -175,7 +219,11 @@ class OutputEvents:
         if self._next == 0:
             yield from self._msg_open()
         yield from self._msg_close()
+        yield from self._tools_close()
+
+    def _tools_close(self) -> Iterable[bytes]:
         for key in sorted(self._tools):
+            self._closed.add(key)
             index, item_id, (call_id, name, parts) = self._tools[key]
             call = ToolCall(id=call_id, name=name, arguments="".join(parts) or "{}")
             self.calls.append(call)
@@ -247,7 +295,8 @@ async def stream_chunks(
             raise StreamInterrupted("the stream finished with tool_calls but carried no tool call", model=body.get("model"))
         for event in out.close():
             yield event
-        yield emit("response.completed", response=on_done(final, out))
+        done = on_done(final, out)
+        yield emit(_end_event(done), response=done)
     except (TimeoutError, LLMCallError) as exc:
         fail: HTTPFailure = on_error(exc)
         yield emit("response.failed", response=_failed_body(body, fail, out.output()))
@@ -332,7 +381,7 @@ async def follow_task(
                 yield event
         for event in out.close():
             yield event
-        yield emit("response.completed", response=body)
+        yield emit(_end_event(body), response=body)
     elif rec.status is TaskStatus.NEEDS_REVIEW:
         yield emit("response.incomplete", response={**body, "incomplete_details": {"reason": "needs_review"}})
     else:

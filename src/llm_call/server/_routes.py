@@ -14,13 +14,13 @@ from ._errors import HTTPFailure
 from ._metrics import CONTENT_TYPE
 from ._state import ServerState
 
-__all__ = ["register"]
+__all__ = ["may_use", "register"]
 
 _log = logging.getLogger("llm_call.server")
 _STARTED = int(time.time())
 
 
-def _may_use(model_id: str, allowed: list[str]) -> bool:
+def may_use(model_id: str, allowed: list[str]) -> bool:
     """A model row requests may use under ``allowed_models``: a name a pattern matches, or a
     route (``openai/*``) some pattern allows part of (``openai/gpt-4o*``)."""
     for pattern in allowed:
@@ -40,7 +40,7 @@ def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str,
     for row in rows:
         if not row.get("available") and not include_unavailable:
             continue
-        if allowed is not None and not _may_use(row["id"], allowed):
+        if allowed is not None and not may_use(row["id"], allowed):
             continue  # requests could not use it: [server] allowed_models
         out.append(
             {

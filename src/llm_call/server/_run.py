@@ -26,6 +26,7 @@ import uvicorn
 
 from ._app import create_app
 from ._auth import check_public_bind
+from ._http_limits import default_max_connections, http_limits_protocol, raise_file_limit
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -37,13 +38,23 @@ def _fast(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+def _http_protocol(settings: Settings | None) -> Any:
+    """uvicorn's HTTP protocol (httptools when installed, else h11) with the connection-level
+    limits of ``_http_limits``: ``server.header_timeout``, ``server.max_connections``."""
+    from ..config import ServerConfig
+
+    server = settings.server if settings is not None else ServerConfig()
+    cap = server.max_connections if server.max_connections is not None else default_max_connections()
+    return http_limits_protocol("httptools" if _fast("httptools") else "h11", server.header_timeout, cap)
+
+
 def uvicorn_config(app: Any, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """The uvicorn configuration ``llm-call serve`` uses for ``app``."""
     options: dict[str, Any] = {
         "host": settings.server.host,
         "port": settings.server.port,
         "loop": "uvloop" if _fast("uvloop") else "asyncio",
-        "http": "httptools" if _fast("httptools") else "h11",
+        "http": _http_protocol(settings),
         "lifespan": "on",
         "access_log": False,  # the gateway middleware writes one structured line per request
         "server_header": False,
@@ -94,6 +105,7 @@ class _Server(uvicorn.Server):
 def serve(settings: Settings, *, host: str | None = None, port: int | None = None) -> bool:
     """Serve until SIGTERM/SIGINT. Returns False when the server could not start (port in use...)."""
     configure_logging(settings.server.debug)
+    raise_file_limit()  # before the connection cap is derived from it
     app = create_app(settings)
     if host is not None:
         check_public_bind(host, app.state.llm_call.auth)
@@ -145,7 +157,7 @@ class ServerThread:
             access_log=False,
             log_level="warning",
             loop="asyncio",
-            http="httptools" if _fast("httptools") else "h11",
+            http=_http_protocol(getattr(getattr(getattr(self.app, "state", None), "llm_call", None), "settings", None)),
             timeout_graceful_shutdown=5,
         )
         server = uvicorn.Server(config)

@@ -37,6 +37,7 @@ from ..errors import LLMCallError, TaskNotFound
 from ..types import TaskEvent, TaskRecord, TaskStatus
 from ._background import manager
 from ._errors import HTTPFailure, failure_for
+from ._heartbeat import with_heartbeat
 from ._schemas import ReviewRequest, TaskRequest, call_options
 
 if TYPE_CHECKING:
@@ -210,7 +211,7 @@ def register(app: FastAPI, state: ServerState) -> None:
             except ValueError:
                 raise HTTPFailure(400, "Last-Event-ID must be an event seq number", param="Last-Event-ID") from None
         await _record(state, request, task_id)  # 404 before the stream starts
-        body = _follow(manager(state), task_id, start, follow)
+        body = with_heartbeat(_follow(manager(state), task_id, start, follow), state.settings.server.sse_heartbeat)
         return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], summary="Cancel a task", response_model=None)

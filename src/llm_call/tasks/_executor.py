@@ -35,6 +35,7 @@ from ..errors import (
     error_to_dict,
 )
 from ..types import Response, TaskRecord, TaskStatus
+from ._housekeeping import remove_expired
 from ._progress_sink import ProgressSink, RunningTask
 from ._quota import QuotaScheduler, Requeued, is_max_route
 from ._spec import rebuild, response_dict
@@ -556,6 +557,7 @@ class TaskExecutor(ProgressSink):
         next_cleanup = loop.time() + _CLEANUP_EVERY_S
         next_recheck = loop.time() + _RECHECK_S
         next_cancel_poll = loop.time() + (self._fallback_poll_s if self._pushes else 0.0)
+        cleaning: asyncio.Task[None] | None = None
         while not self._stopping:
             await asyncio.sleep(min(_TICK_S, self._heartbeat_s))
             broken = self._store_broken()
@@ -581,11 +583,10 @@ class TaskExecutor(ProgressSink):
                 if now >= next_recover:
                     next_recover = now + self._heartbeat_s * STALE_BEATS
                     await self._recover()
-                if now >= next_cleanup:
+                if now >= next_cleanup and (cleaning is None or cleaning.done()):  # beside: beats never wait on it
                     next_cleanup = now + _CLEANUP_EVERY_S
-                    removed = await self.store.cleanup(time.time() - self._retention_s)
-                    if removed:
-                        _log.info("removed %d task(s) older than the retention period", removed)
+                    cleaning = asyncio.create_task(remove_expired(self.store, self._retention_s))
+                    self._loops = [*(t for t in self._loops if not t.done()), cleaning]  # close() cancels it
             except Exception:  # heartbeats must go on: log and try again next tick
                 _log.exception("task housekeeping failed; trying again next tick")
 

@@ -3,8 +3,9 @@
 The store's scripts ``PUBLISH`` a task's new event count on ``{prefix}:ev:{id}`` and a cancel
 request on ``{prefix}:cancel:{worker}``. :class:`RedisNotices` keeps one pub/sub connection per
 store, subscribed to the channels someone watches, and calls their callbacks as messages arrive,
-so a worker cancels at once and a follower wakes at once. Polling stays as the fallback for a
-notice lost while the connection was down (``tasks.fallback_poll_s``).
+so a worker cancels at once and a follower wakes at once. A dropped connection is re-made (and
+every channel subscribed again) in the background; polling stays as the fallback for a notice
+lost while the connection was down (``tasks.fallback_poll_s``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any
 __all__ = ["RedisNotices"]
 
 _log = logging.getLogger("llm_call.tasks")
+_RECONNECT_FIRST_S = 0.1  # after a dropped pub/sub connection, doubling up to the max
+_RECONNECT_MAX_S = 5.0
 
 
 class RedisNotices:
@@ -35,7 +38,13 @@ class RedisNotices:
         if len(callbacks) == 1:
             if self._pubsub is None:
                 self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            await self._pubsub.subscribe(**{channel: self._dispatch})
+            try:
+                await self._pubsub.subscribe(**{channel: self._dispatch})
+            except BaseException:  # not watched: the next watch of this channel subscribes again
+                callbacks.remove(callback)
+                if not callbacks:
+                    self._callbacks.pop(channel, None)
+                raise
             if self._reader is None or self._reader.done():
                 self._reader = asyncio.ensure_future(self._read())
 
@@ -59,12 +68,35 @@ class RedisNotices:
                 _log.exception("task store %s: a notice callback failed", self._url)
 
     async def _read(self) -> None:
-        try:
-            await self._pubsub.run(poll_timeout=1.0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # polling (tasks.fallback_poll_s) still finds what was missed
-            _log.warning("task store %s: pushed notices stopped (%s); polling only", self._url, exc)
+        """Dispatch messages; when the connection drops, reconnect (redis-py re-subscribes every
+        channel on connect) with a growing pause, and wake every watcher once it is back, since
+        notices published meanwhile are lost. Polling (``tasks.fallback_poll_s``) covers the gap."""
+        delay = _RECONNECT_FIRST_S
+        lost = False
+        while True:
+            try:
+                await self._pubsub.connect()
+                if lost:
+                    lost = False
+                    delay = _RECONNECT_FIRST_S
+                    _log.info("task store %s: pushed notices back", self._url)
+                    self._wake_all()
+                await self._pubsub.run(poll_timeout=1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # polling (tasks.fallback_poll_s) finds what is missed meanwhile
+                if not lost:
+                    _log.warning(
+                        "task store %s: pushed notices interrupted (%s); reconnecting, polling meanwhile", self._url, exc
+                    )
+                lost = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RECONNECT_MAX_S)
+
+    def _wake_all(self) -> None:
+        """Call every callback with ``""`` (no task, no count): something may have been missed."""
+        for channel in list(self._callbacks):
+            self._dispatch({"channel": channel, "data": ""})
 
     async def close(self) -> None:
         if self._reader is not None:

@@ -28,6 +28,7 @@ class RedisWorkers:
 
     prefix: str
     host: str
+    _machine: str
     url: str
     _opts: dict[str, str]
     _errors: tuple[type[BaseException], ...]
@@ -50,7 +51,7 @@ class RedisWorkers:
     async def heartbeat(self, worker: WorkerInfo) -> None:
         worker.heartbeat_at = time.time()
         if "host" in self._opts:
-            worker.host = self.host  # the host name given in the URL is this worker's host
+            worker.host = self._machine  # the host name given in the URL is this worker's host
         async with self._io("heartbeat") as r:
             pipe = r.pipeline(transaction=True)
             pipe.hset(f"{self.prefix}:workers", worker.id, dumps(worker.to_dict()))
@@ -87,7 +88,7 @@ class RedisWorkers:
         return sorted(found, key=lambda w: w.started_at)
 
     def _alive(self, w: WorkerInfo, within: float, now: float) -> bool:
-        return now - w.heartbeat_at <= within and (w.host != self.host or pid_alive(w.pid))
+        return now - w.heartbeat_at <= within and (w.host != self._machine or pid_alive(w.pid))
 
     async def workers(self, alive_within: float) -> list[WorkerInfo]:
         now = time.time()
@@ -138,7 +139,7 @@ class RedisWorkers:
         now = time.time()
         registry = await self._registry()
         alive = {w.id for w in registry if self._alive(w, stale_after, now)}
-        gone = {w.id for w in registry if w.host == self.host and not pid_alive(w.pid)}
+        gone = {w.id for w in registry if w.host == self._machine and not pid_alive(w.pid)}
         silent = BACKSTOP * stale_after
         dead = gone | {w.id for w in registry if now - w.heartbeat_at > silent}
         known = {w.id for w in registry}

@@ -4,13 +4,17 @@
 the transaction holding it committed. The writer thread takes every operation waiting at that
 moment and applies them in one ``BEGIN IMMEDIATE`` ... ``COMMIT`` (``synchronous=FULL``, WAL), so
 a thousand concurrent writes cost one fsync. If an operation raises, the batch is rolled back
-and its operations are replayed one per transaction, so only the faulty one fails.
+and its operations are replayed one per transaction, so only the faulty one fails. If the lock
+cannot be had (another process held it past the busy timeout), nothing ran: the whole batch
+fails at once, instead of each write waiting out the timeout again in turn.
 :meth:`GroupCommitDB.read` runs a query inline on the calling thread's own read connection.
 
 If the writer thread itself dies (a ``ROLLBACK`` that raises, any ``BaseException`` out of a
 batch), the database is **broken**: the writes it held and every write queued or made later fail
 at once with :class:`~llm_call.errors.TaskStoreError` (never wait forever), and :attr:`broken`
-says why, so ``/health`` answers 503 and a worker exits for its supervisor to restart it.
+says why, so ``/health`` answers 503 and a worker exits for its supervisor to restart it. Its
+connection is closed as it dies, so a transaction it was inside does not keep the file's write
+lock from the other processes.
 """
 
 from __future__ import annotations
@@ -181,11 +185,25 @@ class GroupCommitDB:
                 "no write can be made until the process restarts"
             )
             _log.critical("%s", self.broken, exc_info=True)
+            self._release_lock()
             self._deliver([(fut, loop, None, self.broken) for _, fut, loop in self._in_hand])
             # stay to fail what was handed over meanwhile (racing with ``broken`` being set),
             # until close() sends the sentinel
             while (nxt := self._queue.get()) is not None:
                 self._deliver([(fut, loop, None, self.broken) for _, fut, loop in nxt])
+
+    def _release_lock(self) -> None:
+        """Close the dead writer's connection: it may have died inside ``BEGIN IMMEDIATE`` (or
+        after a ``ROLLBACK`` that raised), and an open transaction keeps the file's write lock,
+        so every other process's writes would fail after the busy timeout until this one exits.
+        Closing rolls back whatever it held."""
+        conn = self._wconn
+        if conn is None:
+            return
+        try:
+            conn.close()
+        except sqlite3.Error as exc:  # dying anyway; the lock goes when the process does
+            _log.error("task store %s: closing the dead writer's connection failed: %s", self.path, exc)
 
     def _apply_batches(self) -> None:
         assert self._wconn is not None
@@ -217,6 +235,12 @@ class GroupCommitDB:
         results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:  # no lock (busy past the timeout): nothing ran, all fail alike
+            busy = self._error(exc)
+            _log.error("task store write failed: %s", exc)
+            self._deliver([(fut, loop, None, busy) for _, fut, loop in batch])
+            return
+        try:
             for op, _, _ in batch:
                 results.append(op(conn))
             conn.execute("COMMIT")

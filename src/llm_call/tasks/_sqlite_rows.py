@@ -4,8 +4,9 @@ a requested cancel), and recovery of dead workers' tasks. Each function runs on 
 it is given, inside the caller's transaction; ``sqlite_store.py`` wires them to the writer.
 
 Liveness (the invariant "a worker is declared dead only when it cannot be alive"): a worker of
-this host is dead exactly when its process is gone, its pid checked together with the process's
-start time so that a reused pid does not pass for it. A live process whose heartbeats wait
+this host (host name and PID namespace, ``store.machine_name``) is dead exactly when its process
+is gone, its pid checked together with the process's start time so that a reused pid does not
+pass for it. A live process whose heartbeats wait
 behind a lock (another process's long transaction) is alive. A worker of another host sharing
 the file is dead when silent longer than the stale window plus the longest wait for the lock.
 """

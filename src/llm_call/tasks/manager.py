@@ -146,6 +146,30 @@ class TaskManager(TaskExecutor):
         self._notify.clear()
         self._final_records.clear()
 
+    async def _housekeeping_loop(self) -> None:
+        try:
+            await super()._housekeeping_loop()
+        except asyncio.CancelledError:
+            if not self._stopping:  # the event loop is ending without close()
+                await self._abandoned()
+            raise
+
+    async def _abandoned(self) -> None:
+        """The event loop is ending (``asyncio.run`` returned, this manager was never closed): hand
+        its running and reserved tasks back and drop its worker entry. The process may live on,
+        and a worker whose process lives is never declared dead, so nothing else would run them."""
+        self._stopping = True
+        try:
+            released = await self.store.release(list(self._running), self.worker_id)
+            await self.store.remove_worker(self.worker_id)
+        except Exception:  # what is left: recovery re-queues it once this process is gone
+            _log.exception("task manager %s: its event loop ended without close(); handing its tasks back failed", self.worker_id)
+            return
+        _log.warning(
+            "task manager %s: its event loop ended without close(); %d running task(s) back in the queue",
+            self.worker_id, len(released),
+        )
+
     async def __aenter__(self) -> TaskManager:
         await self.start()
         return self
@@ -494,13 +518,18 @@ class TaskManager(TaskExecutor):
 
     async def cancel(self, task_id: str, *, timeout: float = 30.0) -> TaskRecord:
         """Cancel a task. Queued (or in review): cancelled at once. Running here: its work is
-        cancelled and this returns once it is recorded cancelled (up to ``timeout`` s). Running in
+        cancelled, the request stored (a crash before the outcome is recorded cannot run it
+        again), and this returns once it is recorded cancelled (up to ``timeout`` s). Running in
         another process: the request is recorded, that process stops it within about a second
         (``wait`` for it). A finished task is returned unchanged."""
         self._check_open()
         run = self._running.get(task_id)
         if run is not None and run.work is not None:
             self._cancel_run(run)
+            try:  # stored too: if this process dies before the outcome is recorded, the cancel holds
+                await self.store.request_cancel(task_id)
+            except TaskStoreError:
+                _log.warning("task %s: the cancel request could not be stored; the work is cancelled here", task_id, exc_info=True)
             if run.settler is not None:
                 await asyncio.wait({run.settler}, timeout=timeout)
             return await self.status(task_id)

@@ -70,6 +70,7 @@ from .store import (
     NewTask,
     Outcome,
     final_event_data,
+    machine_name,
     queue_full,
 )
 
@@ -104,6 +105,9 @@ class RedisTaskStore(RedisWorkers):
             raise ConfigError(f"task store URL {self.url}: prefix {self.prefix!r} may not contain | : {{ }}")
         self._opts = opts
         self.host = opts.get("host") or socket.gethostname()
+        # where a worker's pid can be checked (registered as its host): this host name (the URL's
+        # if given) and PID namespace; containers may share a host name, never pids
+        self._machine = machine_name(opts.get("host"))
         self.host_limits: dict[str, int] = {}
         self.global_limits: dict[str, int] = parse_limits(opts.get("global_limits", ""), "global_limits")
         self.lease_s = 30.0
@@ -181,11 +185,17 @@ class RedisTaskStore(RedisWorkers):
 
     async def watch_cancels(self, worker_id: str, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
         """Call ``on_cancel(task_id)`` as soon as a cancel of a task running on ``worker_id`` is requested."""
-        return await self._notice_hub().watch(f"{self.prefix}:cancel:{worker_id}", on_cancel)
+        return await self._watch(f"{self.prefix}:cancel:{worker_id}", on_cancel)
 
     async def watch_events(self, task_id: str, on_event: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
         """Call ``on_event(count)`` as soon as an event of ``task_id`` is stored."""
-        return await self._notice_hub().watch(f"{self.prefix}:ev:{task_id}", on_event)
+        return await self._watch(f"{self.prefix}:ev:{task_id}", on_event)
+
+    async def _watch(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        try:
+            return await self._notice_hub().watch(channel, callback)
+        except self._errors as exc:  # the caller polls instead (TaskStoreError is what it expects)
+            raise TaskStoreError(f"task store {self.url}: watch {channel}: {type(exc).__name__}: {exc}") from None
 
     def _notice_hub(self) -> RedisNotices:
         if self._r is None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import sqlite3
 import time
 from collections import defaultdict
@@ -49,6 +48,7 @@ from .store import (
     RecoveryReport,
     WorkerInfo,
     final_event_data,
+    machine_name,
     worker_process_alive,
 )
 
@@ -85,7 +85,7 @@ class SQLiteTaskStore:
         self.path = Path(path).expanduser()
         self.url = str(self.path)
         self._db = GroupCommitDB(self.path, init_schema, batch_max=batch_max)
-        self._host = socket.gethostname()
+        self._host = machine_name()  # workers registered under it are judged by their pid
 
     async def open(self) -> None:
         await self._db.open()

@@ -80,6 +80,7 @@ __all__ = [
     "TaskStore",
     "WorkerInfo",
     "final_event_data",
+    "machine_name",
     "new_task_id",
     "pid_alive",
     "queue_full",
@@ -199,7 +200,7 @@ class WorkerInfo:
     kind: str = "manager"  # manager | worker | server
     claims: str = "own"
     concurrency: int = 0
-    host: str = field(default_factory=socket.gethostname)
+    host: str = field(default_factory=lambda: machine_name())  # late-bound: tests simulate namespaces
     pid: int = field(default_factory=os.getpid)
     started_at: float = field(default_factory=time.time)
     heartbeat_at: float = field(default_factory=time.time)
@@ -396,7 +397,9 @@ class FinishesWithEvents(Protocol):
 @runtime_checkable
 class PushesNotices(Protocol):
     """Cancel requests and new events pushed as they happen (Redis pub/sub); each ``watch_*``
-    returns the coroutine function that stops it. Polling stays as the fallback."""
+    returns the coroutine function that stops it, or raises TaskStoreError. A callback gets
+    ``""`` when notices may have been lost (a dropped connection came back). Polling stays as
+    the fallback."""
 
     async def watch_cancels(self, worker_id: str, on_cancel: Callable[[str], None]) -> Callable[[], Awaitable[None]]: ...
 
@@ -435,6 +438,26 @@ def queue_full(route: str, pattern: str, limit: int) -> QueueFull:
         route=route,
         limit=limit,
     )
+
+
+_INITIAL_PID_NAMESPACE = "pid:[4026531836]"  # the kernel's own (PROC_PID_INIT_INO): no container
+
+
+def machine_name(host: str | None = None) -> str:
+    """The name a worker registers as its host: where its pid can be checked. The host name (or
+    ``host``), plus the PID namespace when this process has one of its own (a container):
+    containers that share a host name (host networking) see different processes under the same
+    pid, so a worker must not judge another's liveness by a pid from another namespace."""
+    name = host or socket.gethostname()
+    namespace = _pid_namespace()
+    return name if namespace in (None, _INITIAL_PID_NAMESPACE) else f"{name}#{namespace}"
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:  # not Linux, or /proc hidden: the host name alone, as before
+        return None
 
 
 def pid_alive(pid: int) -> bool:
