@@ -240,3 +240,33 @@ async def test_a_tool_schema_that_expands_exponentially_is_refused_before_litell
     tree = [{"type": "function", "function": {"name": "f", "parameters": recursive}}]
     with pytest.raises(ProviderConnectionError):  # a recursive (tree) schema is fine: it is sent
         await llm_call.acall("gemini/gemini-1.5-pro", "hi", tools=tree, retry=False)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_litellm_is_imported_off_the_event_loop(
+    srv: ScriptedLLMServer, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """Importing litellm runs ~3 s of module code: done on the event loop's thread, the first
+    LiteLLM call of a server froze every other request, stream and heartbeat meanwhile."""
+    import threading
+
+    from llm_call.providers import litellm as route
+    from llm_call.types import Request
+
+    threads: list[threading.Thread] = []
+    real = route.import_litellm
+
+    def recording() -> Any:
+        threads.append(threading.current_thread())
+        return real()
+
+    monkeypatch.setattr(route, "import_litellm", recording)
+    provider = route.LiteLLMProvider()  # a fresh one: nothing imported through it yet
+    srv.add(Reply(text="fine"))
+    request = Request(model=MODEL, messages=[{"role": "user", "content": "hi"}])
+    if streamed:
+        text = "".join([c.text async for c in provider.stream(request)])
+    else:
+        text = (await provider.complete(request)).text
+    assert text == "fine"
+    assert threads and all(t is not threading.main_thread() for t in threads), threads

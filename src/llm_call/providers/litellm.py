@@ -22,6 +22,7 @@ any other status error                      ProviderHTTPError(status)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -146,6 +147,13 @@ class LiteLLMProvider:
         self._litellm: Any = None
         self._known: frozenset[str] = frozenset()
 
+    async def _load(self) -> None:
+        """Import litellm on a thread the first time: the import runs ~3 s of module code, and on
+        the event loop it froze every other call, stream and heartbeat of the process (a server's
+        first LiteLLM request stopped the whole server for seconds)."""
+        if self._litellm is None:
+            await asyncio.to_thread(self._lib)
+
     def _lib(self) -> Any:
         if self._litellm is None:
             lib = import_litellm()
@@ -234,6 +242,7 @@ class LiteLLMProvider:
             ) from exc
 
     async def complete(self, request: Request) -> Response:
+        await self._load()
         self._check_route(request.model)
         kw = self._kwargs(request)
         started = time.perf_counter()
@@ -265,6 +274,7 @@ class LiteLLMProvider:
         )
 
     async def stream(self, request: Request) -> AsyncIterator[Chunk]:
+        await self._load()
         self._check_route(request.model)
         kw = self._kwargs(request)
         kw["stream"] = True
