@@ -349,3 +349,19 @@ def test_parallel_tool_calls_without_upstream_ids_get_distinct_tool_use_ids(serv
     message = _client(served).messages.create(model="up/x", max_tokens=100, tools=[WEATHER], messages=HI)
     ids = [b.id for b in message.content if b.type == "tool_use"]
     assert len(ids) == 2 and len(set(ids)) == 2 and all(ids)  # each tool_result must name one call
+
+
+def test_models_in_anthropic_shape_for_the_anthropic_sdk(serve_llm: Any) -> None:
+    """The anthropic SDK (and Claude Code) list models with ``anthropic-version``: they got the
+    OpenAI list (no ``type``, ``display_name``, ``created_at``). A concrete model of a route
+    (``up/x`` of ``up/*``) can be retrieved by both SDKs; it was a 404 though it answers."""
+    served: Served = serve_llm(server={"allowed_models": ["up/*"]})
+    listed = list(_client(served).models.list())
+    assert listed and {m.type for m in listed} == {"model"}
+    assert "up/*" in {m.id for m in listed} and all(m.display_name and m.created_at for m in listed)
+    one = _client(served).models.retrieve("up/x")
+    assert one.id == "up/x" and one.type == "model"
+    assert served.client().models.retrieve("up/x").id == "up/x"  # the openai SDK, OpenAI shape
+    for outside in ("max/opus", "up/*x", "nothing/y"):
+        with pytest.raises(anthropic.NotFoundError):
+            _client(served).models.retrieve(outside)

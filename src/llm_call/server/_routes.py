@@ -59,20 +59,46 @@ def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str,
     return out
 
 
+def _anthropic(request: Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
+def _anthropic_model(row: dict[str, Any]) -> dict[str, Any]:
+    """A model row in the shape of Anthropic's ``GET /v1/models``."""
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row["created"]))
+    return {"type": "model", "id": row["id"], "display_name": row["id"], "created_at": created, "llm_call": row["llm_call"]}
+
+
 def register(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models", tags=["models"], summary="List usable models, routes and aliases")
-    async def list_models(all: bool = False) -> JSONResponse:
+    async def list_models(request: Request, all: bool = False) -> JSONResponse:
         """Routes (``max/*``, ``openai/*``...), aliases and configured endpoints that can be used now;
-        ``?all=true`` lists the unavailable ones too (``llm_call.available`` false)."""
-        return JSONResponse({"object": "list", "data": _model_rows(state, all)})
+        ``?all=true`` lists the unavailable ones too (``llm_call.available`` false). In Anthropic's
+        shape for a client that sends ``anthropic-version`` (the anthropic SDK, Claude Code)."""
+        rows = _model_rows(state, all)
+        if _anthropic(request):
+            data = [_anthropic_model(row) for row in rows]
+            return JSONResponse({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                                 "last_id": data[-1]["id"] if data else None})
+        return JSONResponse({"object": "list", "data": rows})
 
     @app.get("/v1/models/{model:path}", tags=["models"], summary="One model, route or alias")
-    async def retrieve_model(model: str) -> JSONResponse:
-        for row in _model_rows(state, True):
-            if row["id"] == model:
-                return JSONResponse(row)
-        raise HTTPFailure(404, f"no model, route or alias named {model!r}; GET /v1/models lists them",
-                          param="model", code="model_not_found")
+    async def retrieve_model(request: Request, model: str) -> JSONResponse:
+        """A listed id, or a concrete model of a listed route (``up/x`` of ``up/*``)."""
+        rows = _model_rows(state, True)
+        found = next((row for row in rows if row["id"] == model), None)
+        if found is None and not any(c in model for c in "*?["):  # a concrete name, not a pattern
+            allowed = state.settings.server.allowed_models
+            for row in rows:
+                if row["id"].endswith("/*") and fnmatch.fnmatchcase(model, row["id"]) and (
+                    allowed is None or any(fnmatch.fnmatchcase(model, p) for p in allowed)
+                ):
+                    found = {**row, "id": model}
+                    break
+        if found is None:
+            raise HTTPFailure(404, f"no model, route or alias named {model!r}; GET /v1/models lists them",
+                              param="model", code="model_not_found")
+        return JSONResponse(_anthropic_model(found) if _anthropic(request) else found)
 
     @app.get("/health", tags=["health"], summary="Liveness and readiness (including the task store)")
     async def health(request: Request) -> JSONResponse:
