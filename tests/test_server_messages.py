@@ -365,3 +365,15 @@ def test_models_in_anthropic_shape_for_the_anthropic_sdk(serve_llm: Any) -> None
     for outside in ("max/opus", "up/*x", "nothing/y"):
         with pytest.raises(anthropic.NotFoundError):
             _client(served).models.retrieve(outside)
+
+
+def test_a_valid_key_in_either_header_is_enough_when_both_are_sent(serve_llm: Any) -> None:
+    """A client with both an auth token and an API key in its environment (ANTHROPIC_AUTH_TOKEN
+    left over from another gateway, say) sends both headers: a valid x-api-key was refused with
+    401 because the Authorization header was looked at alone. Two wrong keys are still a 401."""
+    served = serve_llm([Reply(text="both", times=None)], server={"api_keys": ["sekret"]})
+    body = {"model": "up/x", "max_tokens": 10, "messages": HI}
+    for bearer, key, status in (("stale-token", "sekret", 200), ("sekret", "stale", 200), ("no", "nope", 401)):
+        r = httpx.post(served.url + "/v1/messages", json=body, timeout=30,
+                       headers={"authorization": f"Bearer {bearer}", "x-api-key": key, "anthropic-version": "2023-06-01"})
+        assert r.status_code == status, (bearer, key, r.text)

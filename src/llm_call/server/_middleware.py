@@ -170,12 +170,11 @@ class GatewayMiddleware:
                     "set keys to serve other machines", code="no_api_keys"))
                 return
             if state.auth.enabled and (path not in PUBLIC_PATHS or authorization is not None or api_key is not None):
-                if authorization is not None:
-                    caller = state.auth.caller(authorization)
-                else:  # Anthropic clients send the key as x-api-key
-                    caller = None if api_key is None else state.auth.caller_of_key(api_key)
+                caller = None if authorization is None else state.auth.caller(authorization)
+                if caller is None and api_key is not None:  # Anthropic clients send the key as x-api-key
+                    caller = state.auth.caller_of_key(api_key)  # (some send both: either may hold it)
                 if caller is None and path in PUBLIC_PATHS:
-                    pass  # a wrong key on a public path: served as without a key
+                    info.caller = ANONYMOUS  # a wrong key on a public path: served as without a key
                 elif caller is None:
                     info.error = "invalid_api_key"
                     message = (
