@@ -377,3 +377,17 @@ def test_a_valid_key_in_either_header_is_enough_when_both_are_sent(serve_llm: An
         r = httpx.post(served.url + "/v1/messages", json=body, timeout=30,
                        headers={"authorization": f"Bearer {bearer}", "x-api-key": key, "anthropic-version": "2023-06-01"})
         assert r.status_code == status, (bearer, key, r.text)
+
+
+def test_a_refused_host_is_an_error_in_anthropic_shape_on_messages(serve_llm: Any) -> None:
+    """The Host check (DNS rebinding) answered /v1/messages in OpenAI's error shape, which the
+    anthropic SDK reports without its message; every refusal on that path is Anthropic's shape."""
+    served: Served = serve_llm()
+    r = httpx.post(served.url + "/v1/messages", json={"model": "up/x", "max_tokens": 5, "messages": HI},
+                   headers={"host": "evil.example"}, timeout=30)
+    assert r.status_code == 421
+    body = r.json()
+    assert body["type"] == "error" and "server.allowed_hosts" in body["error"]["message"], body
+    chat = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI},
+                      headers={"host": "evil.example"}, timeout=30)
+    assert chat.status_code == 421 and chat.json()["error"]["code"] == "host_not_allowed"

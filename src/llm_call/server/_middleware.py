@@ -154,7 +154,7 @@ class GatewayMiddleware:
             if not rules.host_ok(host):
                 assert host is not None
                 info.error = "host_not_allowed"
-                await _answer(send_with_id, 421, error_body(host_message(host), code="host_not_allowed"))
+                await _answer(send_with_id, 421, _error(anthropic, 421, host_message(host), code="host_not_allowed"))
                 return
             if method == "OPTIONS" and preflight and rules.origin_allowed(origin):
                 assert origin is not None
@@ -165,9 +165,9 @@ class GatewayMiddleware:
                 return
             if not state.auth.enabled and local_address_is_public(scope.get("server")):
                 info.error = "no_api_keys"
-                await _answer(send_with_id, 403, error_body(
-                    "this server has no API keys (server.api_keys) and answers only on loopback addresses; "
-                    "set keys to serve other machines", code="no_api_keys"))
+                await _answer(send_with_id, 403, _error(
+                    anthropic, 403, "this server has no API keys (server.api_keys) and answers only on loopback "
+                    "addresses; set keys to serve other machines", code="no_api_keys"))
                 return
             if state.auth.enabled and (path not in PUBLIC_PATHS or authorization is not None or api_key is not None):
                 caller = None if authorization is None else state.auth.caller(authorization)
