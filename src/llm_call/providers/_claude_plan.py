@@ -228,6 +228,8 @@ def plan_call(cfg: ClaudeConfig, request: Request, *, environ: dict[str, str] | 
             raise UsageError(f"max_budget_usd must be > 0, not {budget!r}")
         kw["max_budget_usd"] = float(budget)
     persist = opts.get("persist_session")
+    if persist is None:
+        persist = cfg.persist_sessions  # None: the CLI's default (saved, so resume= works)
     if persist is not None:
         if not isinstance(persist, bool):
             raise UsageError("option persist_session must be True or False")
