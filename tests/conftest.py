@@ -51,6 +51,17 @@ def _reset_breakers() -> Iterator[None]:
     reset_breakers()
 
 
+@pytest.fixture(autouse=True)
+def _reset_quota() -> Iterator[None]:
+    """The Claude quota state is process-wide: a test that saw a rejection (even from a server
+    still stopping after the test body) must not hold every later max/* call until its reset."""
+    from llm_call.providers.claude_quota import QUOTA
+
+    QUOTA.clear()
+    yield
+    QUOTA.clear()
+
+
 @pytest.fixture
 async def srv(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[ScriptedLLMServer]:
     """A scripted server behind the ``openai/*`` route (default answer: "default answer")."""
