@@ -13,6 +13,8 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -816,13 +818,22 @@ def test_processes_submitting_at_once_never_overshoot_a_queue_limit(
 # -- 7. Redis pushes cancel requests and events: they arrive with polling set to once a minute -------
 
 
-async def test_redis_cancel_and_events_are_pushed_not_polled(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@dataclass
+class _Hung:
+    """A task whose call hangs on a worker, followed (``seen``) by another manager (``client``)."""
+
+    worker: TaskManager
+    client: TaskManager
+    task_id: str
+    seen: list[str]
+    follower: asyncio.Task[None]
+
+
+@asynccontextmanager
+async def _hung_task_on_redis(url: str, monkeypatch: pytest.MonkeyPatch, fallback_poll_s: float) -> AsyncIterator[_Hung]:
     settings = Settings.model_validate(
-        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": 60.0}}
+        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": fallback_poll_s}}
     )
-    url = f"{redis_server.url}?prefix=p{uuid.uuid4().hex[:8]}"
     async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
         monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
         monkeypatch.setenv("OPENAI_API_KEY", "test")
@@ -846,14 +857,22 @@ async def test_redis_cancel_and_events_are_pushed_not_polled(
                         break
                     await asyncio.sleep(0.025)
                 assert srv.in_flight == 1
-                await client.cancel(task_id)  # recorded; the worker in the other manager is told
-                rec = await asyncio.wait_for(client.wait(task_id), 10)  # polling alone: 60 s
-                await asyncio.wait_for(follower, 10)
+                yield _Hung(worker, client, task_id, seen, follower)
         finally:
             await worker_store.close()
             await client_store.close()
+
+
+async def test_redis_cancel_and_events_are_pushed_not_polled(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"{redis_server.url}?prefix=p{uuid.uuid4().hex[:8]}"
+    async with _hung_task_on_redis(url, monkeypatch, fallback_poll_s=60.0) as hung:
+        await hung.client.cancel(hung.task_id)  # recorded; the worker in the other manager is told
+        rec = await asyncio.wait_for(hung.client.wait(hung.task_id), 10)  # polling alone: 60 s
+        await asyncio.wait_for(hung.follower, 10)
     assert rec.status is TaskStatus.CANCELLED
-    assert seen[0] == "queued" and "started" in seen and seen[-1] == "cancelled"
+    assert hung.seen[0] == "queued" and "started" in hung.seen and hung.seen[-1] == "cancelled"
 
 
 async def test_redis_pushed_notices_come_back_after_the_pubsub_connection_drops(
@@ -861,11 +880,7 @@ async def test_redis_pushed_notices_come_back_after_the_pubsub_connection_drops(
 ) -> None:
     import redis.asyncio as aioredis
 
-    settings = Settings.model_validate(
-        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": 60.0}}
-    )
     prefix = f"d{uuid.uuid4().hex[:8]}"
-    url = f"{redis_server.url}?prefix={prefix}"
     admin = aioredis.from_url(redis_server.url, decode_responses=True)
 
     async def subscribed(channel: str) -> bool:
@@ -875,50 +890,27 @@ async def test_redis_pushed_notices_come_back_after_the_pubsub_connection_drops(
             await asyncio.sleep(0.05)
         return False
 
-    async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
-        worker_store, client_store = await open_store(url), await open_store(url)
-        try:
-            async with (
-                TaskManager(worker_store, claims="all", settings=settings) as worker,
-                TaskManager(client_store, execute=False, settings=settings) as client,
-            ):
-                await worker.start()
-                task_id = await client.submit({"model": MODEL, "prompt": "hang"})
-                seen: list[str] = []
-
-                async def follow() -> None:
-                    async for ev in client.events(task_id):
-                        seen.append(ev.kind)
-
-                follower = asyncio.create_task(follow())
-                for _ in range(400):  # the worker's call is in flight
-                    if srv.in_flight == 1:
-                        break
-                    await asyncio.sleep(0.025)
-                assert srv.in_flight == 1
-                cancel_channel, events_channel = f"{prefix}:cancel:{worker.worker_id}", f"{prefix}:ev:{task_id}"
-                assert await subscribed(cancel_channel) and await subscribed(events_channel)
-                # every pub/sub connection dropped (a Redis restart, a proxy's idle timeout ...)
-                before = {c["id"] for c in await admin.client_list(_type="pubsub")}
-                assert await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
-                for _ in range(200):  # Redis closes killed clients asynchronously
-                    if not before & {c["id"] for c in await admin.client_list(_type="pubsub")}:
-                        break
-                    await asyncio.sleep(0.05)
-                assert not before & {c["id"] for c in await admin.client_list(_type="pubsub")}
-                assert await subscribed(cancel_channel) and await subscribed(events_channel)
-                await client.cancel(task_id)
-                # before the fix: nothing read the notices any more, only the 60 s poll was left
-                rec = await asyncio.wait_for(client.wait(task_id), 10)
-                await asyncio.wait_for(follower, 10)
-        finally:
-            await worker_store.close()
-            await client_store.close()
-            await admin.aclose()
+    try:
+        async with _hung_task_on_redis(f"{redis_server.url}?prefix={prefix}", monkeypatch, fallback_poll_s=60.0) as hung:
+            cancel_channel, events_channel = f"{prefix}:cancel:{hung.worker.worker_id}", f"{prefix}:ev:{hung.task_id}"
+            assert await subscribed(cancel_channel) and await subscribed(events_channel)
+            # every pub/sub connection dropped (a Redis restart, a proxy's idle timeout ...)
+            before = {c["id"] for c in await admin.client_list(_type="pubsub")}
+            assert await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub") >= 2
+            for _ in range(200):  # Redis closes killed clients asynchronously
+                if not before & {c["id"] for c in await admin.client_list(_type="pubsub")}:
+                    break
+                await asyncio.sleep(0.05)
+            assert not before & {c["id"] for c in await admin.client_list(_type="pubsub")}
+            assert await subscribed(cancel_channel) and await subscribed(events_channel)
+            await hung.client.cancel(hung.task_id)
+            # before the fix: nothing read the notices any more, only the 60 s poll was left
+            rec = await asyncio.wait_for(hung.client.wait(hung.task_id), 10)
+            await asyncio.wait_for(hung.follower, 10)
+    finally:
+        await admin.aclose()
     assert rec.status is TaskStatus.CANCELLED
-    assert seen[0] == "queued" and seen[-1] == "cancelled"
+    assert hung.seen[0] == "queued" and hung.seen[-1] == "cancelled"
 
 
 async def test_redis_cancel_and_events_still_arrive_by_polling_when_every_notice_is_lost(
@@ -927,38 +919,10 @@ async def test_redis_cancel_and_events_still_arrive_by_polling_when_every_notice
     from llm_call.tasks._redis_notices import RedisNotices
 
     monkeypatch.setattr(RedisNotices, "_dispatch", lambda self, message: None)  # pub/sub delivers nothing
-    settings = Settings.model_validate(
-        {"retry": {"max_retries": 0}, "tasks": {"heartbeat_s": 0.2, "fallback_poll_s": 0.2}}
-    )
     url = f"{redis_server.url}?prefix=l{uuid.uuid4().hex[:8]}"
-    async with ScriptedLLMServer([Reply(fault=Fault.hang(), match_text="hang")]) as srv:
-        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
-        monkeypatch.setenv("OPENAI_API_KEY", "test")
-        worker_store, client_store = await open_store(url), await open_store(url)
-        try:
-            async with (
-                TaskManager(worker_store, claims="all", settings=settings) as worker,
-                TaskManager(client_store, execute=False, settings=settings) as client,
-            ):
-                await worker.start()
-                task_id = await client.submit({"model": MODEL, "prompt": "hang"})
-                seen: list[str] = []
-
-                async def follow() -> None:
-                    async for ev in client.events(task_id):
-                        seen.append(ev.kind)
-
-                follower = asyncio.create_task(follow())
-                for _ in range(400):
-                    if srv.in_flight == 1:
-                        break
-                    await asyncio.sleep(0.025)
-                assert srv.in_flight == 1
-                await client.cancel(task_id)  # the worker finds it by the fallback poll
-                rec = await asyncio.wait_for(client.wait(task_id), 20)
-                await asyncio.wait_for(follower, 20)
-        finally:
-            await worker_store.close()
-            await client_store.close()
+    async with _hung_task_on_redis(url, monkeypatch, fallback_poll_s=0.2) as hung:
+        await hung.client.cancel(hung.task_id)  # the worker finds it by the fallback poll
+        rec = await asyncio.wait_for(hung.client.wait(hung.task_id), 20)
+        await asyncio.wait_for(hung.follower, 20)
     assert rec.status is TaskStatus.CANCELLED
-    assert seen[0] == "queued" and "cancel_requested" in seen and seen[-1] == "cancelled"
+    assert hung.seen[0] == "queued" and "cancel_requested" in hung.seen and hung.seen[-1] == "cancelled"
