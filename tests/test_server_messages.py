@@ -365,6 +365,11 @@ def test_models_in_anthropic_shape_for_the_anthropic_sdk(serve_llm: Any) -> None
     for outside in ("max/opus", "up/*x", "nothing/y"):
         with pytest.raises(anthropic.NotFoundError):
             _client(served).models.retrieve(outside)
+    # retrieval answers with the same check as a call: a path is no model a request may use
+    open_server: Served = serve_llm()
+    r = httpx.get(open_server.base_url + "/models/local//etc/passwd", timeout=30)
+    assert r.status_code == 404, r.text
+    assert httpx.get(open_server.base_url + "/models/up/x", timeout=30).json()["id"] == "up/x"
 
 
 def test_a_valid_key_in_either_header_is_enough_when_both_are_sent(serve_llm: Any) -> None:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ..config import ClaudeConfig, Settings
     from ._schemas import LLMCallExtras
 
-__all__ = ["check_judge", "check_models", "tool_options"]
+__all__ = ["check_judge", "check_model", "check_models", "tool_options"]
 
 _CODE = "not_declared_by_operator"
 #: one MCP tool: the CLI splits ``--allowedTools`` on commas and spaces outside parentheses, so an
@@ -123,7 +123,7 @@ def check_models(extras: LLMCallExtras, settings: Settings) -> None:
     """Every model the request names (``model``, ``escalate``, ``fallbacks``) may be loaded for it."""
     model = getattr(extras, "model", None)
     if isinstance(model, str) and model.strip():
-        _check_model(model, settings, "model")
+        check_model(model, settings, "model")
     elif settings.server.allowed_models is not None and not settings.default_model:
         # no model and no configured default_model (that one is the operator's choice): the call
         # would take the built-in default, which the operator's list may leave out
@@ -131,7 +131,7 @@ def check_models(extras: LLMCallExtras, settings: Settings) -> None:
 
         default = default_model(settings)
         try:
-            _check_model(default, settings, "model")
+            check_model(default, settings, "model")
         except HTTPFailure as exc:
             if exc.status_code != 403:
                 raise
@@ -146,10 +146,10 @@ def check_models(extras: LLMCallExtras, settings: Settings) -> None:
             ) from None
     for field in ("escalate", "fallbacks"):
         for i, name in enumerate(getattr(extras, field) or ()):
-            _check_model(name, settings, f"{field}.{i}")
+            check_model(name, settings, f"{field}.{i}")
 
 
-def _check_model(name: str, settings: Settings, param: str) -> None:
+def check_model(name: str, settings: Settings, param: str) -> None:
     """``local/...`` over HTTP: the bundled model or a declared name, never a path on the disk.
 
     One message for every refused name, whatever is (or is not) at that path: a client cannot
@@ -236,7 +236,7 @@ def check_judge(validator: Any, index: int, settings: Settings) -> None:
     claude = settings.claude
     judge_model = getattr(validator, "model", None)
     if getattr(validator, "expensive", False) and isinstance(judge_model, str):
-        _check_model(judge_model, settings, f"validation.{index}")
+        check_model(judge_model, settings, f"validation.{index}")
     if getattr(validator, "mcp_config", None) is not None:
         raise _refuse(
             f"validation[{index}]: the agent validator's mcp_config cannot be sent over HTTP (an MCP server is "

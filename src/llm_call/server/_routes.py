@@ -59,6 +59,18 @@ def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str,
     return out
 
 
+def _usable(model: str, state: ServerState) -> bool:
+    """Whether a request may name ``model``: the very check every call makes (allowed_models,
+    declared local models, operator-only LiteLLM providers)."""
+    from ._request_policy import check_model
+
+    try:
+        check_model(model, state.settings, "model")
+    except HTTPFailure:
+        return False
+    return True
+
+
 def _anthropic(request: Request) -> bool:
     return "anthropic-version" in request.headers
 
@@ -88,13 +100,9 @@ def register(app: FastAPI, state: ServerState) -> None:
         rows = _model_rows(state, True)
         found = next((row for row in rows if row["id"] == model), None)
         if found is None and not any(c in model for c in "*?["):  # a concrete name, not a pattern
-            allowed = state.settings.server.allowed_models
-            for row in rows:
-                if row["id"].endswith("/*") and fnmatch.fnmatchcase(model, row["id"]) and (
-                    allowed is None or any(fnmatch.fnmatchcase(model, p) for p in allowed)
-                ):
-                    found = {**row, "id": model}
-                    break
+            route = next((r for r in rows if r["id"].endswith("/*") and fnmatch.fnmatchcase(model, r["id"])), None)
+            if route is not None and _usable(model, state):
+                found = {**route, "id": model}
         if found is None:
             raise HTTPFailure(404, f"no model, route or alias named {model!r}; GET /v1/models lists them",
                               param="model", code="model_not_found")
