@@ -42,6 +42,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ._config_errors import format_validation_errors
 from .errors import ConfigError
 
 __all__ = [
@@ -445,15 +446,6 @@ class Settings(_Strict):
 RetryConfig.model_rebuild()
 
 
-def _format_errors(exc: ValidationError, source: str) -> str:
-    parts = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{path}: {msg}")
-    return f"invalid configuration in {source}: " + "; ".join(parts)
-
-
 def _env_bool(name: str, value: str) -> bool:
     low = value.strip().lower()
     if low in {"1", "true", "yes", "on"}:
@@ -537,7 +529,7 @@ def load_settings(
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_validation_errors(exc, source, Settings)) from None
     settings.source = str(file) if file else None
     return settings
 
