@@ -66,6 +66,20 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "hi", "timeout": -1.5}, "timeout must be > 0"),
     ({"prompt": "hi", "mode": "sometimes"}, "mode must be"),
     ({"prompt": "hi", "stream": True}, "stream= is not an option"),
+    # a wrong type names the argument and the value instead of a TypeError deep inside a layer
+    ({"prompt": "hi", "timeout": "soon"}, "timeout must be a number, not str 'soon'"),
+    ({"prompt": "hi", "timeout": True}, "timeout must be a number, not bool True"),
+    ({"prompt": "hi", "temperature": "hot"}, "temperature must be a number, not str 'hot'"),
+    ({"prompt": "hi", "temperature": -0.5}, "temperature must be >= 0"),
+    ({"prompt": "hi", "max_tokens": 1.5}, "max_tokens must be an integer, not float 1.5"),
+    ({"prompt": "hi", "validate": ["json"], "max_attempts": "3"}, "max_attempts must be an integer, not str '3'"),
+    ({"prompt": "hi", "max_attempts": 0}, "max_attempts must be >= 1"),
+    ({"prompt": "hi", "deadline_s": "1m"}, "deadline_s must be a number, not str '1m'"),
+    # a near miss of llm_call's own option is a typo, not a provider option to send on
+    ({"prompt": "hi", "tiemout": 3}, "unknown option 'tiemout': did you mean 'timeout'"),
+    ({"prompt": "hi", "fallback": ["openai/y"]}, "unknown option 'fallback': did you mean 'fallbacks'"),
+    ({"prompt": "hi", "validation": ["json"]}, "unknown option 'validation': did you mean 'validate'"),
+    ({"prompt": "hi", "max_attempt": 3}, "unknown option 'max_attempt': did you mean 'max_attempts'"),
 ]
 
 
@@ -80,6 +94,20 @@ async def test_acall_rejects_bad_arguments(kwargs: dict[str, Any], message: str,
             async for _ in llm_call.astream("openai/m", **kwargs):
                 pass
         assert srv.requests == []
+
+
+async def test_acall_rejects_a_model_that_is_not_a_string() -> None:
+    with pytest.raises(UsageError, match="model must be a string such as 'openai/gpt-4o-mini', not int 123"):
+        await llm_call.acall(123, "hi")  # type: ignore[call-overload]
+
+
+async def test_provider_options_that_are_no_near_miss_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with ScriptedLLMServer(default=Reply(text="x", times=None)) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.openai_base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "k")
+        await llm_call.acall("openai/m", "hi", seed=1, response_format={"type": "json_object"}, top_p=0.5)
+        assert srv.requests[0].body["seed"] == 1
+        assert srv.requests[0].body["response_format"] == {"type": "json_object"}
 
 
 @pytest.mark.parametrize(("kwargs", "message"), BAD_ARGUMENTS[:5])

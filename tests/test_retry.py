@@ -226,7 +226,7 @@ async def test_the_callers_deadline_running_out_is_budget_exceeded_not_a_provide
 
 
 async def test_layer_options_without_validation_are_usage_errors(srv: ScriptedLLMServer) -> None:
-    with pytest.raises(UsageError, match="escalate only apply to validated calls") as info:
+    with pytest.raises(UsageError, match="escalate only applies to validated calls") as info:
         await llm_call.acall("openai/m", "hi", escalate=["openai/n"])
     assert info.value.hint is not None and "fallbacks" in info.value.hint
     with pytest.raises(UsageError, match="budget_usd must be > 0"):

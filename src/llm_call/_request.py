@@ -7,6 +7,7 @@ both kinds; the caller's own arguments win.
 
 from __future__ import annotations
 
+import difflib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,50 @@ __all__ = ["CallOptions", "build_messages", "build_request", "default_model"]
 
 _log = logging.getLogger("llm_call")
 _default_announced = False
+
+#: the keyword arguments of a call that are llm_call's own (named parameters and CallOptions)
+_OWN_NAMES = sorted(CALL_OPTION_NAMES | {"model", "prompt", "messages", "system", "temperature", "max_tokens", "timeout"})
+#: names people reach for that no provider takes -> the option they mean
+_MISNAMED = {"validation": "validate", "validators": "validate", "escalation": "escalate", "fallback": "fallbacks", "retries": "retry"}
+#: numeric options: name -> (must be an int, smallest value, whether the smallest is allowed)
+_NUMBERS: dict[str, tuple[bool, float, bool]] = {
+    "temperature": (False, 0, True),
+    "max_tokens": (True, 1, True),
+    "timeout": (False, 0, False),
+    "max_attempts": (True, 1, True),
+    "tools_after": (True, 1, True),
+    "human_after": (True, 1, True),
+    "budget_usd": (False, 0, False),
+    "budget_tokens": (True, 1, True),
+    "deadline_s": (False, 0, False),
+    "priority": (True, float("-inf"), True),
+}
+
+
+def check_number(name: str, value: Any) -> None:
+    """A numeric argument of a call has the right type and range, or a UsageError says which."""
+    if value is None:
+        return
+    integer, low, inclusive = _NUMBERS[name]
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        raise UsageError(f"{name} must be {kind}, not {type(value).__name__} {value!r}")
+    if value < low or (value == low and not inclusive):
+        bound = f">= {low:g}" if inclusive else f"> {low:g}"
+        raise UsageError(f"{name} must be {bound}, not {value}")
+
+
+def _check_unknown(options: dict[str, Any]) -> None:
+    """A provider option that is a near miss of one of llm_call's own is a typo, not an option:
+    sent on, it would be ignored by lenient servers (the call silently without its timeout or
+    validation) or refused by strict ones with a message that does not say what was meant."""
+    for key in options:
+        meant = _MISNAMED.get(key) or next(iter(difflib.get_close_matches(key, _OWN_NAMES, n=1, cutoff=0.8)), None)
+        if meant is not None:
+            raise UsageError(
+                f"unknown option {key!r}: did you mean {meant!r}?",
+                hint="options llm_call does not know go to the provider as they are (stop=, seed=, ...)",
+            )
 
 
 @dataclass(slots=True)
@@ -85,6 +130,8 @@ class CallOptions:
                 f"stream_rescue must be 'restart', 'continue' or 'off', not {self.stream_rescue!r}",
                 hint="'restart' (default) starts a cut stream again after a retry chunk; 'continue' asks for the rest",
             )
+        for name in ("max_attempts", "tools_after", "human_after", "budget_usd", "budget_tokens", "deadline_s", "priority"):
+            check_number(name, getattr(self, name))
         if not self.validating:
             needs = [
                 name
@@ -93,14 +140,9 @@ class CallOptions:
             ]
             if needs:
                 raise UsageError(
-                    f"{', '.join(needs)} only apply to validated calls: add validate=[...] or response_model=",
+                    f"{', '.join(needs)} only appl{'ies' if len(needs) == 1 else 'y'} to validated calls: add validate=[...] or response_model=",
                     hint="for provider failures use fallbacks=[...]; deadline_s works without validation",
                 )
-        for name, value, low in (("budget_usd", self.budget_usd, 0), ("deadline_s", self.deadline_s, 0)):
-            if value is not None and value <= low:
-                raise UsageError(f"{name} must be > 0, not {value}")
-        if self.budget_tokens is not None and self.budget_tokens < 1:
-            raise UsageError(f"budget_tokens must be >= 1, not {self.budget_tokens}")
         if self.tools_mcp_servers is not None and (
             not isinstance(self.tools_mcp_servers, list | tuple) or not all(isinstance(n, str) and n for n in self.tools_mcp_servers)
         ):
@@ -170,6 +212,10 @@ def build_request(
     msgs = build_messages(prompt, messages, system)
     if "stream" in options:
         raise UsageError("stream= is not an option of a call", hint="use llm_call.astream() or llm_call.stream() to stream")
+    if model is not None and not isinstance(model, str):
+        raise UsageError(f"model must be a string such as 'openai/gpt-4o-mini', not {type(model).__name__} {model!r}")
+    for key, value in (("temperature", temperature), ("max_tokens", max_tokens), ("timeout", timeout)):
+        check_number(key, value)
     settings = current_settings()
     name = model or default_model(settings)
     if settings.aliases and settings.alias_name(name) is not None:
@@ -178,12 +224,7 @@ def build_request(
             if key in CALL_OPTION_NAMES and key not in options:
                 options[key] = value
     opts = CallOptions.pop_from(options)
-    if max_tokens is not None and max_tokens < 1:
-        raise UsageError(f"max_tokens must be >= 1, not {max_tokens}")
-    if timeout is not None and timeout <= 0:
-        raise UsageError(f"timeout must be > 0 seconds, not {timeout}")
-    if opts.max_attempts is not None and opts.max_attempts < 1:
-        raise UsageError(f"max_attempts must be >= 1, not {opts.max_attempts}")
+    _check_unknown(options)
     request = Request(
         model=name, messages=msgs, temperature=temperature, max_tokens=max_tokens, timeout=timeout, options=options
     )
