@@ -14,7 +14,7 @@ import llm_call
 from llm_call import AuthError, Chunk, ConfigError, ProviderHTTPError
 from llm_call.config import Settings
 from llm_call.providers.openai_compat import OpenAICompatProvider
-from llm_call.providers.router import get_provider, known_routes, resolve
+from llm_call.providers.router import check_models, get_provider, known_routes, resolve
 from llm_call.testing import Fault, Reply, ScriptedLLMServer
 
 ENDPOINTS = {"endpoints": {"vllm": {"base_url": "http://127.0.0.1:8001/v1"}, "ollama": {"base_url": "http://127.0.0.1:11434/v1"}}}
@@ -113,6 +113,34 @@ def test_alias_loop_is_config_error_showing_the_chain(aliases: dict[str, str], s
 def test_alias_to_unknown_bare_name_is_config_error() -> None:
     with pytest.raises(ConfigError, match="unknown model 'nonsense'"):
         resolve("fast", Settings.model_validate({"aliases": {"fast": "nonsense"}}))
+
+
+def test_an_unknown_model_reached_through_aliases_names_the_alias_to_fix() -> None:
+    settings = Settings.model_validate({"aliases": {"claude-*": "fast", "fast": "nonsense"}})
+    settings.source = "/etc/llm_call.toml"
+    with pytest.raises(ConfigError) as info:
+        resolve("claude-x", settings)
+    assert "unknown model 'nonsense'" in info.value.message
+    assert "reached through alias 'claude-*' -> 'fast': fix model = ... of [aliases.fast]" in info.value.message
+    assert "/etc/llm_call.toml" not in info.value.message  # the server sends it to clients
+    assert info.value.hint and "ROUTE/MODEL" in info.value.hint
+
+
+def test_check_models_names_every_configured_model_that_routes_nowhere() -> None:
+    settings = Settings.model_validate({"default_model": "nosuch", "aliases": {"fast": "nonsense", "ok": "openai/x"}})
+    problems = check_models(settings)
+    assert len(problems) == 2
+    assert problems[0].startswith("default_model = 'nosuch': unknown model 'nosuch'")
+    assert "[aliases.fast]" in problems[1]
+    assert check_models(Settings.model_validate({"default_model": "ok", "aliases": {"ok": "openai/x"}})) == []
+
+
+async def test_an_unknown_default_model_names_default_model(use_settings: Callable[..., Any]) -> None:
+    use_settings(default_model="nosuch")
+    with pytest.raises(ConfigError) as info:
+        await llm_call.acall(prompt="hi")
+    assert "the default model 'nosuch'" in info.value.message
+    assert "LLM_CALL_DEFAULT_MODEL" in info.value.message
 
 
 def test_glob_aliases_exact_name_first_then_first_matching_glob() -> None:

@@ -95,6 +95,15 @@ def test_bad_config_exits_2(tmp_path: Path) -> None:
     assert "server.max_body_bytes" in r.stderr.decode()
 
 
+def test_a_configured_model_that_routes_nowhere_exits_2_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('default_model = "fast"\n[aliases.fast]\nmodel = "gtp-4o"\n')
+    r = subprocess.run([LLM_CALL, "serve", "--config", str(bad), "--port", str(_free_port())], env=_env(), capture_output=True, timeout=60)
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "unknown model 'gtp-4o'" in err and "[aliases.fast]" in err and str(bad) in err and "Traceback" not in err
+
+
 def test_unusable_task_store_exits_2(tmp_path: Path) -> None:
     r = subprocess.run([LLM_CALL, "serve", "--port", str(_free_port()), "--tasks", "redis://127.0.0.1:1/0"],
                        env=_env(), capture_output=True, timeout=60, cwd=tmp_path)

@@ -165,6 +165,20 @@ def default_model(settings: Settings) -> str:
     return DEFAULT_MODEL
 
 
+def _check_default_model(name: str, settings: Settings) -> None:
+    """A configured default model that names no route fails naming ``default_model``: the
+    caller gave no model, so an error about model 'x' alone would not say where 'x' came from."""
+    from .errors import ConfigError
+
+    try:
+        resolve(name, settings)
+    except ConfigError as exc:
+        raise ConfigError(  # no file path: the server sends this message to its clients
+            f"the default model {name!r} (default_model in the configuration, or $LLM_CALL_DEFAULT_MODEL): {exc.message}",
+            hint=exc.hint,
+        ) from None
+
+
 def build_messages(
     prompt: str | None, messages: Sequence[Message] | None, system: str | None
 ) -> list[Message]:
@@ -218,6 +232,8 @@ def build_request(
         check_number(key, value)
     settings = current_settings()
     name = model or default_model(settings)
+    if not model and settings.default_model:
+        _check_default_model(name, settings)
     if settings.aliases and settings.alias_name(name) is not None:
         # an alias may bundle llm_call's own options (validate=, fallbacks= ...): the caller's win
         for key, value in resolve(name, settings).alias_options().items():

@@ -39,7 +39,13 @@ def register(app: typer.Typer) -> None:
             settings.server.host = host
         if port is not None:
             settings.server.port = port
+        from ..providers.router import check_models
         from ..server._auth import is_loopback, no_keys_message
+
+        problems = check_models(settings)
+        if problems:
+            fail(f"models named in the configuration ({settings.source or 'environment'}) route nowhere:\n  "
+                 + "\n  ".join(problems) + "\nfix them (ROUTE/MODEL, e.g. openai/gpt-4o-mini; `llm-call models` lists routes)")
 
         bind = settings.server.host
         if not is_loopback(bind) and not (settings.server.api_keys or settings.server.admin_keys):

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..config import AliasConfig, Settings
     from .base import Provider
 
-__all__ = ["Route", "close_providers", "resolve", "takes_prefill"]
+__all__ = ["Route", "check_models", "close_providers", "resolve", "takes_prefill"]
 
 _BARE_OPENAI = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$)|o[1-9][a-z]*-|ft:gpt|text-embedding-|davinci|babbage)")
 
@@ -85,7 +85,55 @@ def known_routes(settings: Settings) -> list[str]:
 
 
 def resolve(model: str, settings: Settings) -> Route:
-    """Resolve ``model`` (alias or model string) to a :class:`Route`. Raises ConfigError."""
+    """Resolve ``model`` (alias or model string) to a :class:`Route`. Raises ConfigError; when
+    an alias led to the bad name, the error names the alias (``[aliases.fast] model = "foo"``)."""
+    try:
+        return _resolve(model, settings)
+    except ConfigError as exc:
+        chain = _alias_chain(model, settings)
+        if not chain or settings.alias_name(settings.aliases[chain[-1]].model.strip()) is not None:
+            raise  # no alias involved, or an alias loop (its message names the aliases)
+        # no file path: the server sends this message to its clients
+        raise ConfigError(
+            f"{exc.message} (reached through alias {' -> '.join(repr(n) for n in chain)}: "
+            f"fix model = ... of [aliases.{_toml_key(chain[-1])}] in the configuration)",
+            hint=exc.hint,
+        ) from None
+
+
+def check_models(settings: Settings) -> list[str]:
+    """Problems with the models the configuration names (``default_model``, every alias), each
+    naming its key; [] when every one resolves to a route. For ``llm-call serve`` to refuse to
+    start on a typo rather than fail each request that reaches it."""
+    problems = []
+    if settings.default_model:
+        try:
+            resolve(settings.default_model, settings)
+        except ConfigError as exc:
+            problems.append(f"default_model = {settings.default_model!r}: {exc.message}")
+    for name in settings.aliases:
+        try:
+            resolve(name, settings)
+        except ConfigError as exc:
+            problems.append(exc.message)  # names the alias and the file
+    return problems
+
+
+def _alias_chain(model: str, settings: Settings) -> list[str]:
+    """The aliases ``model`` goes through, outermost first (each named once)."""
+    chain: list[str] = []
+    name = (model or "").strip()
+    while (key := settings.alias_name(name)) is not None and key not in chain:
+        chain.append(key)
+        name = settings.aliases[key].model.strip()
+    return chain
+
+
+def _toml_key(name: str) -> str:
+    return name if name.replace("-", "").replace("_", "").isalnum() else f'"{name}"'
+
+
+def _resolve(model: str, settings: Settings) -> Route:
     if not model or not model.strip():
         raise ConfigError("no model given", hint="pass model=... or set default_model in config")
     aliases: list[AliasConfig] = []
