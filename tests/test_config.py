@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from llm_call import ConfigError
+from llm_call._config_reference import settings_reference
 from llm_call.config import (
     Settings,
     find_config_file,
     get_settings,
     load_settings,
     set_settings,
-    settings_reference,
 )
 
 GOOD = """

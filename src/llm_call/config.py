@@ -79,11 +79,11 @@ class _Strict(BaseModel):
 class EndpointConfig(_Strict):
     """An OpenAI-compatible endpoint, used as ``NAME/<model>``."""
 
-    base_url: str
-    api_key_env: str | None = None
+    base_url: str = Field(description="The server's OpenAI API root, e.g. http://127.0.0.1:8001/v1")
+    api_key_env: str | None = Field(default=None, description="Environment variable holding its key (sent as a bearer token); none: no key")
     api_key: str | None = Field(default=None, description="Prefer api_key_env; masked in output")
-    headers: dict[str, str] = Field(default_factory=dict)
-    max_connections: int | None = Field(default=None, ge=1)
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra HTTP headers on every request (values masked by config show when secret-looking)")
+    max_connections: int | None = Field(default=None, ge=1, description="Connections to it at once per event loop; default: openai.max_connections")
 
     @field_validator("base_url")
     @classmethod
@@ -96,22 +96,22 @@ class EndpointConfig(_Strict):
 class AliasConfig(_Strict):
     """A model alias: a model plus default system prompt and options."""
 
-    model: str
-    system: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-    mcp_config: dict[str, Any] | None = None
-    allowed_tools: list[str] | None = None
-    description: str | None = None
+    model: str = Field(description="The model it stands for (a model string or another alias)")
+    system: str | None = Field(default=None, description="System prompt used when the call gives none")
+    options: dict[str, Any] = Field(default_factory=dict, description="Call options bundled with it (provider options, or validate/fallbacks/...); the caller's own win")
+    mcp_config: dict[str, Any] | None = Field(default=None, description="max/*: an MCP config ({\"mcpServers\": {...}}) the CLI gets for calls through this alias")
+    allowed_tools: list[str] | None = Field(default=None, description="max/*: tools the model may use")
+    description: str | None = Field(default=None, description="Shown by llm-call models and GET /v1/models")
 
 
 class OpenAIConfig(_Strict):
     """The native OpenAI-compatible provider (``openai/*`` and bare OpenAI model names)."""
 
     base_url: str | None = Field(default=None, description="Default: $OPENAI_BASE_URL or api.openai.com")
-    api_key_env: str = "OPENAI_API_KEY"
-    connect_timeout: float = Field(default=10.0, gt=0)
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="Environment variable holding the key")
+    connect_timeout: float = Field(default=10.0, gt=0, description="Seconds to open a connection (TCP + TLS)")
     read_timeout: float = Field(default=600.0, gt=0, description="Max silence between bytes")
-    total_timeout: float | None = Field(default=None, gt=0)
+    total_timeout: float | None = Field(default=None, gt=0, description="Default limit of a whole request when the call gives no timeout (None: none)")
     max_connections: int = Field(default=1000, ge=1, description="Per event loop, all hosts")
     max_connections_per_host: int = Field(default=0, ge=0, description="0 = no per-host limit")
 
@@ -121,11 +121,11 @@ class McpServerConfig(_Strict):
 
     type: Literal["stdio", "http", "sse"] = Field(default="stdio", description="stdio: a command the CLI starts; http/sse: a URL")
     command: str | None = Field(default=None, description="stdio: the program to run")
-    args: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list, description="stdio: the program's arguments")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the server (never shown to clients)")
     url: str | None = Field(default=None, description="http/sse: the server's URL")
-    headers: dict[str, str] = Field(default_factory=dict)
-    description: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict, description="http/sse: headers sent to the server (never shown to clients)")
+    description: str | None = Field(default=None, description="A note for the operator (llm_call does not use it)")
 
     @model_validator(mode="after")
     def _shape(self) -> McpServerConfig:
@@ -147,7 +147,7 @@ class ToolProfileConfig(_Strict):
 
     allowed_tools: list[str] = Field(default_factory=list, description="Tools the model may use, e.g. Read, WebSearch, mcp__files")
     mcp_servers: list[str] = Field(default_factory=list, description="Names from claude.mcp_servers")
-    description: str | None = None
+    description: str | None = Field(default=None, description="A note for the operator (llm_call does not use it)")
 
 
 class ClaudeConfig(_Strict):
@@ -162,12 +162,12 @@ class ClaudeConfig(_Strict):
 
     cli_path: str | None = Field(default=None, description="Default: $LLM_CALL_CLAUDE_CLI or the SDK's bundled CLI")
     use_api_key: bool = Field(default=False, description="Keep ANTHROPIC_API_KEY in the CLI's environment")
-    default_model: str = "sonnet"
-    max_concurrency: int = Field(default=4, ge=1)
-    idle_timeout: float = Field(default=120.0, gt=0)
-    total_timeout: float | None = Field(default=None, gt=0)
-    exit_timeout: float = Field(default=10.0, gt=0)
-    max_turns: int | None = Field(default=None, ge=1)
+    default_model: str = Field(default="sonnet", description="The model a bare `max` names (max/sonnet, max/opus ...)")
+    max_concurrency: int = Field(default=4, ge=1, description="CLI processes running at once in this process; more calls wait (the wait counts in their timeout)")
+    idle_timeout: float = Field(default=120.0, gt=0, description="Seconds without any output from the CLI (tools included) before it is killed (ProviderTimeout)")
+    total_timeout: float | None = Field(default=None, gt=0, description="Default limit of a whole run when the call gives no timeout (None: none)")
+    exit_timeout: float = Field(default=10.0, gt=0, description="Seconds the CLI may take to exit after its result before it is killed")
+    max_turns: int | None = Field(default=None, ge=1, description="Default agent turns of a run (a call's max_turns= wins; None: the CLI's own default)")
     pool_size: int = Field(
         default=0, ge=0, le=64, description="Warm CLI processes kept for reuse (0, the default: a fresh CLI per call; why it is off by default: docs/claude.md)"
     )
@@ -225,7 +225,7 @@ class LocalModelConfig(_Strict):
     """A GGUF model the operator declares; used as ``local/NAME`` (the only local models HTTP requests may name)."""
 
     path: str = Field(description="The .gguf file (~ expanded)")
-    description: str | None = None
+    description: str | None = Field(default=None, description="A note for the operator (llm_call does not use it)")
 
 
 class LocalConfig(_Strict):
@@ -237,15 +237,15 @@ class LocalConfig(_Strict):
     max_loaded: int = Field(default=2, ge=1, description="Models kept loaded at once; the least recently used is closed")
 
     max_concurrency: int = Field(default=1, ge=1, description="Generations at once per model (one llama instance each)")
-    n_ctx: int = Field(default=2048, ge=128)
+    n_ctx: int = Field(default=2048, ge=128, description="Context window in tokens")
     n_threads: int | None = Field(default=None, ge=1, description="None: llama.cpp's default (half the CPUs)")
-    temperature: float = Field(default=0.2, ge=0)
-    top_p: float = Field(default=0.9, gt=0, le=1)
-    top_k: int = Field(default=40, ge=0)
-    min_p: float = Field(default=0.05, ge=0, le=1)
+    temperature: float = Field(default=0.2, ge=0, description="Sampling temperature when the call gives none")
+    top_p: float = Field(default=0.9, gt=0, le=1, description="Nucleus sampling")
+    top_k: int = Field(default=40, ge=0, description="Top-k sampling (0: off)")
+    min_p: float = Field(default=0.05, ge=0, le=1, description="Min-p sampling")
     repeat_penalty: float = Field(default=1.0, gt=0, description="1.0 = off; 1.1 derails a 135M model")
     seed: int | None = Field(default=42, description="Fixed seed: repeatable answers; a negative seed = random")
-    max_tokens: int = Field(default=256, ge=1)
+    max_tokens: int = Field(default=256, ge=1, description="Answer length in tokens when the call gives no max_tokens")
     system: str | None = Field(
         default="You are a helpful assistant. Answer the question directly and briefly.",
         description="System prompt added when the conversation has none",
@@ -263,35 +263,36 @@ class LocalConfig(_Strict):
 class RetryConfig(_Strict):
     """Transient-failure retries (429, 5xx, timeouts, connection errors)."""
 
-    max_retries: int = Field(default=3, ge=0)
-    base_delay: float = Field(default=0.5, ge=0)
-    max_delay: float = Field(default=30.0, ge=0)
-    max_retry_after: float = Field(default=60.0, ge=0)
-    breaker_threshold: int = Field(default=5, ge=1)
-    breaker_window: float = Field(default=60.0, gt=0)
-    breaker_cooldown: float = Field(default=30.0, gt=0)
-    routes: dict[str, RetryRouteConfig] = Field(default_factory=dict)
+    max_retries: int = Field(default=3, ge=0, description="Retries of a transient failure (408, 429, 5xx, timeouts, resets) after the first call")
+    base_delay: float = Field(default=0.5, ge=0, description="Backoff: a retry waits uniform(0, min(max_delay, base_delay * 2**n)) seconds")
+    max_delay: float = Field(default=30.0, ge=0, description="Longest backoff wait, in seconds")
+    max_retry_after: float = Field(default=60.0, ge=0, description="A server's Retry-After is obeyed up to this many seconds")
+    breaker_threshold: int = Field(default=5, ge=1, description="Consecutive transient failures of a route that open its circuit breaker")
+    breaker_window: float = Field(default=60.0, gt=0, description="Seconds within which those failures count")
+    breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds an open breaker fails calls fast (CircuitOpen) before one probe call")
+    routes: dict[str, RetryRouteConfig] = Field(default_factory=dict, description="Per-route overrides: [retry.routes.\"PATTERN\"], PATTERN a glob on the model (\"max/*\") or a route key (openai, endpoint:NAME); first match wins")
 
 
 class RetryRouteConfig(_Strict):
-    max_retries: int | None = Field(default=None, ge=0)
-    base_delay: float | None = Field(default=None, ge=0)
-    max_delay: float | None = Field(default=None, ge=0)
+    """Retry settings of the routes a pattern matches; a key left out keeps the [retry] value."""
+    max_retries: int | None = Field(default=None, ge=0, description="Overrides retry.max_retries for the route")
+    base_delay: float | None = Field(default=None, ge=0, description="Overrides retry.base_delay for the route")
+    max_delay: float | None = Field(default=None, ge=0, description="Overrides retry.max_delay for the route")
 
 
 class TasksConfig(_Strict):
     """The task manager and its store."""
 
     store: str | None = Field(default=None, description="SQLite path or redis:// URL; default XDG data dir")
-    global_limit: int = Field(default=10_000, ge=1)
-    route_limits: dict[str, int] = Field(default_factory=lambda: {"max/*": 4, "local/*": 1})
+    global_limit: int = Field(default=10_000, ge=1, description="Tasks running at once in one task manager (llm-call worker -j overrides)")
+    route_limits: dict[str, int] = Field(default_factory=lambda: {"max/*": 4, "local/*": 1}, description="Glob on the model -> tasks of it running at once in one process")
     queue_limits: dict[str, int] = Field(
         default_factory=dict,
         description="Glob on the model -> most tasks waiting (queued) for it; a submit past it raises QueueFull (HTTP 429)",
     )
-    retention_s: float = Field(default=7 * 86400, gt=0)
+    retention_s: float = Field(default=7 * 86400, gt=0, description="Seconds finished tasks and their events are kept")
     max_executions: int = Field(default=3, ge=1, description="Runs of one task before it is interrupted")
-    heartbeat_s: float = Field(default=5.0, gt=0)
+    heartbeat_s: float = Field(default=5.0, gt=0, description="Seconds between a running task's heartbeats; a worker silent for 3 is dead and its tasks run again")
     fallback_poll_s: float = Field(
         default=0.5,
         gt=0,
@@ -303,8 +304,8 @@ class TasksConfig(_Strict):
 class ServerConfig(_Strict):
     """``llm-call serve``. See docs/security.md for what each protection is for."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address to bind (llm-call serve --host); anything but loopback needs api_keys")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port (llm-call serve --port)")
     api_keys: list[str] = Field(
         default_factory=list, description="Bearer keys; each key sees only its own tasks. Required off loopback"
     )
@@ -324,7 +325,7 @@ class ServerConfig(_Strict):
         "model), matched against the name as sent and the model it resolves to (e.g. [\"max/*\", "
         "\"openai/gpt-4o*\", \"fast\"]); others get 403. Unset: every model a route serves",
     )
-    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1, description="Largest request body; larger gets 413")
     body_timeout: float = Field(
         default=60.0, gt=0, description="Seconds a request body may take to arrive in full; slower gets 408"
     )
@@ -334,9 +335,9 @@ class ServerConfig(_Strict):
     max_concurrent_per_key: int = Field(
         default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
     )
-    request_timeout: float = Field(default=600.0, gt=0)
-    grace_period: float = Field(default=30.0, ge=0)
-    debug: bool = False
+    request_timeout: float = Field(default=600.0, gt=0, description="Seconds a direct call (chat, messages, a non-background response, an MCP ask) may run; longer gets 504")
+    grace_period: float = Field(default=30.0, ge=0, description="On SIGTERM/SIGINT, seconds requests in flight get to finish")
+    debug: bool = Field(default=False, description="Request log lines include the prompt (messages)")
     stream_rescue: Literal["off", "continue"] = Field(
         default="off",
         description="What a chat/messages/responses stream cut after its first chunk does when a request does not say: "
@@ -373,9 +374,9 @@ class ServerConfig(_Strict):
 
 
 class Settings(_Strict):
-    default_model: str | None = None
-    aliases: dict[str, AliasConfig] = Field(default_factory=dict)
-    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict)
+    default_model: str | None = Field(default=None, description="Model of a call that names none (LLM_CALL_DEFAULT_MODEL); unset: local/smollm2")
+    aliases: dict[str, AliasConfig] = Field(default_factory=dict, description="[aliases.NAME] model = ...; or NAME = \"model\" under [aliases]; a NAME with * ? [ is a glob")
+    endpoints: dict[str, EndpointConfig] = Field(default_factory=dict, description="OpenAI-compatible servers: [endpoints.NAME] base_url = ...; used as NAME/<model>")
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig)
     claude: ClaudeConfig = Field(default_factory=ClaudeConfig)
     local: LocalConfig = Field(default_factory=LocalConfig)
@@ -557,35 +558,6 @@ def get_settings() -> Settings:
         if _current is None:
             _current = load_settings(_config_path)
         return _current
-
-
-def settings_reference() -> str:
-    """Markdown reference of every setting, generated from the models (docs/configuration.md)."""
-    lines = ["# Configuration reference", "", "Generated from `llm_call.config.Settings`.", ""]
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        rows = []
-        for name, f in model.model_fields.items():
-            if name == "source":
-                continue
-            ann = f.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-                continue
-            default = f.get_default(call_default_factory=True)
-            rows.append(
-                f"| `{prefix}{name}` | `{getattr(ann, '__name__', str(ann)).replace('|', 'or')}` | "
-                f"`{default!r}` | {f.description or ''} |"
-            )
-        if rows:
-            lines.append(f"## `{prefix.rstrip('.') or '(top level)'}`\n")
-            lines.append("| key | type | default | notes |")
-            lines.append("| --- | --- | --- | --- |")
-            lines.extend(rows)
-            lines.append("")
-
-    walk(Settings, "")
-    return "\n".join(lines)
 
 
 Kind = Literal["openai", "max", "local", "litellm", "endpoint"]

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @config_app.command("reference")
     def reference() -> None:
         """Print the configuration reference (Markdown) generated from the settings model."""
-        from ..config import settings_reference
+        from .._config_reference import settings_reference
 
         typer.echo(settings_reference())
 
