@@ -31,6 +31,18 @@ def test_public_names_resolve_lazily() -> None:
     assert loaded.isdisjoint(SDKS), sorted(loaded & set(SDKS))
 
 
+def test_public_subpackages_are_reachable_after_a_bare_import() -> None:
+    """The docs write ``llm_call.tasks.status(...)`` and ``llm_call.validation.agent(...)`` after
+    ``import llm_call`` alone; without an explicit ``import llm_call.tasks`` that was an AttributeError."""
+    loaded = imported_after(
+        "import llm_call\n"
+        "assert callable(llm_call.tasks.status) and callable(llm_call.validation.agent)\n"
+        "assert llm_call.testing.ScriptedLLMServer and llm_call.config.load_settings\n"
+        "try:\n    llm_call.nonsense\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit('no error')"
+    )
+    assert loaded.isdisjoint(SDKS), sorted(loaded & set(SDKS))
+
+
 def test_cli_imports_no_provider_sdk() -> None:
     loaded = imported_after("import llm_call.cli")
     assert loaded.isdisjoint(SDKS), sorted(loaded & set(SDKS))

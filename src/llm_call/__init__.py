@@ -171,11 +171,19 @@ _LAZY = {
 }
 
 
+#: public subpackages reachable as ``llm_call.tasks.status(...)`` after a bare ``import llm_call``
+#: (the docs write them so), imported on first use like the names above
+_SUBMODULES = frozenset({"batch", "catalog", "config", "errors", "legacy", "retry", "tasks", "testing", "types", "validation"})
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)  # the import binds it in globals()
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'llm_call' has no attribute {name!r}")
-    import importlib
 
     value = getattr(importlib.import_module(f".{target[0]}", __name__), target[1])
     globals()[name] = value
