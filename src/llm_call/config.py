@@ -314,7 +314,7 @@ class ServerConfig(_Strict):
     )
     allowed_hosts: list[str] = Field(
         default_factory=list,
-        description="Host header names accepted besides localhost, 127.0.0.1 and [::1] (\"*\": any)",
+        description="Host header names accepted besides localhost, 127.0.0.1, [::1] and the bound address (\"*\": any)",
     )
     cors_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed cross-origin requests (CORS is off when empty)"
