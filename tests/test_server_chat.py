@@ -298,6 +298,20 @@ def test_bad_validation_spec_is_422_naming_it(serve_llm: Any) -> None:
     assert not served.upstream.requests
 
 
+def test_an_unknown_field_near_a_known_one_names_the_field_meant(serve_llm: Any) -> None:
+    served = serve_llm()
+    r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "max_tokns": 5})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "unrecognized request argument supplied: max_tokns; did you mean 'max_tokens'?"
+    assert r.json()["error"]["param"] == "max_tokns"
+    r = httpx.post(served.base_url + "/tasks", json={"model": "up/x", "promt": "hi"})
+    assert r.status_code == 400
+    assert "did you mean 'prompt'?" in r.json()["error"]["message"]
+    r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "zzzzzz": 1})
+    assert r.json()["error"]["message"] == "unrecognized request argument supplied: zzzzzz"
+    assert not served.upstream.requests
+
+
 def test_validation_spec_reading_server_files_is_refused(serve_llm: Any) -> None:
     served = serve_llm()
     r = httpx.post(served.base_url + "/chat/completions",

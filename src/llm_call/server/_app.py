@@ -78,7 +78,9 @@ async def _on_llm_error(request: Request, exc: Exception) -> Response:
 
 async def _on_request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
-    return _error_response(pydantic_failure(list(exc.errors())))
+    body = getattr(request.scope.get("route"), "body_field", None)  # the route's body model, for "did you mean"
+    model = getattr(getattr(body, "field_info", None), "annotation", None)
+    return _error_response(pydantic_failure(list(exc.errors()), model=model))
 
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:

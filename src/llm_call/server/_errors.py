@@ -180,17 +180,31 @@ def failure_for(exc: LLMCallError) -> HTTPFailure:
     return _upstream(502, exc)
 
 
-def pydantic_failure(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> HTTPFailure:
-    """A 400 naming the first invalid field of a pydantic validation error list."""
+def _nearest_field(model: Any, loc: Sequence[Any]) -> str:
+    """``; did you mean 'max_tokens'?`` for a top-level field of ``model`` close to the unknown
+    one (``max_tokns``), else nothing."""
+    if model is None or len(loc) != 1 or not isinstance(getattr(model, "model_fields", None), dict):
+        return ""
+    import difflib
+
+    names = [f.alias or name for name, f in model.model_fields.items()]
+    match = difflib.get_close_matches(str(loc[0]), names, n=1, cutoff=0.8)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def pydantic_failure(errors: Sequence[Any], prefix: tuple[str | int, ...] = (), model: Any = None) -> HTTPFailure:
+    """A 400 naming the first invalid field of a pydantic validation error list; an unknown field
+    near one of ``model``'s (the request body's model) names the field meant."""
     if not errors:
         return HTTPFailure(400, "invalid request body")
     err = errors[0]
     loc = [p for p in err.get("loc", ()) if p != "body"]
+    hint = _nearest_field(model, loc) if err.get("type") == "extra_forbidden" and not prefix else ""
     loc = [*prefix, *loc]
     param = ".".join(str(p) for p in loc) or None
     kind = err.get("type", "")
     if kind == "extra_forbidden":
-        message = f"unrecognized request argument supplied: {param}"
+        message = f"unrecognized request argument supplied: {param}{hint}"
     elif kind == "missing":
         message = f"missing required parameter: {param}"
     elif kind in ("json_invalid", "json_type"):

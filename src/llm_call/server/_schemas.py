@@ -286,7 +286,7 @@ def parse_json_body(model: type[BaseModel], raw: bytes) -> Any:
     try:
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        raise pydantic_failure(exc.errors(include_url=False)) from None
+        raise pydantic_failure(exc.errors(include_url=False), model=model) from None
 
 
 def check_specs(specs: list[Any] | None, settings: Settings | None = None) -> None:
