@@ -80,6 +80,11 @@ BAD_ARGUMENTS: list[tuple[dict[str, Any], str]] = [
     ({"prompt": "hi", "fallback": ["openai/y"]}, "unknown option 'fallback': did you mean 'fallbacks'"),
     ({"prompt": "hi", "validation": ["json"]}, "unknown option 'validation': did you mean 'validate'"),
     ({"prompt": "hi", "max_attempt": 3}, "unknown option 'max_attempt': did you mean 'max_attempts'"),
+    ({"prompt": "hi", "validate": ["json"], "escalate": 5}, "escalate must be a model name or a list of model names, not int 5"),
+    ({"prompt": "hi", "progress": "x"}, "progress must be a callable progress\\(kind, data\\), not str 'x'"),
+    ({"prompt": "hi", "system": 5}, "system must be a string, not int"),
+    ({"prompt": "hi", "retry": {"max_retries": "x"}}, "retry dict: max_retries must be a number >= 0, not str 'x'"),
+    ({"prompt": "hi", "retry": {"max_retrys": 2}}, "retry dict has unknown key 'max_retrys' \\(did you mean 'max_retries'\\?\\)"),
 ]
 
 

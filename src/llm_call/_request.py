@@ -58,6 +58,19 @@ def check_number(name: str, value: Any) -> None:
         raise UsageError(f"{name} must be {bound}, not {value}")
 
 
+def _check_retry_dict(retry: dict[str, Any]) -> None:
+    """``retry={...}`` (the JSON form): known keys with numbers, checked when the call is built
+    (a batch --dry-run or a task submit sees it) rather than as a ValueError in the retry layer."""
+    known = ("max_retries", "base_delay", "max_delay")
+    for key, value in retry.items():
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+            meant = f" (did you mean {near[0]!r}?)" if near else ""
+            raise UsageError(f"retry dict has unknown key {key!r}{meant}; known: {', '.join(known)}")
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise UsageError(f"retry dict: {key} must be a number >= 0, not {type(value).__name__} {value!r}")
+
+
 def _check_unknown(options: dict[str, Any]) -> None:
     """A provider option that is a near miss of one of llm_call's own is a typo, not an option:
     sent on, it would be ignored by lenient servers (the call silently without its timeout or
@@ -112,8 +125,10 @@ class CallOptions:
                 mine.pop(key, None)
             elif isinstance(value, str):
                 mine[key] = [value]
-            else:
+            elif isinstance(value, list | tuple):
                 mine[key] = list(value)
+            else:
+                raise UsageError(f"{key} must be a model name or a list of model names, not {type(value).__name__} {value!r}")
         if mine.get("mode") is None:
             mine.pop("mode", None)
         if mine.get("mode", "direct") not in ("direct", "background", "auto"):
@@ -132,6 +147,10 @@ class CallOptions:
             )
         for name in ("max_attempts", "tools_after", "human_after", "budget_usd", "budget_tokens", "deadline_s", "priority"):
             check_number(name, getattr(self, name))
+        if self.progress is not None and not callable(self.progress):
+            raise UsageError(f"progress must be a callable progress(kind, data), not {type(self.progress).__name__} {self.progress!r}")
+        if isinstance(self.retry, dict):
+            _check_retry_dict(self.retry)
         if not self.validating:
             needs = [
                 name
@@ -230,6 +249,8 @@ def build_request(
         raise UsageError(f"model must be a string such as 'openai/gpt-4o-mini', not {type(model).__name__} {model!r}")
     for key, value in (("temperature", temperature), ("max_tokens", max_tokens), ("timeout", timeout)):
         check_number(key, value)
+    if system is not None and not isinstance(system, str):
+        raise UsageError(f"system must be a string, not {type(system).__name__}")
     settings = current_settings()
     name = model or default_model(settings)
     if not model and settings.default_model:
