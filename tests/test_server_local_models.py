@@ -86,6 +86,19 @@ def test_a_declared_local_model_answers_by_name(serve_llm: Any, tmp_path: Path) 
     assert [m.key.path for m in models.loaded_models()] == [str(path.resolve())]
 
 
+def test_declared_local_models_are_listed_by_name_without_their_path(serve_llm: Any, tmp_path: Path) -> None:
+    path = tmp_path / "secret-dir" / "tiny.gguf"  # listing loads nothing: the file need not exist
+    served = serve_llm(local={"models": {"tiny": {"path": str(path), "description": "Tiny test model"}, "bare": {"path": str(path)}}})
+    rows = {row["id"]: row for row in httpx.get(served.base_url + "/models", timeout=30).json()["data"]}
+    assert rows["local/tiny"]["llm_call"]["notes"] == "Tiny test model"
+    assert rows["local/bare"]["llm_call"]["notes"] == "declared local model"
+    r = httpx.get(served.base_url + "/models/local/tiny", timeout=30)
+    assert r.status_code == 200 and r.json()["id"] == "local/tiny"
+    listing = httpx.get(served.base_url + "/models?all=true", timeout=30).text
+    assert "secret-dir" not in listing and str(tmp_path) not in listing
+    assert not models.loaded_models()
+
+
 def test_loaded_models_are_bounded_and_the_least_recently_used_is_closed(serve_llm: Any, tmp_path: Path) -> None:
     a, b = _copy_of_smollm2(tmp_path, "a.gguf"), _copy_of_smollm2(tmp_path, "b.gguf")
     local = {"models": {"a": {"path": str(a)}, "b": {"path": str(b)}}, "max_loaded": 1, "max_tokens": 4}

