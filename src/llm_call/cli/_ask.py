@@ -77,7 +77,7 @@ def register(app: typer.Typer) -> None:
         system: Annotated[str | None, typer.Option("--system", "-s", help="System prompt")] = None,
         temperature: Annotated[float | None, typer.Option("--temperature", "-t")] = None,
         max_tokens: Annotated[int | None, typer.Option("--max-tokens")] = None,
-        timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds for the whole call")] = None,
+        timeout: Annotated[float | None, typer.Option("--timeout", help="Seconds for each provider request (a timed-out request is retried; see docs/timeouts.md)")] = None,
         stream: Annotated[bool, typer.Option("--stream", help="Print the answer as it arrives")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the whole Response as JSON")] = False,
         validate: Annotated[list[str] | None, typer.Option("--validate", "-V", help="Validation spec, e.g. json, regex:^\\d+$, length:max=200 (repeatable)")] = None,
