@@ -259,7 +259,7 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every line (routes, validation specs) and run nothing")] = False,
         progress: Annotated[str, typer.Option("--progress", help="auto (a bar on a terminal, else lines), rich, plain or none")] = "auto",
         config: Annotated[str | None, typer.Option("--config", "-c", help="TOML config file")] = None,
-        tasks: Annotated[str | None, typer.Option("--tasks", help="Task store: SQLite path (default: [tasks] store)")] = None,
+        tasks: Annotated[str | None, typer.Option("--tasks", help="Task store: SQLite path or redis:// URL (default: [tasks] store)")] = None,
     ) -> None:
         """Run every request of a JSONL file through the task manager; write results as JSONL.
 
