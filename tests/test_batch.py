@@ -193,6 +193,15 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
         read_items(tmp_path / "missing.jsonl")
 
 
+def test_a_file_saved_with_a_byte_order_mark_reads_like_any_other(tmp_path: Path) -> None:
+    # Windows editors (Notepad, PowerShell's Out-File) start UTF-8 files with a BOM; it was
+    # "line 1: not valid JSON: Unexpected UTF-8 BOM"
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"id": "a", "model": "openai/x", "prompt": "hi"}\n')
+    items, problems = read_items(path)
+    assert problems == [] and [i.id for i in items] == ["a"]
+
+
 def test_check_items_finds_every_problem_without_sending_anything() -> None:
     s = settings(aliases={"max/text-general": "max/sonnet"}, endpoints={"vllm": {"base_url": "http://127.0.0.1:9/v1"}})
     items = [

@@ -71,3 +71,10 @@ def test_a_secret_value_is_never_echoed(tmp_path: Path) -> None:
     message = _error(tmp_path, '[endpoints.e]\nbase_url = "http://x"\napi_key = 5\n')
     assert "endpoints.e.api_key" in message
     assert "(got" not in message
+
+
+def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
+    # it was "not valid TOML: Invalid statement (at line 1, column 1)", with nothing to see there
+    path = tmp_path / "llm_call.toml"
+    path.write_bytes(b"\xef\xbb\xbf[server]\nport = 8001\n")
+    assert load_settings(path, env={}).server.port == 8001

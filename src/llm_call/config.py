@@ -517,7 +517,7 @@ def load_settings(
     if file is not None:
         source = str(file)
         try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
+            data = tomllib.loads(file.read_text(encoding="utf-8-sig"))  # a leading BOM is not TOML
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file} is not valid TOML: {exc}") from None
         except UnicodeDecodeError as exc:

@@ -220,7 +220,7 @@ def read_items(path: str | os.PathLike[str]) -> tuple[list[BatchItem], list[Prob
     the file cannot be read.
     """
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")  # a BOM (some Windows editors) is not JSON
     except OSError as exc:
         raise UsageError(f"cannot read batch file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
