@@ -4,11 +4,13 @@ typo, the table a misplaced key belongs to, the keys a table takes, and the bad 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from llm_call import ConfigError
+from llm_call import ConfigError, config
+from llm_call._config_errors import ENV_KEYS
 from llm_call.config import load_settings
 
 
@@ -78,3 +80,22 @@ def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:
     path = tmp_path / "llm_call.toml"
     path.write_bytes(b"\xef\xbb\xbf[server]\nport = 8001\n")
     assert load_settings(path, env={}).server.port == 8001
+
+
+def test_a_bad_value_from_the_environment_names_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"LLM_CALL_CLAUDE_POOL_SIZE": "100"})
+    message = str(info.value)
+    assert message.startswith("invalid configuration in the environment: ")  # was "in defaults"
+    assert "claude.pool_size (from $LLM_CALL_CLAUDE_POOL_SIZE): Input should be less than or equal to 64 (got 100)" in message
+    path = tmp_path / "llm_call.toml"
+    path.write_text("[server]\nport = 1\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={"LLM_CALL_CLAUDE_POOL_SIZE": "-1"})
+    assert "claude.pool_size (from $LLM_CALL_CLAUDE_POOL_SIZE)" in str(info.value) and str(path) in str(info.value)
+
+
+def test_every_environment_override_is_known_to_the_messages() -> None:
+    source = Path(config.__file__).read_text(encoding="utf-8")
+    overrides = set(re.findall(r"LLM_CALL_[A-Z_]+", source)) - {"LLM_CALL_CONFIG"}
+    assert overrides == set(ENV_KEYS)

@@ -15,12 +15,23 @@ from __future__ import annotations
 import difflib
 import re
 import types
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
 __all__ = ["format_validation_errors", "keys_at"]
+
+#: the environment variables config.py applies over the file, and the key each one sets
+ENV_KEYS = {
+    "LLM_CALL_DEFAULT_MODEL": "default_model",
+    "LLM_CALL_TASKS": "tasks.store",
+    "LLM_CALL_API_KEYS": "server.api_keys",
+    "LLM_CALL_ADMIN_KEYS": "server.admin_keys",
+    "LLM_CALL_CLAUDE_CLI": "claude.cli_path",
+    "LLM_CALL_CLAUDE_USE_API_KEY": "claude.use_api_key",
+    "LLM_CALL_CLAUDE_POOL_SIZE": "claude.pool_size",
+}
 
 #: key paths whose values are never echoed (keys, tokens, header values, environments)
 _SECRET_PATH = re.compile(r"key|token|secret|password|headers|env", re.IGNORECASE)
@@ -107,12 +118,19 @@ def _shown(value: Any) -> str | None:
     return None
 
 
-def format_validation_errors(exc: ValidationError, source: str, root: type[BaseModel]) -> str:
-    """One line for all of ``exc``'s errors: ``invalid configuration in FILE: path: problem; ...``."""
+def format_validation_errors(
+    exc: ValidationError, source: str, root: type[BaseModel], env: Mapping[str, str] | None = None
+) -> str:
+    """One line for all of ``exc``'s errors: ``invalid configuration in FILE: path: problem; ...``;
+    a key set from the environment (``env``) names its variable, where the fix is."""
     parts = []
+    from_env = {key: name for name, key in ENV_KEYS.items() if env is not None and env.get(name) is not None}
     for err in exc.errors():
         loc = err["loc"]
         path = ".".join(str(p) for p in loc) or "(top level)"
+        origin = next((name for key, name in from_env.items() if path == key or path.startswith(key + ".")), None)
+        if origin is not None:
+            path += f" (from ${origin})"
         if err["type"] == "extra_forbidden":
             msg = _unknown_key(root, loc)
         else:

@@ -513,7 +513,7 @@ def load_settings(
     """Read and validate settings. Raises ConfigError naming the file and key path."""
     file = find_config_file(path)
     data: dict[str, Any] = {}
-    source = "defaults"
+    source = "the environment"  # without a file, only the environment can be wrong
     if file is not None:
         source = str(file)
         try:
@@ -526,11 +526,12 @@ def load_settings(
             raise ConfigError(f"cannot read config file {file}: {exc}") from None
     if "source" in data:  # a field of Settings (where they came from), not a setting
         raise ConfigError(f"invalid configuration in {source}: source: unknown key")
-    _apply_env(data, os.environ if env is None else env)
+    environ = os.environ if env is None else env
+    _apply_env(data, environ)
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_errors(exc, source, Settings)) from None
+        raise ConfigError(format_validation_errors(exc, source, Settings, environ)) from None
     settings.source = str(file) if file else None
     return settings
 
