@@ -133,6 +133,8 @@ def test_check_models_names_every_configured_model_that_routes_nowhere() -> None
     assert problems[0].startswith("default_model = 'nosuch': unknown model 'nosuch'")
     assert "[aliases.fast]" in problems[1]
     assert check_models(Settings.model_validate({"default_model": "ok", "aliases": {"ok": "openai/x"}})) == []
+    fallback = check_models(Settings.model_validate({"claude": {"quota_fallback": "sonet"}}))
+    assert fallback == [f"claude.quota_fallback = 'sonet': {fallback[0].split(': ', 1)[1]}"] and "unknown model 'sonet'" in fallback[0]
 
 
 async def test_an_unknown_default_model_names_default_model(use_settings: Callable[..., Any]) -> None:

@@ -102,20 +102,21 @@ def resolve(model: str, settings: Settings) -> Route:
 
 
 def check_models(settings: Settings) -> list[str]:
-    """Problems with the models the configuration names (``default_model``, every alias), each
-    naming its key; [] when every one resolves to a route. For ``llm-call serve`` to refuse to
-    start on a typo rather than fail each request that reaches it."""
+    """Problems with the models the configuration names (``default_model``, every alias,
+    ``claude.quota_fallback``), each naming its key; [] when every one resolves to a route. For
+    ``llm-call serve`` to refuse to start on a typo rather than fail each request that reaches it."""
     problems = []
-    if settings.default_model:
-        try:
-            resolve(settings.default_model, settings)
-        except ConfigError as exc:
-            problems.append(f"default_model = {settings.default_model!r}: {exc.message}")
+    for key, model in (("default_model", settings.default_model), ("claude.quota_fallback", settings.claude.quota_fallback)):
+        if model:
+            try:
+                resolve(model, settings)
+            except ConfigError as exc:
+                problems.append(f"{key} = {model!r}: {exc.message}")
     for name in settings.aliases:
         try:
             resolve(name, settings)
         except ConfigError as exc:
-            problems.append(exc.message)  # names the alias and the file
+            problems.append(exc.message)  # names the alias
     return problems
 
 
