@@ -73,6 +73,8 @@ def test_a_secret_value_is_never_echoed(tmp_path: Path) -> None:
     message = _error(tmp_path, '[endpoints.e]\nbase_url = "http://x"\napi_key = 5\n')
     assert "endpoints.e.api_key" in message
     assert "(got" not in message
+    message = _error(tmp_path, '[endpoints.e]\nbase_url = "ftp://me:hunter2@host/v1"\n')
+    assert "(got 'ftp://me:***@host/v1')" in message and "hunter2" not in message
 
 
 def test_a_file_saved_with_a_byte_order_mark_loads(tmp_path: Path) -> None:

@@ -35,6 +35,8 @@ ENV_KEYS = {
 
 #: key paths whose values are never echoed (keys, tokens, header values, environments)
 _SECRET_PATH = re.compile(r"key|token|secret|password|headers|env", re.IGNORECASE)
+#: the password of a ``scheme://user:password@host`` URL in an echoed value
+_URL_PASSWORD = re.compile(r"(://[^/@:]*:)[^/@]*@")
 
 
 def _unwrap(annotation: Any) -> Any:
@@ -112,8 +114,10 @@ def _unknown_key(root: type[BaseModel], loc: Sequence[Any]) -> str:
 
 
 def _shown(value: Any) -> str | None:
-    """A short rendering of a bad value, or None when it is not worth showing."""
-    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= 80):
+    """A short rendering of a bad value (a URL's password masked), or None when it is not worth showing."""
+    if isinstance(value, str) and len(value) <= 80:
+        return repr(_URL_PASSWORD.sub(r"\1***@", value))
+    if isinstance(value, bool | int | float):
         return repr(value)
     return None
 
