@@ -101,3 +101,11 @@ def test_every_environment_override_is_known_to_the_messages() -> None:
     source = Path(config.__file__).read_text(encoding="utf-8")
     overrides = set(re.findall(r"LLM_CALL_[A-Z_]+", source)) - {"LLM_CALL_CONFIG"}
     assert overrides == set(ENV_KEYS)
+
+
+def test_a_directory_given_as_the_config_file_is_called_a_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="is a directory, not a file"):  # was "does not exist"
+        load_settings(tmp_path, env={})
+    monkeypatch.setenv("LLM_CALL_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"\(from LLM_CALL_CONFIG\) is a directory, not a file"):
+        load_settings(env={})

@@ -492,14 +492,15 @@ def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist", hint="check the --config path")
+            problem = "is a directory, not a file" if p.is_dir() else "does not exist"
+            raise ConfigError(f"config file {p} {problem}", hint="check the --config path")
         return p
     env = os.environ.get("LLM_CALL_CONFIG")
     if env:
         p = Path(env)
         if not p.is_file():
             raise ConfigError(
-                f"config file {p} (from LLM_CALL_CONFIG) does not exist",
+                f"config file {p} (from LLM_CALL_CONFIG) {'is a directory, not a file' if p.is_dir() else 'does not exist'}",
                 hint="fix or unset LLM_CALL_CONFIG",
             )
         return p
