@@ -7,6 +7,7 @@ All litellm-importing tests live in this module: the import costs ~3 s.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -24,11 +25,13 @@ from llm_call import (
     MalformedResponse,
     ModelNotFound,
     ProviderConnectionError,
+    ProviderError,
     ProviderHTTPError,
     RateLimited,
     StreamInterrupted,
     UsageError,
 )
+from llm_call.errors import error_to_dict
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -132,6 +135,18 @@ async def test_401_is_auth_error_after_one_request(srv: ScriptedLLMServer) -> No
     assert info.value.model == MODEL
     assert info.value.hint is not None
     assert len(srv.requests) == 1
+
+
+async def test_an_upstream_echoing_the_key_gets_it_scrubbed_from_the_error(srv: ScriptedLLMServer) -> None:
+    """The error reaches HTTP clients of the server and the task store: the key is ``***`` there."""
+    srv.add(Reply(fault=Fault.http(401, body='{"type": "error", "error": {"type": "authentication_error", '
+                                          '"message": "the key sk-ant-test is not valid"}}')))
+    srv.add(Reply(fault=Fault.http(500, body="upstream crashed on a request with the key sk-ant-test")))
+    for _ in range(2):
+        with pytest.raises(ProviderError) as info:
+            await llm_call.acall(MODEL, "hi", retry=False)
+        assert "sk-ant-test" not in json.dumps(error_to_dict(info.value))
+        assert "sk-ant-test" not in str(info.value) and "***" in str(info.value)
 
 
 async def test_429_is_rate_limited_with_retry_after_after_one_request(srv: ScriptedLLMServer) -> None:

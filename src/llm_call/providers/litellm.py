@@ -18,6 +18,9 @@ APIConnectionError, "connection reset"      ProviderConnectionError
 BadRequestError "LLM Provider NOT provided" ConfigError (unknown route)
 any other status error                      ProviderHTTPError(status)
 =========================================  =====================================
+
+Every error leaves with the credentials of the environment (``*_API_KEY``, ``*_TOKEN``...)
+replaced by ``***`` (``_redact.py``): an upstream's 401 may quote the key LiteLLM sent.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 from ..errors import (
     AuthError,
     ConfigError,
+    LLMCallError,
     MalformedResponse,
     ModelNotFound,
     ProviderConnectionError,
@@ -44,6 +48,7 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
+from ._redact import env_secrets, scrub_error
 from .base import CLAUDE_ONLY_OPTIONS
 
 __all__ = ["LiteLLMProvider", "import_litellm"]
@@ -195,7 +200,17 @@ class LiteLLMProvider:
 
     @contextmanager
     def _translate(self, model: str, parts: list[str] | None = None) -> Iterator[None]:
-        """Turn LiteLLM failures into llm_call errors (the one place that does)."""
+        """Turn LiteLLM failures into llm_call errors (the one place that does), with no
+        credential of the environment in them (an upstream or LiteLLM may quote the key)."""
+        try:
+            with self._translate_errors(model, parts):
+                yield
+        except LLMCallError as exc:
+            scrub_error(exc, env_secrets())
+            raise
+
+    @contextmanager
+    def _translate_errors(self, model: str, parts: list[str] | None = None) -> Iterator[None]:
         ex = self._lib().exceptions
         import openai  # a LiteLLM dependency: the base classes of its exceptions
         kw: dict[str, Any] = {"provider": "litellm", "model": model}

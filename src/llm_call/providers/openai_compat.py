@@ -19,6 +19,10 @@ stream ends without [DONE]/finish,     StreamInterrupted(partial)
 or breaks once it has started
 =====================================  ===================================
 
+Errors reach HTTP clients of ``llm-call serve``, so they carry no credential (the key and header
+values an upstream echoes become ``***``, see ``_redact.py``) and name a configured base URL by its
+setting (``endpoints.NAME.base_url``), with the OS error instead of aiohttp's host-bearing text.
+
 Cancelling the calling task closes the HTTP connection (the request is not left running).
 
 The hot path is kept lean (it is measured by ``bench/overhead.py``): the body is encoded once
@@ -32,6 +36,7 @@ import asyncio
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -53,6 +58,7 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
+from ._redact import scrub_error
 from .base import CLAUDE_ONLY_OPTIONS, parse_retry_after, tool_deltas
 
 if TYPE_CHECKING:
@@ -85,6 +91,17 @@ except ImportError:  # pragma: no cover - orjson is optional
 
     def _dumps(obj: Any) -> bytes:
         return json.dumps(obj).encode()
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong on the connection, without the host and URL aiohttp writes into its
+    messages (``Cannot connect to host 10.0.0.5:8000 ...``): the OS error's text, else the type."""
+    err = getattr(exc, "os_error", None) or exc
+    if isinstance(err, socket.gaierror) and err.strerror:
+        return f"{type(exc).__name__}: {err.strerror}"
+    if isinstance(err, OSError) and isinstance(err.errno, int) and err.errno > 0:
+        return f"{type(exc).__name__}: {os.strerror(err.errno)}"
+    return type(exc).__name__
 
 
 def _usage(data: Any) -> Usage:
@@ -132,11 +149,14 @@ class OpenAICompatProvider:
             )
         self.name = name
         self.base_url = base_url.rstrip("/")
+        # errors name where the base URL is configured, not the URL: they reach HTTP clients
+        self._where = self.base_url if base_url_source == "base_url" else base_url_source
         self._url = self.base_url + "/chat/completions"
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._key_required = key_required
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._header_values = list((headers or {}).values())  # may be credentials (api-key: ...)
         self._keyed: tuple[str, dict[str, str]] | None = None
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -292,32 +312,38 @@ class OpenAICompatProvider:
         """Turn transport failures into llm_call errors (the one place that does)."""
         try:
             yield
-        except ProviderError:
+        except ProviderError as exc:
+            scrub_error(exc, self._secrets())
             raise
         except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError/ConnectionTimeoutError
             raise ProviderTimeout(
-                f"{self.name}: request timed out ({type(exc).__name__}: {exc})".replace(": )", ")"),
+                f"{self.name}: request timed out ({type(exc).__name__})",
                 hint="raise timeout= or the configured timeouts if the model is just slow",
                 provider=self.name,
                 model=model,
             ) from exc
         except aiohttp.ClientPayloadError as exc:
             raise ProviderConnectionError(
-                f"{self.name}: response body cut short: {exc}", provider=self.name, model=model
+                f"{self.name}: response body cut short: {_reason(exc)}", provider=self.name, model=model
             ) from exc
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             raise ProviderConnectionError(
-                f"{self.name}: cannot reach {self.base_url}: {exc}",
+                f"{self.name}: cannot reach {self._where}: {_reason(exc)}",
                 hint="is the server running and the base URL right?",
                 provider=self.name,
                 model=model,
             ) from exc
         except aiohttp.ClientError as exc:
             raise ProviderConnectionError(
-                f"{self.name}: HTTP exchange with {self.base_url} failed: {type(exc).__name__}: {exc}",
+                f"{self.name}: HTTP exchange with {self._where} failed: {_reason(exc)}",
                 provider=self.name,
                 model=model,
             ) from exc
+
+    def _secrets(self) -> list[str | None]:
+        """Credentials this provider sends: its key and the configured headers' values."""
+        key = self._api_key or (os.environ.get(self._api_key_env) if self._api_key_env else None)
+        return [key, *self._header_values]
 
     def _status_error(self, status: int, headers: Any, text: str, model: str) -> ProviderError:
         detail = text[:500]
@@ -375,7 +401,7 @@ class OpenAICompatProvider:
                         resp.status, resp.headers, raw_bytes.decode("utf-8", "replace"), model
                     )
                 content_type = resp.headers.get("Content-Type", "")
-        return self._parse(raw_bytes, content_type, model, time.perf_counter() - started)
+            return self._parse(raw_bytes, content_type, model, time.perf_counter() - started)
 
     def _parse(self, raw_bytes: bytes, content_type: str, model: str, latency: float) -> Response:
         try:
@@ -471,7 +497,7 @@ class OpenAICompatProvider:
                     raise
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
                     resp.close()
-                    raise self._interrupted(st, model, f"the connection broke: {exc}") from exc
+                    raise self._interrupted(st, model, f"the connection broke: {_reason(exc)}") from exc
                 if not st.done and st.finish is None:
                     resp.close()
                     raise self._interrupted(st, model, "the stream ended without [DONE] or finish_reason")
