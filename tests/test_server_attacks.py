@@ -471,6 +471,7 @@ def test_the_mcp_models_tool_lists_only_allowed_models(serve_llm: Any) -> None:
     data = json.loads(next(line[5:] for line in r.text.splitlines() if line.startswith("data:")))
     listed = {json.loads(part["text"])["id"] for part in data["result"]["content"]}
     assert listed == {"fast", "up/*"}, listed
+    assert served.upstream.openai_base_url not in r.text  # an endpoint's base URL is the operator's
 
 
 def test_a_request_without_a_model_gets_no_model_outside_allowed_models(serve_llm: Any) -> None:

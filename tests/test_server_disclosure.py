@@ -95,3 +95,15 @@ def test_an_unreachable_endpoint_is_named_by_its_setting_not_its_address(serve_l
     for text in texts:
         assert "endpoints.up.base_url" in text and "Connection refused" in text, text
         assert "127.0.0.1" not in text and str(port) not in text, text
+
+
+def test_models_show_endpoint_base_urls_to_admin_keys_only(serve_llm: Any) -> None:
+    served = serve_llm(server=KEYS)
+    url = served.upstream.openai_base_url
+    with httpx.Client(base_url=served.base_url, timeout=30) as http:
+        for path in ("/models", "/models?all=true", "/models/up/*", "/models/up/x"):
+            for headers in ({}, {"anthropic-version": "2023-06-01"}):
+                ordinary = http.get(path, headers={**_h(USER), **headers})
+                assert ordinary.status_code == 200 and "up/" in ordinary.text, ordinary.text
+                assert url not in ordinary.text and "127.0.0.1" not in ordinary.text, ordinary.text
+        assert url in http.get("/models", headers=_h(ADMIN)).text

@@ -322,11 +322,11 @@ def build_mcp_server(
     @server.tool(description="The models that can be asked now: routes (max/*, openai/*, ...), aliases and endpoints.")
     async def models() -> list[dict[str, Any]]:
         from ..catalog import list_models
-        from ._routes import may_use
+        from ._routes import may_use, shown_notes
 
         allowed = settings.server.allowed_models  # as GET /v1/models: only what a call may name
         return [
-            {"id": row["id"], "kind": row["kind"], "notes": row.get("notes", "")}
+            {"id": row["id"], "kind": row["kind"], "notes": shown_notes(row, operator=False)}
             for row in list_models(settings)
             if row.get("available") and (allowed is None or may_use(row["id"], allowed))
         ]
