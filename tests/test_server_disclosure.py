@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from llm_call.errors import TaskStoreError
+from llm_call.tasks.sqlite_store import SQLiteTaskStore
 from llm_call.testing import Fault, Reply
 from support.llm_server import serve_llm
 
@@ -107,3 +110,15 @@ def test_models_show_endpoint_base_urls_to_admin_keys_only(serve_llm: Any) -> No
                 assert ordinary.status_code == 200 and "up/" in ordinary.text, ordinary.text
                 assert url not in ordinary.text and "127.0.0.1" not in ordinary.text, ordinary.text
         assert url in http.get("/models", headers=_h(ADMIN)).text
+
+
+def test_a_task_store_failure_names_no_path(serve_llm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing_get(self: SQLiteTaskStore, task_id: str) -> None:
+        raise TaskStoreError(f"task store {self.path}: OperationalError: disk I/O error")
+
+    monkeypatch.setattr(SQLiteTaskStore, "get", failing_get)
+    served = serve_llm(server=KEYS)
+    for key in (USER, ADMIN):
+        r = httpx.get(served.base_url + "/tasks/tk_00000000", headers=_h(key), timeout=30)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "task_store_error", r.text
+        assert str(tmp_path) not in r.text and "tasks.db" not in r.text, r.text
