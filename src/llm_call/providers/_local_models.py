@@ -66,8 +66,10 @@ def resolve_model_path(name: str, cfg: LocalConfig | None = None) -> Path:
     if declared is not None:
         path = Path(declared.path).expanduser()
         if not path.is_file():
+            # the path is the operator's (HTTP requests may name declared models): the log has it
+            _log.warning("local model %r: %s (local.models.%s.path) does not exist", name, path, name)
             raise ConfigError(
-                f"local model {name!r}: the file {path} declared in [local.models.{name}] does not exist",
+                f"local model {name!r}: the file declared in [local.models.{name}] does not exist",
                 hint=f"fix local.models.{name}.path in the config file",
             )
         return path.resolve()
@@ -197,8 +199,11 @@ class Instance:
         try:
             llm = load_llama(key.path, n_ctx=key.n_ctx, n_threads=key.n_threads)
         except (ValueError, RuntimeError, OSError) as exc:
+            # the message names the file, not its directory: HTTP clients get it; the log has all
+            _log.warning("cannot load the GGUF model %s: %s", key.path, exc)
+            file = Path(key.path).name
             raise ConfigError(
-                f"cannot load the GGUF model {key.path}: {exc}",
+                f"cannot load the GGUF model {file}: {str(exc).replace(key.path, file)}",
                 hint="is it a GGUF chat model that this llama-cpp-python version supports?",
             ) from None
         template = llm.metadata.get("tokenizer.chat_template")
