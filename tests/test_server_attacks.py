@@ -268,6 +268,32 @@ def test_lists_that_multiply_model_calls_are_bounded(serve_llm: Any, field: str,
     assert not served.upstream.requests
 
 
+def test_messages_and_tools_per_request_are_bounded(serve_llm: Any) -> None:
+    """A 10 MB body holds 300,000 empty messages, and each costs parsing, conversion and storing
+    on the event loop: one such request held the loop for seconds while every other key waited.
+    Past 10,000 messages (input items) or 1,000 tools a request is a 400 naming the field."""
+    served = serve_llm()
+    msg = {"role": "user", "content": "hi"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    cases = [
+        ("/chat/completions", {"model": "up/x", "messages": [msg] * 10_001}, "messages"),
+        ("/chat/completions", {"model": "up/x", "messages": [msg], "tools": [tool] * 1_001}, "tools"),
+        ("/messages", {"model": "up/x", "max_tokens": 5, "messages": [msg] * 10_001}, "messages"),
+        ("/messages", {"model": "up/x", "max_tokens": 5, "messages": [msg], "tools": [{"name": "f", "input_schema": {}}] * 1_001}, "tools"),
+        ("/messages/count_tokens", {"model": "up/x", "messages": [msg] * 10_001}, "messages"),
+        ("/responses", {"model": "up/x", "input": [msg] * 10_001}, "input"),
+        ("/responses", {"model": "up/x", "input": "hi", "tools": [{"type": "function", "name": "f"}] * 1_001}, "tools"),
+        ("/tasks", {"model": "up/x", "messages": [msg] * 10_001}, "messages"),
+    ]
+    for path, body, field in cases:
+        r = httpx.post(served.base_url + path, json=body, timeout=30)
+        assert r.status_code == 400, (path, field, r.text[:300])
+        assert field in r.text and ("10000" in r.text or "1000" in r.text), (path, r.text[:300])
+    ok = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": [msg] * 10_000}, timeout=30)
+    assert ok.status_code == 200, ok.text[:300]
+    assert len(served.upstream.requests) == 1
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("schema", "says"),

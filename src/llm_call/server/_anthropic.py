@@ -59,7 +59,7 @@ from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
 from ._errors import HTTPFailure
-from ._schemas import LLMCallExtras, call_options
+from ._schemas import MAX_MESSAGES, MAX_TOOLS, LLMCallExtras, call_options
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -87,9 +87,9 @@ class AnthropicMessage(TypedDict):
 
 class _MessagesBase(LLMCallExtras):
     model: str | None = Field(default=None, min_length=1, description="Model or alias; default: the configured default_model")
-    messages: list[AnthropicMessage] = Field(min_length=1)
+    messages: list[AnthropicMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     system: str | list[dict[str, Any]] | None = Field(default=None, description="A string or a list of text blocks")
-    tools: list[dict[str, Any]] | None = Field(default=None, description="Client tools: name, description, input_schema")
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS, description="Client tools: name, description, input_schema")
     tool_choice: dict[str, Any] | None = Field(default=None, description="auto, any, tool (with name) or none")
     thinking: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
     metadata: dict[str, Any] | None = Field(default=None, description="Accepted, not forwarded")
