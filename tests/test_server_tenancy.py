@@ -59,6 +59,7 @@ def test_keys_cannot_see_or_touch_each_others_tasks(serve_llm: Any, store: str) 
             ("POST", f"/tasks/{task}/cancel", {}),
             ("POST", f"/tasks/{task}/review", {"approve": True}),
             ("GET", f"/responses/{response}", None),
+            ("GET", f"/responses/{response}?stream=true", None),
             ("POST", f"/responses/{response}/cancel", {}),
         ]
         for method, path, body in forbidden:
@@ -67,6 +68,10 @@ def test_keys_cannot_see_or_touch_each_others_tasks(serve_llm: Any, store: str) 
             unknown_path = path.replace(response, "resp_tk_00000000").replace(task, "tk_00000000")
             unknown = http.request(method, base + unknown_path, json=body, headers=_h(B))
             assert r.json()["error"]["code"] == unknown.json()["error"]["code"]
+
+        # the per-route counts of /v1/routes (the dashboard's Routes page) count only B's tasks
+        assert not any(r["running"] or r["queued"] for r in http.get(f"{base}/routes", headers=_h(B)).json()["routes"])
+        assert any(r["running"] or r["queued"] for r in http.get(f"{base}/routes", headers=_h(A)).json()["routes"])
 
         # B's idempotency key "job-1" is its own: a new task, not A's (and not A's answer)
         r = http.post(f"{base}/tasks", json={"model": "up/x", "prompt": "b's job", "idempotency_key": "job-1"}, headers=_h(B))
