@@ -122,3 +122,16 @@ def test_a_task_store_failure_names_no_path(serve_llm: Any, tmp_path: Path, monk
         r = httpx.get(served.base_url + "/tasks/tk_00000000", headers=_h(key), timeout=30)
         assert r.status_code == 503 and r.json()["error"]["code"] == "task_store_error", r.text
         assert str(tmp_path) not in r.text and "tasks.db" not in r.text, r.text
+
+
+def test_a_task_store_failure_names_no_path_to_mcp_clients(serve_llm: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def failing_get(self: SQLiteTaskStore, task_id: str) -> None:
+        raise TaskStoreError(f"task store {self.path}: OperationalError: disk I/O error")
+
+    monkeypatch.setattr(SQLiteTaskStore, "get", failing_get)
+    served = serve_llm(server=KEYS)
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "status", "arguments": {"task_id": "tk_00000000"}}}
+    r = httpx.post(served.url + "/mcp", json=body, timeout=30,
+                   headers={**_h(USER), "accept": "application/json, text/event-stream"})
+    assert r.status_code == 200 and "TaskStoreError" in r.text, r.text[:500]
+    assert str(tmp_path) not in r.text and "tasks.db" not in r.text, r.text[:500]
