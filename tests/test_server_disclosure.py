@@ -135,3 +135,27 @@ def test_a_task_store_failure_names_no_path_to_mcp_clients(serve_llm: Any, tmp_p
                    headers={**_h(USER), "accept": "application/json, text/event-stream"})
     assert r.status_code == 200 and "TaskStoreError" in r.text, r.text[:500]
     assert str(tmp_path) not in r.text and "tasks.db" not in r.text, r.text[:500]
+
+
+def test_task_worker_ids_name_no_host_to_ordinary_keys(serve_llm: Any) -> None:
+    """A worker id is ``server-HOSTNAME-PID-xxxxxx``: the server's host name and process id."""
+    host = socket.gethostname()
+    served = serve_llm([Reply(text="late", latency=60, match_text="slow", times=None)], server=KEYS)
+    base = served.base_url
+    with httpx.Client(timeout=30) as http:
+        task = http.post(f"{base}/tasks", json={"model": "up/x", "prompt": "slow"}, headers=_h(USER)).json()["id"]
+        for _ in range(300):
+            body = http.get(f"{base}/tasks/{task}", headers=_h(USER)).json()
+            if body["status"] == "running":
+                break
+            time.sleep(0.05)
+        assert body["status"] == "running" and body["worker"], body
+        texts = [
+            http.get(f"{base}/tasks/{task}", headers=_h(USER)).text,
+            http.get(f"{base}/tasks", headers=_h(USER)).text,
+            http.get(f"{base}/tasks/{task}/events?follow=false", headers=_h(USER)).text,
+            http.post(f"{base}/tasks/{task}/cancel", json={}, headers=_h(USER)).text,
+        ]
+        for text in texts:
+            assert host not in text and "server-" not in text, text
+        assert host in http.get(f"{base}/tasks/{task}", headers=_h(ADMIN)).text

@@ -36,6 +36,8 @@ __all__ = [
     "is_loopback",
     "local_address_is_public",
     "no_keys_message",
+    "opaque_worker",
+    "sees_operator_details",
     "tenant_of",
 ]
 
@@ -137,6 +139,19 @@ class KeyLimiter:
 
     def in_flight(self, key_id: str) -> int:
         return self._in_flight.get(key_id, 0)
+
+
+def sees_operator_details(caller: Caller, auth: KeyAuth) -> bool:
+    """Whether ``caller`` is shown the operator's details (base URLs, file paths, host names):
+    an admin key of a server with keys. A server without keys serves everyone on the machine,
+    so no one."""
+    return auth.enabled and caller.admin
+
+
+def opaque_worker(worker: str | None) -> str | None:
+    """A task's worker id (``server-HOSTNAME-PID-xxxxxx``) as a caller without operator details
+    sees it: a stable digest, so tasks of one worker still share it."""
+    return None if worker is None else "w_" + hashlib.sha256(worker.encode()).hexdigest()[:12]
 
 
 def is_loopback(host: str) -> bool:

@@ -40,9 +40,9 @@ def shown_notes(row: dict[str, Any], operator: bool) -> str:
 
 
 def _operator(request: Request, state: ServerState) -> bool:
-    """An admin key of a server with keys: the caller that sees operator details (base URLs,
-    file paths). A server without keys serves everyone on the machine: no one sees them."""
-    return state.auth.enabled and request.scope["llm_call"].caller.admin
+    from ._auth import sees_operator_details
+
+    return sees_operator_details(request.scope["llm_call"].caller, state.auth)
 
 
 def _model_rows(state: ServerState, include_unavailable: bool, operator: bool = False) -> list[dict[str, Any]]:
