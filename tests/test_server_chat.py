@@ -356,6 +356,29 @@ def test_concurrency_limit_per_key_is_429(serve_llm: Any) -> None:
     assert httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI}).status_code == 200
 
 
+def test_big_bodies_count_as_more_requests_in_flight(serve_llm: Any) -> None:
+    """A waiting request costs tens of kilobytes, one holding a 10 MB body tens of megabytes: a
+    key's requests in flight bound its memory only if a body counts once per 64 KiB."""
+    served = serve_llm([Reply(text="slow", latency=2.0, match_text="slow")], server={"max_concurrent_per_key": 8})
+    big = "x" * 300_000  # five 64 KiB units: counts as 5 of the key's 8
+
+    def chat(text: str) -> httpx.Response:
+        return httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": [{"role": "user", "content": text}]}, timeout=30)
+
+    results: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: results.setdefault("slow", chat("slow " + big)))
+    t.start()
+    deadline = time.monotonic() + 20
+    while not served.upstream.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    heavy = chat("another " + big)  # 5 + 5 > 8
+    light = chat("hi")  # 5 + 1 <= 8
+    t.join(30)
+    assert heavy.status_code == 429 and heavy.json()["error"]["code"] == "concurrency_limit_exceeded", heavy.text
+    assert light.status_code == 200 and results["slow"].status_code == 200
+    assert chat("again " + big).status_code == 200  # alone again: admitted
+
+
 def test_models_lists_usable_routes(serve_llm: Any) -> None:
     served = serve_llm(aliases={"fast": {"model": "up/x", "description": "quick"}})
     models = served.client().models.list()

@@ -331,7 +331,7 @@ class ServerConfig(_Strict):
     max_connections: int | None = Field(default=None, ge=1, description="Open connections at most (503 past it); default: 90% of the file limit")
     sse_heartbeat: float = Field(default=15.0, ge=0, description="Seconds of silence before a stream gets a keep-alive; 0: never")
     max_concurrent_per_key: int = Field(
-        default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
+        default=10_000, ge=1, description="Requests in flight per key (or in all, without keys), each counting once per 64 KiB of body; more get 429"
     )
     request_timeout: float = Field(default=600.0, gt=0)
     grace_period: float = Field(default=30.0, ge=0)

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "ANONYMOUS",
+    "BODY_BYTES_PER_REQUEST",
     "OPEN",
     "Caller",
     "KeyAuth",
@@ -37,6 +38,7 @@ __all__ = [
     "local_address_is_public",
     "no_keys_message",
     "opaque_worker",
+    "request_weight",
     "sees_operator_details",
     "tenant_of",
 ]
@@ -116,22 +118,36 @@ class KeyAuth:
         return None if caller is None else caller.key_id
 
 
+#: bytes of request body that count as one request in flight: a waiting request costs tens of
+#: kilobytes, one holding a 10 MB body tens of megabytes (the body, its parsed form, the upstream
+#: request), so a key's limit of requests is a bound on its memory only if big bodies weigh more
+BODY_BYTES_PER_REQUEST = 64 * 1024
+
+
+def request_weight(body_bytes: int) -> int:
+    """How many requests in flight a request with a body of ``body_bytes`` counts as (at least 1)."""
+    return max(1, -(-body_bytes // BODY_BYTES_PER_REQUEST))
+
+
 class KeyLimiter:
-    """Counts requests in flight per key; ``acquire`` is refused at the limit (the caller sends 429)."""
+    """Counts requests in flight per key; ``acquire`` is refused at the limit (the caller sends 429).
+
+    A request counts as :func:`request_weight` of its body; one is always admitted when the key
+    has nothing in flight, so a body heavier than the whole limit is slow, never impossible."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._in_flight: dict[str, int] = {}
 
-    def acquire(self, key_id: str) -> bool:
+    def acquire(self, key_id: str, weight: int = 1) -> bool:
         n = self._in_flight.get(key_id, 0)
-        if n >= self.limit:
+        if n and n + weight > self.limit:
             return False
-        self._in_flight[key_id] = n + 1
+        self._in_flight[key_id] = n + weight
         return True
 
-    def release(self, key_id: str) -> None:
-        n = self._in_flight.get(key_id, 0) - 1
+    def release(self, key_id: str, weight: int = 1) -> None:
+        n = self._in_flight.get(key_id, 0) - weight
         if n <= 0:
             self._in_flight.pop(key_id, None)
         else:

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._anthropic import anthropic_error
-from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public
+from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public, request_weight
 from ._browser import BODY_METHODS, content_type_message, host_message
 from ._errors import HTTPFailure, error_body
 from ._ui import STATIC_PATHS
@@ -148,6 +148,7 @@ class GatewayMiddleware:
         anthropic = path.startswith(MESSAGES_PREFIX)
         template: str | None = None
         acquired: str | None = None
+        acquired_weight = 1
         state.metrics.in_flight.inc()
         method: str = scope["method"]
         try:
@@ -195,6 +196,7 @@ class GatewayMiddleware:
                 await _answer(send_with_id, 415, _error(anthropic, 415, content_type_message(content_type), code="unsupported_media_type"))
                 return
             limit = state.settings.server.max_body_bytes
+            weight = 1  # requests in flight this one counts as: its body weighs (see KeyLimiter)
             if method in BODY_METHODS and length != b"0":
                 receive = self.body_deadlines.wrap(receive)
             if length is not None:
@@ -209,10 +211,12 @@ class GatewayMiddleware:
                     info.error = "request_too_large"
                     await _answer(send_with_id, 413, _error(anthropic, 413, _too_large(limit).message, code="request_too_large"))
                     return
+                weight = request_weight(declared)
             elif method in ("POST", "PUT", "PATCH"):
                 receive = _counting(receive, limit)
+                weight = request_weight(limit)  # chunked: it may be as big as allowed
             if path not in _UNLIMITED:
-                if not state.limiter.acquire(info.key_id):
+                if not state.limiter.acquire(info.key_id, weight):
                     info.error = "concurrency_limit"
                     await _answer(
                         send_with_id,
@@ -220,15 +224,15 @@ class GatewayMiddleware:
                         _error(
                             anthropic,
                             429,
-                            f"too many requests in flight for this API key (limit {state.limiter.limit}); "
-                            "retry when some have finished",
+                            f"too many requests in flight for this API key (limit {state.limiter.limit}, a request "
+                            "counting once per 64 KiB of its body); retry when some have finished",
                             type="rate_limit_error",
                             code="concurrency_limit_exceeded",
                         ),
                         [(b"retry-after", b"1")],
                     )
                     return
-                acquired = info.key_id
+                acquired, acquired_weight = info.key_id, weight
             fast = self.fast_routes.get((method, path))
             if fast is not None:
                 template = path
@@ -253,7 +257,7 @@ class GatewayMiddleware:
             )
         finally:
             if acquired is not None:
-                state.limiter.release(acquired)
+                state.limiter.release(acquired, acquired_weight)
             state.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             if template is None:
