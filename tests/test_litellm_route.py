@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -147,6 +148,20 @@ async def test_an_upstream_echoing_the_key_gets_it_scrubbed_from_the_error(srv: 
             await llm_call.acall(MODEL, "hi", retry=False)
         assert "sk-ant-test" not in json.dumps(error_to_dict(info.value))
         assert "sk-ant-test" not in str(info.value) and "***" in str(info.value)
+
+
+async def test_an_unreachable_base_url_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM writes 'Cannot connect to host 10.0.0.5:11434' into its errors, which reach HTTP
+    clients of the server: the address of the operator's base URL variable becomes its name."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("ANTHROPIC_API_BASE", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    with pytest.raises(ProviderError) as info:
+        await llm_call.acall(MODEL, "hi", retry=False)
+    text = json.dumps(error_to_dict(info.value))
+    assert f"127.0.0.1:{port}" not in text and "$ANTHROPIC_API_BASE" in text, text
 
 
 async def test_429_is_rate_limited_with_retry_after_after_one_request(srv: ScriptedLLMServer) -> None:

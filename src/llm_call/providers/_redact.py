@@ -9,6 +9,11 @@ through :func:`scrub_error` with the secrets they hold, and each secret becomes 
 Only values long enough to be a credential (:data:`MIN_SECRET_LEN` characters) are replaced: a
 short header value such as ``"1"`` would otherwise turn every ``1`` of a message into ``***``.
 
+Addresses are the operator's too: LiteLLM and the Claude CLI read their base URLs from the
+environment (``OLLAMA_API_BASE``, ``ANTHROPIC_BASE_URL``...) and write ``Cannot connect to host
+10.0.0.5:11434`` into their errors. :func:`env_locations` gives each such URL, its ``host:port``
+and its host (when it has a dot or a colon) with the variable's name to put in their place.
+
 Example::
 
     exc = AuthError("up returned HTTP 401: bad key sk-abc123456")
@@ -21,10 +26,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..errors import LLMCallError
 
-__all__ = ["MIN_SECRET_LEN", "env_secrets", "scrub", "scrub_error"]
+__all__ = ["MIN_SECRET_LEN", "env_locations", "env_secrets", "scrub", "scrub_error"]
 
 #: shorter values are not treated as secrets (they would mangle ordinary text)
 MIN_SECRET_LEN = 8
@@ -42,6 +48,29 @@ def env_secrets() -> list[str]:
     ]
 
 
+#: environment variable names (suffixes) that hold an upstream's base URL
+_LOCATION_SUFFIXES = ("_API_BASE", "_BASE_URL", "_API_URL", "_ENDPOINT", "_API_HOST")
+
+
+def env_locations() -> list[tuple[str, str]]:
+    """``(text, "$NAME")`` for every base URL in the environment: the URL, its ``host:port`` and
+    its host name or address (only one with a dot or a colon: a bare ``localhost`` is no secret
+    and a short word would mangle messages)."""
+    found: list[tuple[str, str]] = []
+    for name, value in os.environ.items():
+        if not name.upper().endswith(_LOCATION_SUFFIXES) or "://" not in value:
+            continue
+        parts = urlsplit(value.strip())
+        label = f"${name}"
+        found.append((value.strip().rstrip("/"), label))
+        if parts.netloc:
+            found.append((parts.netloc.rpartition("@")[2], label))
+        host = parts.hostname or ""
+        if len(host) >= 4 and ("." in host or ":" in host):
+            found.append((host, label))
+    return found
+
+
 def _usable(secrets: Iterable[str | None]) -> list[str]:
     # longest first, so that a key containing another key is replaced whole
     return sorted({s for s in secrets if s and len(s) >= MIN_SECRET_LEN}, key=len, reverse=True)
@@ -55,27 +84,40 @@ def scrub(text: str, secrets: Iterable[str | None]) -> str:
     return text
 
 
-def _scrub_value(value: Any, secrets: list[str]) -> Any:
+def _replace(text: str, secrets: list[str], locations: list[tuple[str, str]]) -> str:
+    text = scrub(text, secrets)
+    for found, label in locations:
+        if found in text:
+            text = text.replace(found, label)
+    return text
+
+
+def _replace_value(value: Any, secrets: list[str], locations: list[tuple[str, str]]) -> Any:
     if isinstance(value, str):
-        return scrub(value, secrets)
+        return _replace(value, secrets, locations)
     if isinstance(value, list):
-        return [_scrub_value(v, secrets) for v in value]
+        return [_replace_value(v, secrets, locations) for v in value]
     if isinstance(value, dict):
-        return {k: _scrub_value(v, secrets) for k, v in value.items()}
+        return {k: _replace_value(v, secrets, locations) for k, v in value.items()}
     return value
 
 
-def scrub_error(exc: LLMCallError, secrets: Iterable[str | None]) -> LLMCallError:
-    """Replace every secret in ``exc``'s message, hint and fields, in place; returns ``exc``."""
+def scrub_error(
+    exc: LLMCallError, secrets: Iterable[str | None], locations: Iterable[tuple[str, str]] = ()
+) -> LLMCallError:
+    """Replace every secret (with ``***``) and location (with its label) in ``exc``'s message,
+    hint and fields, in place; returns ``exc``."""
     usable = _usable(secrets)
-    if not usable:
+    # longest first: a URL before its host:port before its host
+    places = sorted({(t, label) for t, label in locations if t}, key=lambda p: len(p[0]), reverse=True)
+    if not usable and not places:
         return exc
-    exc.message = scrub(exc.message, usable)
+    exc.message = _replace(exc.message, usable, places)
     exc.args = (exc.message, *exc.args[1:])
     if exc.hint:
-        exc.hint = scrub(exc.hint, usable)
+        exc.hint = _replace(exc.hint, usable, places)
     for name in exc._fields:
         value = getattr(exc, name, None)
         if value is not None:
-            setattr(exc, name, _scrub_value(value, usable))
+            setattr(exc, name, _replace_value(value, usable, places))
     return exc

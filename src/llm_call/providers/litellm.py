@@ -48,7 +48,7 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
-from ._redact import env_secrets, scrub_error
+from ._redact import env_locations, env_secrets, scrub_error
 from .base import CLAUDE_ONLY_OPTIONS
 
 __all__ = ["LiteLLMProvider", "import_litellm"]
@@ -206,7 +206,7 @@ class LiteLLMProvider:
             with self._translate_errors(model, parts):
                 yield
         except LLMCallError as exc:
-            scrub_error(exc, env_secrets())
+            scrub_error(exc, env_secrets(), env_locations())
             raise
 
     @contextmanager
