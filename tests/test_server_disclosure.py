@@ -159,3 +159,15 @@ def test_task_worker_ids_name_no_host_to_ordinary_keys(serve_llm: Any) -> None:
         for text in texts:
             assert host not in text and "server-" not in text, text
         assert host in http.get(f"{base}/tasks/{task}", headers=_h(ADMIN)).text
+
+
+def test_a_misconfigured_claude_cli_names_no_path(serve_llm: Any, tmp_path: Path) -> None:
+    operator_dir = tmp_path / "operator-tools"
+    operator_dir.mkdir()
+    (operator_dir / "not-executable").write_text("x")
+    for cli in (operator_dir / "missing" / "claude", operator_dir / "not-executable"):
+        served = serve_llm(server=KEYS, claude={"cli_path": str(cli)})
+        r = httpx.post(served.base_url + "/chat/completions", json={"model": "max/sonnet", "messages": [{"role": "user", "content": "hi"}]},
+                       headers=_h(USER), timeout=60)
+        assert r.status_code == 400 and "claude.cli_path" in r.text, r.text
+        assert "operator-tools" not in r.text and str(tmp_path) not in r.text, r.text
