@@ -21,7 +21,15 @@ import typer
 
 from ..errors import LLMCallError, UsageError
 from ..types import TaskStatus
-from ._common import EXIT_FAILED, describe, dumps, load, reporting_errors, tune_gc_for_many_calls
+from ._common import (
+    EXIT_FAILED,
+    describe,
+    dumps,
+    load,
+    reporting_errors,
+    state,
+    tune_gc_for_many_calls,
+)
 
 if TYPE_CHECKING:
     from ..tasks import TaskManager
@@ -298,8 +306,13 @@ def register(app: typer.Typer) -> None:
         with reporting_errors():
             if concurrency is not None and concurrency < 1:
                 raise UsageError("--concurrency must be >= 1")
-            load()
+            from .._settings import without_saved_sessions
+            from ..config import set_settings
             from ..tasks.worker import run_worker
+
+            # a worker runs the server's tasks (and other people's): like `serve`, no Claude CLI
+            # conversation is kept on disk unless the config says [claude] persist_sessions
+            set_settings(without_saved_sessions(load()), path=state.config_path)
 
             tune_gc_for_many_calls()
 

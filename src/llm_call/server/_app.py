@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
+from .._settings import without_saved_sessions
 from ..errors import LLMCallError
 from ._anthropic import CountTokensRequest, MessagesRequest
 from ._auth import check_public_bind
@@ -219,10 +220,7 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
         from ..config import get_settings
 
         settings = get_settings()
-    if settings.claude.persist_sessions is None:
-        # a request cannot resume a CLI session, so saving one would only keep every key's
-        # prompts and answers under the server user's ~/.claude (a new project folder per call)
-        settings = settings.model_copy(update={"claude": settings.claude.model_copy(update={"persist_sessions": False})})
+    settings = without_saved_sessions(settings)
     state = ServerState.from_settings(settings)  # ConfigError for a blank key
     check_public_bind(settings.server.host, state.auth)
     state.tasks = task_manager
