@@ -1,4 +1,5 @@
-"""The scripted LLM server: aiohttp's low-level server speaking the OpenAI and Anthropic formats.
+"""The scripted LLM server: aiohttp's low-level server speaking the OpenAI and Anthropic formats
+(embeddings in ``_embeddings.py``, faults and error bodies in ``_faults.py``).
 
 The per-request path is kept lean because benchmarks push thousands of calls through it: one
 JSON parse of the request, one ``json.dumps`` per response (stream chunks are built from a
@@ -22,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from llm_call.testing._embeddings import answer_embeddings
 from llm_call.testing._faults import JSON_TYPE as _JSON
 from llm_call.testing._faults import error_response as _error
 from llm_call.testing._faults import json_response as _json
@@ -70,6 +72,8 @@ class ScriptedLLMServer:
         self._routes: dict[tuple[str, str], _Route] = {
             ("POST", "/v1/chat/completions"): partial(self._answer, api="openai"),
             ("POST", "/chat/completions"): partial(self._answer, api="openai"),
+            ("POST", "/v1/embeddings"): partial(answer_embeddings, self.script),
+            ("POST", "/embeddings"): partial(answer_embeddings, self.script),
             ("POST", "/v1/messages"): partial(self._answer, api="anthropic"),
             ("POST", "/v1/messages/count_tokens"): self._count_tokens,
             ("GET", "/v1/models"): self._models,
@@ -241,7 +245,7 @@ class ScriptedLLMServer:
             headers = {k.lower(): v for k, v in request.headers.items()}
             if path.startswith("/v1/messages") or "anthropic-version" in headers:
                 api = "anthropic"
-            elif path.endswith(("/chat/completions", "/models")):
+            elif path.endswith(("/chat/completions", "/models", "/embeddings")):
                 api = "openai"
             else:
                 api = "other"
