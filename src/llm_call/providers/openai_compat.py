@@ -53,10 +53,12 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
+from ._embeddings import load_answer, openai_body, parse_embeddings
 from .base import CLAUDE_ONLY_OPTIONS, parse_retry_after, tool_deltas
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig, OpenAIConfig
+    from ..types import EmbeddingRequest, Embeddings
 
 __all__ = ["OpenAICompatProvider", "parse_retry_after"]
 
@@ -107,7 +109,7 @@ class _StreamState:
 
 
 class OpenAICompatProvider:
-    """Chat completions against any OpenAI-compatible base URL."""
+    """Chat completions and embeddings against any OpenAI-compatible base URL."""
 
     def __init__(
         self,
@@ -253,7 +255,7 @@ class OpenAICompatProvider:
             if not session.closed:
                 await session.close()
 
-    def _timeout(self, request: Request) -> aiohttp.ClientTimeout:
+    def _timeout(self, request: Request | EmbeddingRequest) -> aiohttp.ClientTimeout:
         if request.timeout is None:
             return self._default_timeout
         return aiohttp.ClientTimeout(
@@ -553,6 +555,22 @@ class OpenAICompatProvider:
                 model=model,
             ) from None
         return text
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """``POST {base_url}/embeddings``, failures translated as for chat (``_embeddings.py``)."""
+        model = request.model
+        body = _dumps(openai_body(request, self.name, CLAUDE_ONLY_OPTIONS))
+        headers = self._auth_headers(model)
+        with self._translate(model):
+            async with self._session().post(
+                self.base_url + "/embeddings", data=body, headers=headers, timeout=self._timeout(request)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._status_error(resp.status, resp.headers, raw.decode("utf-8", "replace"), model)
+                content_type = resp.headers.get("Content-Type", "")
+        data = load_answer(raw, content_type, self.name, model)
+        return parse_embeddings(data, request, self.name)
 
     async def aclose(self) -> None:
         entries = list(self._sessions.items())
