@@ -84,13 +84,9 @@ async def test_an_answer_that_is_not_embeddings_is_a_typed_error(srv: ScriptedLL
         await llm_call.aembed(MODEL, ["x", "y"])
 
 
-@pytest.mark.parametrize(
-    ("model", "says"),
-    [("max/sonnet", "Claude Code CLI, which has no embeddings"), ("local/smollm2", "local/\\* route")],
-)
-async def test_routes_without_embeddings_are_refused_by_name(srv: ScriptedLLMServer, model: str, says: str) -> None:
-    with pytest.raises(UsageError, match=says) as caught:
-        await llm_call.aembed(model, "x", fallbacks=[MODEL])
+async def test_max_has_no_embeddings_and_is_refused_by_name(srv: ScriptedLLMServer) -> None:
+    with pytest.raises(UsageError, match="Claude Code CLI, which has no embeddings") as caught:
+        await llm_call.aembed("max/sonnet", "x", fallbacks=[MODEL])
     assert "openai/text-embedding-3-small" in (caught.value.hint or "")
     assert srv.requests == []  # a usage error is not a provider failure: no fallback either
 

@@ -89,14 +89,26 @@ def test_upstream_failure_with_no_fallback_is_a_502_in_openais_error_shape(serve
     assert 'llm_call_upstream_errors_total{type="ProviderHTTPError"} 1.0' in httpx.get(served.url + "/metrics").text
 
 
-@pytest.mark.parametrize(("model", "says"), [("max/sonnet", "Claude Code CLI, which has no embeddings"),
-                                             ("local/smollm2", "local/* route")])
-def test_routes_without_embeddings_are_a_clear_400(serve_llm: Any, model: str, says: str) -> None:
+def test_max_has_no_embeddings_a_clear_400(serve_llm: Any) -> None:
     served: Served = serve_llm()
     with pytest.raises(openai.BadRequestError) as caught:
-        served.client().embeddings.create(model=model, input="x")
-    assert says in caught.value.message
+        served.client().embeddings.create(model="max/sonnet", input="x")
+    assert "Claude Code CLI, which has no embeddings" in caught.value.message
     assert served.upstream.requests == []
+
+
+def test_the_local_model_embeds_and_a_path_is_refused(serve_llm: Any) -> None:
+    pytest.importorskip("llama_cpp")
+    served: Served = serve_llm()
+    client = served.client()
+    result = client.embeddings.create(model="local/smollm2", input=["a cat", "a cat"], encoding_format="float")
+    assert result.model == "local/smollm2"
+    assert len(result.data) == 2 and result.data[0].embedding == result.data[1].embedding
+    assert len(result.data[0].embedding) > 100  # the model's own width (576 for SmolLM2-135M)
+    with pytest.raises(openai.BadRequestError, match="cannot shorten"):
+        client.embeddings.create(model="local/smollm2", input="x", dimensions=8)
+    with pytest.raises(openai.NotFoundError, match="not available to requests"):
+        client.embeddings.create(model="local//etc/passwd", input="x")
 
 
 def test_a_keys_allowed_models_are_enforced(serve_llm: Any) -> None:

@@ -190,9 +190,10 @@ async def aembed(
 ) -> Embeddings:
     """Embed ``input`` (a text or a list of texts) with ``model``: one vector per text, in order.
 
-    Routes: OpenAI-compatible ones (``openai/*``, configured endpoints: ``POST {base}/embeddings``)
-    and LiteLLM providers (``litellm.aembedding``). ``max/*`` (the Claude CLI has no embeddings)
-    and ``local/*`` raise :class:`~llm_call.errors.UsageError` naming the route. Transient
+    Routes: OpenAI-compatible ones (``openai/*``, configured endpoints: ``POST {base}/embeddings``),
+    LiteLLM providers (``litellm.aembedding``) and ``local/*`` (a separate llama-cpp instance
+    loaded with ``embedding=True``). ``max/*`` raises :class:`~llm_call.errors.UsageError`: the
+    Claude CLI has no embeddings. Transient
     failures are retried, breakers and ``fallbacks=[models]`` apply as for :func:`acall`
     (``retry=`` too). ``dimensions`` is sent to the provider; ``encoding_format="base64"`` asks it
     for the compact form, decoded here: ``vectors`` are always floats.

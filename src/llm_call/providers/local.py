@@ -33,6 +33,9 @@ Options (``request.options``): ``stop``, ``seed`` (negative: random; the seed us
 ``tools``/``tool_choice``: the local route does not do tool calling (an empty ``tools`` list is
 accepted and means none).
 
+Embeddings (``llm_call.aembed("local/NAME", ...)``) use a separate instance of the model loaded
+for them: see ``_local_embed.py``.
+
 Example::
 
     resp = await llm_call.acall("local/smollm2", "What is the capital of France?")
@@ -55,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from .._jsontree import iter_dicts
 from ..errors import LLMCallError, ProviderFailed, ProviderTimeout, UsageError
 from ..types import Chunk, Message, Request, Response, Usage
+from ._local_embed import embed_local
 from ._local_models import (
     INSTALL_HINT,
     Instance,
@@ -69,6 +73,7 @@ from .base import CLAUDE_ONLY_OPTIONS, message_text
 
 if TYPE_CHECKING:
     from ..config import LocalConfig
+    from ..types import EmbeddingRequest, Embeddings
 
 __all__ = ["INSTALL_HINT", "LocalProvider", "load_llama", "resolve_model_path", "smollm2_path", "unload_models"]
 
@@ -517,6 +522,10 @@ class LocalProvider:
             raise self._timeout_error(request, job) from None
         finally:
             job.cancelled.set()  # consumer left early, was cancelled or timed out: stop the thread
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embeddings from a separate ``Llama(embedding=True)`` instance (``_local_embed.py``)."""
+        return await embed_local(self.cfg, request)
 
     async def aclose(self) -> None:
         """Nothing to close: models stay loaded process-wide (see :func:`unload_models`)."""

@@ -17,9 +17,9 @@ Providers are created once per process and shared; each keeps its own per-event-
 
 Dispatch: :func:`complete_once` and :func:`stream_once` make one provider call for a request
 (aliases applied: system prompt, bundled provider options), no retries, no validation; the retry
-layer above calls them. :func:`embed_once` is their embeddings twin: OpenAI-compatible routes and
-LiteLLM embed; ``max/*`` and ``local/*`` are refused by name (UsageError) before any provider is
-made.
+layer above calls them. :func:`embed_once` is their embeddings twin: OpenAI-compatible routes,
+LiteLLM and the local route embed; ``max/*`` is refused by name (UsageError) before any CLI
+process is started.
 """
 
 from __future__ import annotations
@@ -311,17 +311,14 @@ def stream_once(request: Request) -> AsyncIterator[Chunk]:
 #: as temperature or a system prompt, do not)
 _EMBEDDING_ALIAS_OPTIONS = frozenset({"dimensions", "encoding_format", "user", "extra_body"})
 
-_NO_EMBEDDINGS = {
-    "max": "max/* models are served by the Claude Code CLI, which has no embeddings API",
-    "local": "the local/* route runs llama-cpp chat models and serves no embeddings",
-}
+_NO_EMBEDDINGS = {"max": "max/* models are served by the Claude Code CLI, which has no embeddings API"}
 
 
 async def embed_once(request: EmbeddingRequest) -> Embeddings:
     """One embeddings call for ``request.model`` (aliases applied), no retries.
 
-    Raises :class:`UsageError` naming the route for ``max/*`` and ``local/*``, which have no
-    embeddings, before any provider is created (no CLI process, no model load).
+    Raises :class:`UsageError` naming the route for ``max/*``, which has no embeddings, before
+    any provider is created (no CLI process).
     """
     settings = current_settings()
     route = resolve(request.model, settings)
@@ -329,7 +326,7 @@ async def embed_once(request: EmbeddingRequest) -> Embeddings:
     if refused is not None:
         raise UsageError(
             f"{refused} (model {request.model!r})",
-            hint="use an embedding model on an OpenAI-compatible endpoint or LiteLLM, e.g. openai/text-embedding-3-small",
+            hint="use an embedding model on an OpenAI-compatible endpoint, LiteLLM or local/*, e.g. openai/text-embedding-3-small",
         )
     from .base import Embedder
 

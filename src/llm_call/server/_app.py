@@ -407,8 +407,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     doc["paths"]["/v1/embeddings"] = {
         "post": {
             "summary": "Create embeddings",
-            "description": "The OpenAI embeddings API on OpenAI-compatible and LiteLLM routes (max/* and local/* "
-            "answer 400: they have no embeddings). `encoding_format: base64` answers little-endian float32 in base64. "
+            "description": "The OpenAI embeddings API on OpenAI-compatible, LiteLLM and local/* routes (max/* "
+            "answers 400: the Claude Code CLI has no embeddings). `encoding_format: base64` answers little-endian float32 in base64. "
             "`fallbacks` is llm_call's; the response has an extra field `llm_call` with the attempt record.",
             "operationId": "create_embeddings",
             "tags": ["embeddings"],
