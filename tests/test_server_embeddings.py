@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import struct
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -126,6 +128,23 @@ def test_a_keys_allowed_models_are_enforced(serve_llm: Any) -> None:
     with pytest.raises(openai.AuthenticationError):
         served.client(api_key="wrong").embeddings.create(model="up/allowed-e5", input="x")
     assert len(served.upstream.requests) == 1
+
+
+def test_a_keys_requests_in_flight_are_limited_as_for_chat(serve_llm: Any) -> None:
+    served: Served = serve_llm([Reply(latency=3.0)], default=Reply(times=None),
+                               server={"api_keys": ["key-one"], "max_concurrent_per_key": 1})
+    slow: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: slow.append(_post(served, {"model": "up/e5", "input": "slow"}, "key-one")))
+    t.start()
+    deadline = time.monotonic() + 20  # a bound against a hang, not a timing check
+    while not served.upstream.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = _post(served, {"model": "up/e5", "input": "second"}, "key-one")
+    t.join(30)
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "concurrency_limit_exceeded"
+    assert slow[0].status_code == 200
+    assert _post(served, {"model": "up/e5", "input": "again"}, "key-one").status_code == 200  # the slot is free again
 
 
 @pytest.mark.parametrize(
