@@ -221,7 +221,7 @@ async def handle_chat(state: ServerState, info: RequestInfo, raw: bytes, receive
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     info.attempts = len(resp.attempts) or 1
-    state.metrics.observe_response(resp)
+    state.metrics.observe_response(resp, info)
     return _json(completion_body(resp, info.id))
 
 
@@ -313,7 +313,7 @@ async def _sse(
                 "the model's stream finished with tool_calls but carried no tool call", model=requested
             )
         info.attempts = attempt
-        state.metrics.observe_usage(str(base["model"]), usage)
+        state.metrics.observe_usage(str(base["model"]), usage, info)
         yield _event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
         if include_usage:
             yield _event({**base, "choices": [], "usage": (usage or Usage()).to_dict()})

@@ -96,7 +96,7 @@ async def handle_messages(state: ServerState, info: RequestInfo, raw: bytes, rec
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     info.attempts = len(resp.attempts) or 1
-    state.metrics.observe_response(resp)
+    state.metrics.observe_response(resp, info)
     try:
         body = message_body(resp, info.id, llm_call_extra(resp))
     except LLMCallError as exc:
@@ -250,7 +250,7 @@ class _MessageStream:
                 raise StreamInterrupted("the stream ended for tool calls but carried none", model=self.requested)
             if self.index < 0:
                 yield self._text("")
-            state.metrics.observe_usage(model, usage)
+            state.metrics.observe_usage(model, usage, info)
             info.attempts = info.attempts or 1
             u = usage or Usage()
             yield self._close_block() + _end_events(reason, usage_dict(u.prompt_tokens, u.completion_tokens))
