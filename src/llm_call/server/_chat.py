@@ -113,6 +113,17 @@ def llm_call_extra(resp: LLMResponse) -> dict[str, Any]:
     return extra
 
 
+def _upstream_logprobs(raw: Any) -> Any:
+    """The ``logprobs`` of the answering route's first choice, when its payload is an OpenAI chat
+    completion (OpenAI-compatible endpoints, LiteLLM); ``None`` otherwise."""
+    if not isinstance(raw, dict):
+        return None
+    choices = raw.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return None
+    return choices[0].get("logprobs")
+
+
 def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": resp.text}
     if resp.tool_calls:
@@ -125,7 +136,7 @@ def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": resp.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": _upstream_logprobs(resp.raw), "finish_reason": finish}],
         "usage": resp.usage.to_dict(),
         "system_fingerprint": None,
         "llm_call": llm_call_extra(resp),
@@ -212,6 +223,14 @@ async def handle_chat(state: ServerState, info: RequestInfo, raw: bytes, receive
     if state.settings.server.debug:
         info.prompt = req.messages
     if req.stream:
+        if req.logprobs:
+            raise HTTPFailure(
+                400,
+                "logprobs are not streamed by llm_call: ask with stream=false to get them (a stream would "
+                "silently come without them)",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         return await _start_stream(state, info, req, kwargs, receive)
     try:
         async with cancelled_on_disconnect(receive), asyncio.timeout(state.settings.server.request_timeout):

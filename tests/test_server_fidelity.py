@@ -1,0 +1,92 @@
+"""What a demanding user of the openai and anthropic SDKs sends through the server to an
+OpenAI-compatible upstream (the scripted server, endpoint ``up``): every field either reaches the
+upstream as sent, comes back in the answer, or is a 400 naming it; nothing that changes the
+answer's shape is dropped on the way."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from llm_call.testing import Fault, Reply
+from support.llm_server import Served, serve_llm
+
+__all__ = ["serve_llm"]
+
+pytestmark = pytest.mark.timeout(60)
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _anthropic(served: Served) -> anthropic.Anthropic:
+    return anthropic.Anthropic(base_url=served.url, api_key="unused", max_retries=0, timeout=60)
+
+
+def _completion(choice: dict[str, Any]) -> Reply:
+    """An upstream answer given as the raw chat completion JSON."""
+    body = {"id": "c1", "object": "chat.completion", "created": 0, "model": "x", "choices": [{"index": 0, **choice}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+    return Reply(fault=Fault.http(200, {"content-type": "application/json"}, json.dumps(body)))
+
+
+# -- /v1/chat/completions ------------------------------------------------------------------
+
+STRICT_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "strict": True,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False},
+    },
+}
+STRICT_FORMAT = {
+    "type": "json_schema",
+    "json_schema": {"name": "city", "strict": True, "schema": {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": False}},
+}
+
+
+def test_chat_options_reach_the_upstream_as_sent(serve_llm: Any) -> None:
+    served: Served = serve_llm()
+    served.client().chat.completions.create(
+        model="up/x", messages=HI, tools=[STRICT_TOOL], response_format=STRICT_FORMAT, seed=7, top_p=0.5,
+        presence_penalty=0.25, frequency_penalty=0.5, reasoning_effort="low", stop=["END"], logit_bias={"50256": -100},
+    )
+    sent = served.upstream.requests[-1].body
+    assert sent["tools"] == [STRICT_TOOL] and sent["response_format"] == STRICT_FORMAT
+    assert (sent["seed"], sent["top_p"], sent["presence_penalty"], sent["frequency_penalty"]) == (7, 0.5, 0.25, 0.5)
+    assert sent["reasoning_effort"] == "low" and sent["stop"] == ["END"] and sent["logit_bias"] == {"50256": -100}
+
+
+LOGPROBS = {"content": [{"token": "ok", "logprob": -0.01, "bytes": [111, 107], "top_logprobs": [{"token": "ok", "logprob": -0.01, "bytes": [111, 107]}]}], "refusal": None}
+
+
+def test_logprobs_of_the_upstream_reach_the_client(serve_llm: Any) -> None:
+    served = serve_llm([_completion({"message": {"role": "assistant", "content": "ok"}, "logprobs": LOGPROBS, "finish_reason": "stop"})])
+    answer = served.client().chat.completions.create(model="up/x", messages=HI, logprobs=True, top_logprobs=1)
+    sent = served.upstream.requests[-1].body
+    assert sent["logprobs"] is True and sent["top_logprobs"] == 1
+    logprobs = answer.choices[0].logprobs
+    assert logprobs is not None and logprobs.content is not None
+    assert [(t.token, t.logprob) for t in logprobs.content] == [("ok", -0.01)]
+    assert logprobs.content[0].top_logprobs[0].token == "ok"
+
+
+def test_streamed_logprobs_are_a_400_naming_the_field_not_a_stream_without_them(serve_llm: Any) -> None:
+    served = serve_llm()
+    with pytest.raises(openai.BadRequestError, match="logprobs") as caught:
+        served.client().chat.completions.create(model="up/x", messages=HI, logprobs=True, stream=True)
+    assert caught.value.param == "logprobs"
+    assert served.upstream.requests == []
+
+
+def test_n_above_one_is_a_400_naming_it(serve_llm: Any) -> None:
+    served = serve_llm()
+    with pytest.raises(openai.BadRequestError) as caught:
+        served.client().chat.completions.create(model="up/x", messages=HI, n=2)
+    assert caught.value.param == "n"
+    assert served.upstream.requests == []
