@@ -90,3 +90,19 @@ def test_n_above_one_is_a_400_naming_it(serve_llm: Any) -> None:
         served.client().chat.completions.create(model="up/x", messages=HI, n=2)
     assert caught.value.param == "n"
     assert served.upstream.requests == []
+
+
+def test_the_end_user_id_reaches_the_upstream(serve_llm: Any) -> None:
+    served = serve_llm()
+    served.client().chat.completions.create(model="up/x", messages=HI, user="end-user-42")
+    assert served.upstream.requests[-1].body["user"] == "end-user-42"
+
+
+def test_the_local_route_ignores_the_end_user_id() -> None:
+    # ``user`` now reaches every route; one that has no use for it must not refuse the request
+    from llm_call.config import Settings
+    from llm_call.providers.local import LocalProvider
+    from llm_call.types import Request
+
+    params = LocalProvider(Settings().local)._params(Request(model="local/x", messages=list(HI), options={"user": "u", "seed": 1}))
+    assert params.seed == 1
