@@ -106,3 +106,15 @@ def test_the_local_route_ignores_the_end_user_id() -> None:
 
     params = LocalProvider(Settings().local)._params(Request(model="local/x", messages=list(HI), options={"user": "u", "seed": 1}))
     assert params.seed == 1
+
+
+# -- /v1/messages --------------------------------------------------------------------------
+
+
+def test_a_strict_tool_stays_strict_on_the_way_upstream(serve_llm: Any) -> None:
+    served = serve_llm()
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": False}
+    tools: Any = [{"name": "get_weather", "description": "Weather", "input_schema": schema, "strict": True}]
+    _anthropic(served).messages.create(model="up/x", max_tokens=50, messages=HI, tools=tools)
+    (tool,) = served.upstream.requests[-1].body["tools"]
+    assert tool == {"type": "function", "function": {"name": "get_weather", "parameters": schema, "description": "Weather", "strict": True}}

@@ -20,8 +20,8 @@ user ``tool_result`` blocks           ``role: "tool"`` messages (before the user
                                       content); ``is_error`` prefixes ``[tool error]``;
                                       images in a result follow as a user message
 ``thinking``/``redacted_thinking``    dropped (no route produces them)
-tools (``name``, ``description``,     function tools
-``input_schema``)
+tools (``name``, ``description``,     function tools (``strict`` kept: the schema is
+``input_schema``, ``strict``)         enforced where the route can)
 ``tool_choice`` auto/any/tool/none    ``"auto"``/``"required"``/that function/``"none"``;
                                       ``disable_parallel_tool_use`` → ``parallel_tool_calls``
 ``stop_sequences``, ``top_p``,        ``stop``, ``top_p``, ``top_k`` (top_k goes to the
@@ -343,6 +343,8 @@ def function_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         function: dict[str, Any] = {"name": name, "parameters": schema}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
+        if isinstance(tool.get("strict"), bool):
+            function["strict"] = tool["strict"]
         out.append({"type": "function", "function": function})
     return out
 
