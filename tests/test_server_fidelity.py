@@ -118,3 +118,32 @@ def test_a_strict_tool_stays_strict_on_the_way_upstream(serve_llm: Any) -> None:
     _anthropic(served).messages.create(model="up/x", max_tokens=50, messages=HI, tools=tools)
     (tool,) = served.upstream.requests[-1].body["tools"]
     assert tool == {"type": "function", "function": {"name": "get_weather", "parameters": schema, "description": "Weather", "strict": True}}
+
+
+PREFILLED = [{"role": "user", "content": "Give me the city as JSON"}, {"role": "assistant", "content": '{"city": "'}]
+
+
+def test_a_prefill_on_a_route_that_answers_anew_is_a_400_naming_the_route(serve_llm: Any) -> None:
+    # an OpenAI-compatible upstream answers the conversation anew: the client would join its
+    # prefill and a fresh answer ('{"city": "' + '{"city": "Oslo"}')
+    served = serve_llm()
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\.1: .*prefill.*'up/x' \(an OpenAI-compatible endpoint") as caught:
+        _anthropic(served).messages.create(model="up/x", max_tokens=50, messages=PREFILLED)
+    assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+    assert served.upstream.requests == []
+
+
+@pytest.mark.filterwarnings("ignore:.*ReadOnly. qualifier:UserWarning")  # LiteLLM's own models
+def test_a_prefill_is_checked_against_fallbacks_too(serve_llm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("litellm")
+    served = serve_llm()
+    monkeypatch.setenv("ANTHROPIC_API_BASE", served.upstream.anthropic_base_url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    with pytest.raises(anthropic.BadRequestError, match=r"fallbacks\.0 'up/y'"):
+        _anthropic(served).messages.create(model="anthropic/claude-x", max_tokens=50, messages=PREFILLED, extra_body={"fallbacks": ["up/y"]})
+    assert served.upstream.requests == []
+    served.upstream.add(Reply(text='Oslo"}'))
+    message = _anthropic(served).messages.create(model="anthropic/claude-x", max_tokens=50, messages=PREFILLED)
+    assert [b.text for b in message.content if b.type == "text"] == ['Oslo"}']
+    assert served.upstream.requests[-1].path == "/v1/messages"
+    assert served.upstream.requests[-1].messages[-1]["role"] == "assistant"

@@ -39,6 +39,10 @@ llm_call extras (``validation``,      the same options as on chat completions (o
 ``fallbacks`` ...)                    :func:`._schemas.call_options`)
 ====================================  ==================================================
 
+A conversation that ends with an assistant message (a prefill) is sent as is where the route
+continues it (``anthropic/...`` through LiteLLM) and is a 400 naming the route elsewhere: those
+answer anew, and the client would join its prefill to a fresh answer.
+
 Server tools (a tool with a ``type`` such as ``web_search_20250305``), PDF documents, file
 sources and server-side blocks are refused with a 400 naming the block: no route can run them,
 and ignoring them would answer a different question.
@@ -154,6 +158,8 @@ def _bad(param: str, message: str) -> HTTPFailure:
 def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a Messages request (400 naming the field on what cannot be served)."""
     kwargs: dict[str, Any] = {"model": req.model, "messages": internal_messages(req.system, req.messages)}
+    if req.messages[-1]["role"] == "assistant":
+        _check_prefill(req, settings)
     if req.max_tokens is not None:
         kwargs["max_tokens"] = req.max_tokens
     if req.temperature is not None:
@@ -177,6 +183,46 @@ def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, An
         kwargs["response_format"] = fmt
     kwargs.update(call_options(req, settings))
     return kwargs
+
+
+_ROUTE_NAMES = {
+    "openai": "the OpenAI API",
+    "endpoint": "an OpenAI-compatible endpoint",
+    "max": "the Claude Code CLI",
+    "local": "the local model",
+    "litellm": "LiteLLM",
+}
+
+
+def _check_prefill(req: MessagesRequest, settings: Settings) -> None:
+    """A conversation that ends with an assistant message asks the model to continue that text
+    (a prefill). Only Anthropic's own API does that (``anthropic/...`` through LiteLLM); every
+    other route would answer the conversation anew, and the client, which joins its prefill and
+    the answer, would get a different text than it asked for (``{`` + a fresh JSON object). So a
+    400 naming the route, for the model and each fallback and escalation model."""
+    from ..config import DEFAULT_MODEL
+    from ..errors import ConfigError
+    from ..providers.router import resolve, takes_prefill
+
+    where = f"messages.{len(req.messages) - 1}"
+    for param, name in [("model", req.model or settings.default_model or DEFAULT_MODEL),
+                        *((f"fallbacks.{i}", m) for i, m in enumerate(req.fallbacks or ())),
+                        *((f"escalate.{i}", m) for i, m in enumerate(req.escalate or ()))]:
+        try:
+            route = resolve(name, settings)
+        except ConfigError:
+            continue  # not a model: the call says so
+        if takes_prefill(name, settings):
+            continue
+        raise HTTPFailure(
+            400,
+            f"{where}: the conversation ends with an assistant message (a prefill), which {param} {name!r} "
+            f"({_ROUTE_NAMES.get(route.kind, route.kind)}, route {route.model!r}) cannot continue: it would "
+            "answer anew instead. Only Anthropic models (anthropic/... through LiteLLM) continue a prefill; "
+            "elsewhere end the conversation with a user message (and put the instruction there)",
+            param=where,
+            code="prefill_not_supported",
+        )
 
 
 def _response_format(fmt: Any) -> dict[str, Any] | None:
