@@ -147,3 +147,43 @@ def test_a_prefill_is_checked_against_fallbacks_too(serve_llm: Any, monkeypatch:
     assert [b.text for b in message.content if b.type == "text"] == ['Oslo"}']
     assert served.upstream.requests[-1].path == "/v1/messages"
     assert served.upstream.requests[-1].messages[-1]["role"] == "assistant"
+
+
+def _vllm_stream(text: str, matched: str | None) -> Reply:
+    """A streamed upstream answer ending as vLLM ends one cut by a stop string."""
+    def event(choice: dict[str, Any]) -> str:
+        return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "x", "choices": [{"index": 0, **choice}]}) + "\n\n"
+
+    body = event({"delta": {"role": "assistant", "content": text}, "finish_reason": None})
+    body += event({"delta": {}, "finish_reason": "stop", "stop_reason": matched}) + "data: [DONE]\n\n"
+    return Reply(fault=Fault.http(200, {"content-type": "text/event-stream"}, body))
+
+
+def test_the_stop_sequence_an_upstream_names_is_the_stop_reason(serve_llm: Any) -> None:
+    # vLLM says which stop string ended the answer (stop_reason), SGLang too (matched_stop)
+    served = serve_llm([
+        _completion({"message": {"role": "assistant", "content": "Oslo"}, "finish_reason": "stop", "stop_reason": "END"}),
+        _completion({"message": {"role": "assistant", "content": "Oslo"}, "finish_reason": "stop", "matched_stop": "STOP"}),
+        _vllm_stream("Oslo", "END"),
+    ])
+    client = _anthropic(served)
+    message = client.messages.create(model="up/x", max_tokens=50, messages=HI, stop_sequences=["END"])
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
+    assert served.upstream.requests[-1].body["stop"] == ["END"]
+    message = client.messages.create(model="up/x", max_tokens=50, messages=HI, stop_sequences=["STOP"])
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "STOP")
+    with client.messages.stream(model="up/x", max_tokens=50, messages=HI, stop_sequences=["END"]) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "text" and final.content[0].text == "Oslo"
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+
+
+def test_an_upstream_that_does_not_name_a_stop_sequence_ends_the_turn(serve_llm: Any) -> None:
+    # OpenAI strips the stop string and says "stop" whether it met one or ended by itself
+    served = serve_llm([Reply(text="Oslo"), _vllm_stream("Oslo", None)])
+    client = _anthropic(served)
+    message = client.messages.create(model="up/x", max_tokens=50, messages=HI, stop_sequences=["END"])
+    assert (message.stop_reason, message.stop_sequence) == ("end_turn", None)
+    with client.messages.stream(model="up/x", max_tokens=50, messages=HI, stop_sequences=["END"]) as stream:
+        final = stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("end_turn", None)

@@ -20,6 +20,8 @@ or breaks once it has started
 =====================================  ===================================
 
 Cancelling the calling task closes the HTTP connection (the request is not left running).
+The stop string that ended an answer, when the upstream names it (vLLM, SGLang), is
+``Response.extra["stop_sequence"]`` (a stream: the ``data`` of its last chunk).
 
 The hot path is kept lean (it is measured by ``bench/overhead.py``): the body is encoded once
 (orjson when installed), SSE is split from raw socket blocks rather than awaited line by line,
@@ -93,8 +95,17 @@ def _usage(data: Any) -> Usage:
     return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
 
 
+def _matched_stop(choice: Any) -> dict[str, Any]:
+    """``{"stop_sequence": s}`` when the upstream says which stop string ended the answer (vLLM's
+    ``stop_reason``, SGLang's ``matched_stop``; OpenAI does not say); else ``{}``."""
+    matched = choice.get("stop_reason")
+    if not isinstance(matched, str):
+        matched = choice.get("matched_stop")
+    return {"stop_sequence": matched} if isinstance(matched, str) and matched else {}
+
+
 class _StreamState:
-    __slots__ = ("calls", "done", "finish", "model", "parts", "pending", "usage")
+    __slots__ = ("calls", "done", "finish", "matched", "model", "parts", "pending", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -102,6 +113,7 @@ class _StreamState:
         self.pending: list[ToolCallDelta] = []  # tool-call fragments of the current event
         self.calls = 0  # tool-call fragments seen in all
         self.finish: str | None = None
+        self.matched: dict[str, Any] = {}
         self.usage: Usage | None = None
         self.done = False
 
@@ -407,6 +419,7 @@ class OpenAICompatProvider:
                 raw=data,
                 finish_reason=choice.get("finish_reason"),
                 tool_calls=[ToolCall.from_dict(c) for c in message.get("tool_calls") or ()],
+                extra=_matched_stop(choice),
             )
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
@@ -435,7 +448,9 @@ class OpenAICompatProvider:
                         ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole.tool_calls)
                     ]
                     yield Chunk(text=whole.text, model=whole.model, tool_calls=deltas)
-                    yield Chunk(model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage)
+                    yield Chunk(
+                        model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage, data=whole.extra or None
+                    )
                     return
                 try:
                     buf = b""
@@ -475,7 +490,7 @@ class OpenAICompatProvider:
                 if not st.done and st.finish is None:
                     resp.close()
                     raise self._interrupted(st, model, "the stream ended without [DONE] or finish_reason")
-                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage)
+                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage, data=st.matched or None)
                 if not resp.content.at_eof():
                     await self._drain(resp)
 
@@ -546,6 +561,7 @@ class OpenAICompatProvider:
                 reason = choice.get("finish_reason")
                 if reason:
                     st.finish = reason
+                    st.matched = _matched_stop(choice)
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
                 f"{self.name} sent a stream event that is not a chat completion chunk: {payload[:200]!r}",

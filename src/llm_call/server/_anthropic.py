@@ -48,9 +48,9 @@ sources and server-side blocks are refused with a 400 naming the block: no route
 and ignoring them would answer a different question.
 
 Stop reasons: ``length`` → ``max_tokens``, ``tool_calls`` → ``tool_use``, a reported stop
-sequence → ``stop_sequence``, otherwise ``end_turn``. OpenAI-compatible upstreams do not say
-which stop sequence ended an answer (they strip it), so ``stop_sequence`` is reported only when
-the route says so (``finish_reason`` ``stop_sequence``).
+sequence → ``stop_sequence`` (with the string in ``stop_sequence``), otherwise ``end_turn``.
+OpenAI's API does not say whether a stop sequence ended an answer (it strips it), so there an
+answer cut by one is ``end_turn``; vLLM and SGLang say which (``Response.extra["stop_sequence"]``).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ __all__ = [
     "estimate_tokens",
     "message_body",
     "messages_call_args",
+    "stop_fields",
     "stop_reason",
     "tool_input",
 ]
@@ -428,6 +429,17 @@ _STOP_REASONS = {
 }
 
 
+def stop_fields(finish_reason: str | None, has_tool_calls: bool, details: dict[str, Any] | None) -> tuple[str, str | None]:
+    """``(stop_reason, stop_sequence)``: ``stop_sequence`` when the route named the stop string
+    that ended the answer (``details["stop_sequence"]``: ``Response.extra`` or a last chunk's
+    ``data``), else :func:`stop_reason` and ``None``."""
+    reason = stop_reason(finish_reason, has_tool_calls)
+    matched = (details or {}).get("stop_sequence")
+    if reason == "end_turn" and isinstance(matched, str):
+        return "stop_sequence", matched
+    return reason, None
+
+
 def stop_reason(finish_reason: str | None, has_tool_calls: bool) -> str:
     if finish_reason is None:
         return "tool_use" if has_tool_calls else "end_turn"
@@ -487,7 +499,7 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
     """The Anthropic ``message`` object for an llm_call Response."""
     content: list[dict[str, Any]] = []
     calls = list(resp.tool_calls or ())
-    reason = stop_reason(resp.finish_reason, bool(calls))
+    reason, sequence = stop_fields(resp.finish_reason, bool(calls), resp.extra)
     if reason == "tool_use" and not calls:
         from ..errors import MalformedResponse
 
@@ -505,7 +517,7 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         "model": resp.model,
         "content": content,
         "stop_reason": reason,
-        "stop_sequence": None,
+        "stop_sequence": sequence,
         "usage": usage_dict(resp.usage.prompt_tokens, resp.usage.completion_tokens),
     }
     if extra is not None:
