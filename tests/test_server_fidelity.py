@@ -9,7 +9,6 @@ import json
 from typing import Any
 
 import anthropic
-import httpx
 import openai
 import pytest
 
