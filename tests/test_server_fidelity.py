@@ -186,3 +186,17 @@ def test_an_upstream_that_does_not_name_a_stop_sequence_ends_the_turn(serve_llm:
     with client.messages.stream(model="up/x", max_tokens=50, messages=HI, stop_sequences=["END"]) as stream:
         final = stream.get_final_message()
     assert (final.stop_reason, final.stop_sequence) == ("end_turn", None)
+
+
+REFUSED = {"message": {"role": "assistant", "content": None, "refusal": "I can't help with that."}, "finish_reason": "stop"}
+
+
+def test_a_refusal_reaches_the_client_as_a_refusal(serve_llm: Any) -> None:
+    # OpenAI's structured outputs: content null and the reason in message.refusal; an empty
+    # content instead made the SDK's parse() fail on "" rather than report the refusal
+    served = serve_llm([_completion(REFUSED), _completion(REFUSED)])
+    answer = served.client().chat.completions.create(model="up/x", messages=HI, response_format=STRICT_FORMAT)
+    assert (answer.choices[0].message.content, answer.choices[0].message.refusal) == (None, "I can't help with that.")
+    message = _anthropic(served).messages.create(model="up/x", max_tokens=50, messages=HI)
+    assert message.stop_reason == "refusal"
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", "I can't help with that.")]

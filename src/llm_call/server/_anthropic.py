@@ -55,6 +55,7 @@ answer cut by one is ``end_turn``; vLLM and SGLang say which (``Response.extra["
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -495,11 +496,16 @@ def usage_dict(input_tokens: int, output_tokens: int) -> dict[str, int]:
     }
 
 
-def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The Anthropic ``message`` object for an llm_call Response."""
+def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None, refusal: str | None = None) -> dict[str, Any]:
+    """The Anthropic ``message`` object for an llm_call Response; ``refusal``: the upstream's
+    refusal (OpenAI's ``message.refusal``), answered as Anthropic answers one (its text, stop
+    reason ``refusal``)."""
     content: list[dict[str, Any]] = []
     calls = list(resp.tool_calls or ())
     reason, sequence = stop_fields(resp.finish_reason, bool(calls), resp.extra)
+    if refusal is not None and not resp.text and not calls:
+        resp = dataclasses.replace(resp, text=refusal)
+        reason = "refusal"
     if reason == "tool_use" and not calls:
         from ..errors import MalformedResponse
 

@@ -49,6 +49,7 @@ __all__ = [
     "handle_chat",
     "llm_call_extra",
     "timeout_failure",
+    "upstream_refusal",
 ]
 
 _log = logging.getLogger("llm_call.server")
@@ -113,19 +114,30 @@ def llm_call_extra(resp: LLMResponse) -> dict[str, Any]:
     return extra
 
 
-def _upstream_logprobs(raw: Any) -> Any:
-    """The ``logprobs`` of the answering route's first choice, when its payload is an OpenAI chat
-    completion (OpenAI-compatible endpoints, LiteLLM); ``None`` otherwise."""
-    if not isinstance(raw, dict):
-        return None
-    choices = raw.get("choices")
+def _upstream_choice(raw: Any) -> dict[str, Any]:
+    """The answering route's first choice, when its payload is an OpenAI chat completion
+    (OpenAI-compatible endpoints, LiteLLM); ``{}`` otherwise. What llm_call's Response has no
+    field for (``logprobs``, ``refusal``) is taken from there."""
+    choices = raw.get("choices") if isinstance(raw, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return None
-    return choices[0].get("logprobs")
+        return {}
+    return choices[0]
+
+
+def upstream_refusal(raw: Any) -> str | None:
+    """The model's refusal (OpenAI structured outputs: ``message.refusal``, content null), if any."""
+    message = _upstream_choice(raw).get("message")
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    return refusal if isinstance(refusal, str) and refusal else None
 
 
 def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": resp.text}
+    refusal = upstream_refusal(resp.raw)
+    if refusal is not None:
+        message["refusal"] = refusal
+        if not resp.text:
+            message["content"] = None
     if resp.tool_calls:
         message["tool_calls"] = [c.to_openai() for c in resp.tool_calls]
         if not resp.text:
@@ -136,7 +148,7 @@ def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": resp.model,
-        "choices": [{"index": 0, "message": message, "logprobs": _upstream_logprobs(resp.raw), "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": _upstream_choice(resp.raw).get("logprobs"), "finish_reason": finish}],
         "usage": resp.usage.to_dict(),
         "system_fingerprint": None,
         "llm_call": llm_call_extra(resp),

@@ -46,6 +46,7 @@ from ._chat import (
     close_stream,
     llm_call_extra,
     timeout_failure,
+    upstream_refusal,
 )
 from ._errors import HTTPFailure
 from ._heartbeat import with_heartbeat
@@ -98,7 +99,7 @@ async def handle_messages(state: ServerState, info: RequestInfo, raw: bytes, rec
     info.attempts = len(resp.attempts) or 1
     state.metrics.observe_response(resp, info)
     try:
-        body = message_body(resp, info.id, llm_call_extra(resp))
+        body = message_body(resp, info.id, llm_call_extra(resp), upstream_refusal(resp.raw))
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     if req.stream:
