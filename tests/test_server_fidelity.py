@@ -200,3 +200,18 @@ def test_a_refusal_reaches_the_client_as_a_refusal(serve_llm: Any) -> None:
     message = _anthropic(served).messages.create(model="up/x", max_tokens=50, messages=HI)
     assert message.stop_reason == "refusal"
     assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", "I can't help with that.")]
+
+
+def test_a_reasoning_model_gets_its_token_limit_under_the_name_it_takes(serve_llm: Any) -> None:
+    # OpenAI's o-series and gpt-5 refuse max_tokens ("use max_completion_tokens"); the client
+    # sent max_completion_tokens, and got a 400 about a parameter it never sent
+    served = serve_llm()
+    client = served.client()
+    client.chat.completions.create(model="up/o3-mini", messages=HI, max_completion_tokens=300)
+    sent = served.upstream.requests[-1].body
+    assert sent["max_completion_tokens"] == 300 and "max_tokens" not in sent
+    client.chat.completions.create(model="up/gpt-5-mini", messages=HI, max_tokens=200)
+    assert served.upstream.requests[-1].body["max_completion_tokens"] == 200
+    client.chat.completions.create(model="up/qwen3", messages=HI, max_completion_tokens=100)  # older servers know max_tokens only
+    sent = served.upstream.requests[-1].body
+    assert sent["max_tokens"] == 100 and "max_completion_tokens" not in sent

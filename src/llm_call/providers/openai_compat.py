@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -67,6 +68,8 @@ _log = logging.getLogger("llm_call.openai")
 _DEFAULT_BASE = "https://api.openai.com/v1"
 #: options only the Claude route understands; elsewhere they are an error, not silently dropped
 _DROP = frozenset({"progress"})
+#: OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...): they take ``max_completion_tokens`` only
+_REASONING = re.compile(r"^(o[1-9]|gpt-5)")
 _MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
@@ -276,8 +279,8 @@ class OpenAICompatProvider:
         body: dict[str, Any] = {"model": request.model, "messages": request.messages}
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+        if request.max_tokens is not None:  # OpenAI's reasoning models refuse the older name
+            body["max_completion_tokens" if _REASONING.match(request.model) else "max_tokens"] = request.max_tokens
         if request.options:
             for key, value in request.options.items():
                 if key in _DROP or value is None:
