@@ -215,3 +215,22 @@ def test_a_reasoning_model_gets_its_token_limit_under_the_name_it_takes(serve_ll
     client.chat.completions.create(model="up/qwen3", messages=HI, max_completion_tokens=100)  # older servers know max_tokens only
     sent = served.upstream.requests[-1].body
     assert sent["max_tokens"] == 100 and "max_completion_tokens" not in sent
+
+
+def test_a_streamed_refusal_reaches_the_client_as_a_refusal(serve_llm: Any) -> None:
+    def event(delta: dict[str, Any], finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return "data: " + json.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "x", "choices": [choice]}) + "\n\n"
+
+    body = event({"role": "assistant", "content": None, "refusal": ""}) + event({"refusal": "I can't "}) + event({"refusal": "help."})
+    body += event({}, "stop") + "data: [DONE]\n\n"
+    refused = Reply(fault=Fault.http(200, {"content-type": "text/event-stream"}, body))
+    served = serve_llm([refused, refused])
+    with served.client().chat.completions.stream(model="up/x", messages=HI, response_format=STRICT_FORMAT) as stream:
+        final = stream.get_final_completion()
+    assert final.choices[0].message.refusal == "I can't help."
+    assert not final.choices[0].message.content
+    with _anthropic(served).messages.stream(model="up/x", max_tokens=50, messages=HI) as astream:
+        message = astream.get_final_message()
+    assert message.stop_reason == "refusal"
+    assert [(b.type, getattr(b, "text", None)) for b in message.content] == [("text", "I can't help.")]

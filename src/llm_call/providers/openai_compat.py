@@ -21,7 +21,8 @@ or breaks once it has started
 
 Cancelling the calling task closes the HTTP connection (the request is not left running).
 The stop string that ended an answer, when the upstream names it (vLLM, SGLang), is
-``Response.extra["stop_sequence"]`` (a stream: the ``data`` of its last chunk).
+``Response.extra["stop_sequence"]``; a stream has it, and a refusal (``delta.refusal``), in the
+``data`` of its last chunk.
 
 The hot path is kept lean (it is measured by ``bench/overhead.py``): the body is encoded once
 (orjson when installed), SSE is split from raw socket blocks rather than awaited line by line,
@@ -108,7 +109,7 @@ def _matched_stop(choice: Any) -> dict[str, Any]:
 
 
 class _StreamState:
-    __slots__ = ("calls", "done", "finish", "matched", "model", "parts", "pending", "usage")
+    __slots__ = ("calls", "details", "done", "finish", "model", "parts", "pending", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -116,7 +117,7 @@ class _StreamState:
         self.pending: list[ToolCallDelta] = []  # tool-call fragments of the current event
         self.calls = 0  # tool-call fragments seen in all
         self.finish: str | None = None
-        self.matched: dict[str, Any] = {}
+        self.details: dict[str, Any] = {}  # the last chunk's data: stop_sequence, refusal
         self.usage: Usage | None = None
         self.done = False
 
@@ -493,7 +494,7 @@ class OpenAICompatProvider:
                 if not st.done and st.finish is None:
                     resp.close()
                     raise self._interrupted(st, model, "the stream ended without [DONE] or finish_reason")
-                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage, data=st.matched or None)
+                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage, data=st.details or None)
                 if not resp.content.at_eof():
                     await self._drain(resp)
 
@@ -556,6 +557,8 @@ class OpenAICompatProvider:
                 calls = delta.get("tool_calls")
                 if calls:
                     st.pending.extend(tool_deltas(calls))
+                if isinstance(delta.get("refusal"), str):
+                    st.details["refusal"] = st.details.get("refusal", "") + delta["refusal"]
                 if piece:
                     if not isinstance(piece, str):
                         raise TypeError("content is not a string")
@@ -564,7 +567,7 @@ class OpenAICompatProvider:
                 reason = choice.get("finish_reason")
                 if reason:
                     st.finish = reason
-                    st.matched = _matched_stop(choice)
+                    st.details.update(_matched_stop(choice))
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
                 f"{self.name} sent a stream event that is not a chat completion chunk: {payload[:200]!r}",

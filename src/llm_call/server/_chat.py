@@ -305,6 +305,7 @@ async def _sse(
         "model": first.model or requested or "",
     }
     finish: str | None = None
+    refusal: str | None = None
     usage: Usage | None = None
     role_sent = False
     tool_deltas = 0
@@ -330,7 +331,7 @@ async def _sse(
                             delta["content"] = None
                     yield _event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
                 if chunk.finish_reason:
-                    finish = chunk.finish_reason
+                    finish, refusal = chunk.finish_reason, (chunk.data or {}).get("refusal")
                     usage = chunk.usage or usage
             try:
                 async with asyncio.timeout_at(deadline):
@@ -345,6 +346,8 @@ async def _sse(
             )
         info.attempts = attempt
         state.metrics.observe_usage(str(base["model"]), usage, info)
+        if isinstance(refusal, str) and refusal:
+            yield _event({**base, "choices": [{"index": 0, "delta": {"content": None, "refusal": refusal}, "logprobs": None, "finish_reason": None}]})
         yield _event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
         if include_usage:
             yield _event({**base, "choices": [], "usage": (usage or Usage()).to_dict()})

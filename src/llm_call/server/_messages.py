@@ -250,6 +250,10 @@ class _MessageStream:
             reason, sequence = stop_fields(finish, self.tool_calls > 0, details)
             if reason == "tool_use" and not self.tool_calls:
                 raise StreamInterrupted("the stream ended for tool calls but carried none", model=self.requested)
+            refusal = (details or {}).get("refusal")
+            if self.index < 0 and isinstance(refusal, str) and refusal:  # as message_body answers one
+                yield self._text(refusal)
+                reason = "refusal"
             if self.index < 0:
                 yield self._text("")
             state.metrics.observe_usage(model, usage, info)
