@@ -296,7 +296,8 @@ class Chunk:
     ``rescue="restart"``: drop the text and tool-call fragments so far, the answer starts again;
     or ``rescue="continue"``: keep the text so far, the next chunks continue it). The last chunk of a
     stream has ``finish_reason`` (``"tool_calls"`` when the model asked for tools) and, when
-    known, ``usage``. ``event`` marks non-text progress
+    known, ``usage``; its ``data`` may name the ``stop_sequence`` that ended the answer and hold
+    the model's ``refusal`` (OpenAI-compatible routes). ``event`` marks non-text progress
     (``"retry"``, ``"tool_started"``, ``"tool_finished"``) with details in ``data``.
     """
 

@@ -29,7 +29,7 @@ Options (``request.options``): ``stop``, ``seed`` (negative: random; the seed us
 ``Response.extra["seed"]``), ``top_p``, ``top_k``, ``min_p``,
 ``typical_p``, ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty`` and
 ``response_format`` (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
-{"schema": ...}}``, enforced by a grammar). Anything else is a :class:`UsageError`; so are
+{"schema": ...}}``, enforced by a grammar). ``user`` is ignored; anything else is a :class:`UsageError`; so are
 ``tools``/``tool_choice``: the local route does not do tool calling (an empty ``tools`` list is
 accepted and means none).
 
@@ -79,7 +79,9 @@ __all__ = ["INSTALL_HINT", "LocalProvider", "load_llama", "resolve_model_path", 
 
 _log = logging.getLogger("llm_call.local")
 
-_DROP = frozenset({"progress"})
+#: options that mean nothing to an in-process model (``user``: the end user, for an API's abuse
+#: monitoring), ignored rather than refused
+_DROP = frozenset({"progress", "user"})
 _FLOAT_OPTIONS = ("top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
 _KNOWN = frozenset({"stop", "seed", "top_k", "response_format", *_FLOAT_OPTIONS})
 

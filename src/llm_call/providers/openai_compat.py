@@ -20,6 +20,9 @@ or breaks once it has started
 =====================================  ===================================
 
 Cancelling the calling task closes the HTTP connection (the request is not left running).
+The stop string that ended an answer, when the upstream names it (vLLM, SGLang), is
+``Response.extra["stop_sequence"]``; a stream has it, and a refusal (``delta.refusal``), in the
+``data`` of its last chunk.
 
 The hot path is kept lean (it is measured by ``bench/overhead.py``): the body is encoded once
 (orjson when installed), SSE is split from raw socket blocks rather than awaited line by line,
@@ -32,6 +35,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
@@ -67,6 +71,8 @@ _log = logging.getLogger("llm_call.openai")
 _DEFAULT_BASE = "https://api.openai.com/v1"
 #: options only the Claude route understands; elsewhere they are an error, not silently dropped
 _DROP = frozenset({"progress"})
+#: OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...): they take ``max_completion_tokens`` only
+_REASONING = re.compile(r"^(o[1-9]|gpt-5)")
 _MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
@@ -95,8 +101,17 @@ def _usage(data: Any) -> Usage:
     return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
 
 
+def _matched_stop(choice: Any) -> dict[str, Any]:
+    """``{"stop_sequence": s}`` when the upstream says which stop string ended the answer (vLLM's
+    ``stop_reason``, SGLang's ``matched_stop``; OpenAI does not say); else ``{}``."""
+    matched = choice.get("stop_reason")
+    if not isinstance(matched, str):
+        matched = choice.get("matched_stop")
+    return {"stop_sequence": matched} if isinstance(matched, str) and matched else {}
+
+
 class _StreamState:
-    __slots__ = ("calls", "done", "finish", "model", "parts", "pending", "usage")
+    __slots__ = ("calls", "details", "done", "finish", "model", "parts", "pending", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -104,6 +119,7 @@ class _StreamState:
         self.pending: list[ToolCallDelta] = []  # tool-call fragments of the current event
         self.calls = 0  # tool-call fragments seen in all
         self.finish: str | None = None
+        self.details: dict[str, Any] = {}  # the last chunk's data: stop_sequence, refusal
         self.usage: Usage | None = None
         self.done = False
 
@@ -266,8 +282,8 @@ class OpenAICompatProvider:
         body: dict[str, Any] = {"model": request.model, "messages": request.messages}
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+        if request.max_tokens is not None:  # OpenAI's reasoning models refuse the older name
+            body["max_completion_tokens" if _REASONING.match(request.model) else "max_tokens"] = request.max_tokens
         if request.options:
             for key, value in request.options.items():
                 if key in _DROP or value is None:
@@ -409,6 +425,7 @@ class OpenAICompatProvider:
                 raw=data,
                 finish_reason=choice.get("finish_reason"),
                 tool_calls=[ToolCall.from_dict(c) for c in message.get("tool_calls") or ()],
+                extra=_matched_stop(choice),
             )
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
@@ -437,7 +454,9 @@ class OpenAICompatProvider:
                         ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole.tool_calls)
                     ]
                     yield Chunk(text=whole.text, model=whole.model, tool_calls=deltas)
-                    yield Chunk(model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage)
+                    yield Chunk(
+                        model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage, data=whole.extra or None
+                    )
                     return
                 try:
                     buf = b""
@@ -477,7 +496,7 @@ class OpenAICompatProvider:
                 if not st.done and st.finish is None:
                     resp.close()
                     raise self._interrupted(st, model, "the stream ended without [DONE] or finish_reason")
-                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage)
+                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage, data=st.details or None)
                 if not resp.content.at_eof():
                     await self._drain(resp)
 
@@ -540,6 +559,8 @@ class OpenAICompatProvider:
                 calls = delta.get("tool_calls")
                 if calls:
                     st.pending.extend(tool_deltas(calls))
+                if isinstance(delta.get("refusal"), str):
+                    st.details["refusal"] = st.details.get("refusal", "") + delta["refusal"]
                 if piece:
                     if not isinstance(piece, str):
                         raise TypeError("content is not a string")
@@ -548,6 +569,7 @@ class OpenAICompatProvider:
                 reason = choice.get("finish_reason")
                 if reason:
                     st.finish = reason
+                    st.details.update(_matched_stop(choice))
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
                 f"{self.name} sent a stream event that is not a chat completion chunk: {payload[:200]!r}",

@@ -163,6 +163,7 @@ PASSTHROUGH = (
     "parallel_tool_calls",
     "response_format",
     "reasoning_effort",
+    "user",
 )
 
 
