@@ -37,7 +37,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,7 @@ from ..errors import (
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
 from ._embeddings import load_answer, openai_body, parse_embeddings
+from ._http_sessions import LoopSessions
 from .base import CLAUDE_ONLY_OPTIONS, parse_retry_after, tool_deltas
 
 if TYPE_CHECKING:
@@ -162,13 +163,7 @@ class OpenAICompatProvider:
         self._default_timeout = aiohttp.ClientTimeout(
             total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        self._limit = max_connections
-        self._limit_per_host = max_connections_per_host
-        # loop -> (session, async generator that closes it when the loop shuts down)
-        self._sessions: dict[
-            asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
-        ] = {}
-        self._last: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
+        self._http = LoopSessions(max_connections, max_connections_per_host)
 
     @classmethod
     def from_openai_settings(cls, cfg: OpenAIConfig) -> OpenAICompatProvider:
@@ -231,45 +226,7 @@ class OpenAICompatProvider:
         return keyed[1]
 
     def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is not None and last[0] is loop and not last[1].closed:
-            return last[1]
-        entry = self._sessions.get(loop)
-        if entry is None or entry[0].closed:
-            # forget sessions of loops closed without shutting down their async generators
-            for old in [lp for lp in self._sessions if lp.is_closed()]:
-                del self._sessions[old]
-            connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=self._limit_per_host, ttl_dns_cache=300
-            )
-            session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
-            closer = self._close_with_loop(loop, session)
-            # Run the generator to its ``yield`` now: the loop registered it on first iteration,
-            # and finalises it (running the ``finally``) in ``shutdown_asyncgens``.
-            try:
-                closer.__anext__().send(None)
-            except StopIteration:
-                pass
-            entry = (session, closer)
-            self._sessions[loop] = entry
-        self._last = (loop, entry[0])
-        return entry[0]
-
-    async def _close_with_loop(
-        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
-    ) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            entry = self._sessions.get(loop)
-            if entry is not None and entry[0] is session:
-                del self._sessions[loop]
-            last = self._last
-            if last is not None and last[1] is session:
-                self._last = None
-            if not session.closed:
-                await session.close()
+        return self._http.get()
 
     def _timeout(self, request: Request | EmbeddingRequest) -> aiohttp.ClientTimeout:
         if request.timeout is None:
@@ -595,19 +552,4 @@ class OpenAICompatProvider:
         return parse_embeddings(data, request, self.name)
 
     async def aclose(self) -> None:
-        entries = list(self._sessions.items())
-        self._sessions.clear()
-        self._last = None
-        current: asyncio.AbstractEventLoop | None
-        try:
-            current = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for loop, (session, _closer) in entries:
-            if session.closed:
-                continue
-            if loop is current:
-                await session.close()
-            elif not loop.is_closed() and loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(session.close(), loop)
-                await asyncio.wrap_future(fut)
+        await self._http.aclose()

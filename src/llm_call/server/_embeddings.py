@@ -110,7 +110,7 @@ async def handle_embeddings(state: ServerState, info: RequestInfo, raw: bytes, r
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     info.attempts = len(result.attempts) or 1
-    state.metrics.observe_usage(result.model, result.usage)
+    state.metrics.observe_usage(result.model, result.usage, info)
     state.metrics.observe_attempts(result.model, result.attempts)
     packed = req.encoding_format == "base64"
     data = [
