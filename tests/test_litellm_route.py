@@ -300,3 +300,18 @@ async def test_litellm_is_imported_off_the_event_loop(
         text = (await provider.complete(request)).text
     assert text == "fine"
     assert threads and all(t is not threading.main_thread() for t in threads), threads
+
+
+async def test_embeddings_through_litellm_retry_a_503_and_decode_base64() -> None:
+    from llm_call.testing import embedding_vector
+
+    async with ScriptedLLMServer([Reply(fault=Fault.http(503))], default=Reply(times=None, prompt_tokens=4)) as up:
+        result = await llm_call.aembed(
+            "hosted_vllm/e5", ["hello world", "b"], api_base=up.openai_base_url, api_key="k",
+            dimensions=6, encoding_format="base64", retry=llm_call.ManualClock().policy(),
+        )
+    assert result.vectors == [embedding_vector("hello world", 6), embedding_vector("b", 6)]
+    assert result.model == "hosted_vllm/e5" and result.usage.prompt_tokens == 4
+    assert [a.kind for a in result.attempts] == ["provider_error", "answer"]
+    assert up.requests[-1].path == "/v1/embeddings"
+    assert {k: up.requests[-1].body[k] for k in ("model", "input", "dimensions")} == {"model": "e5", "input": ["hello world", "b"], "dimensions": 6}

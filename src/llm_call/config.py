@@ -170,7 +170,7 @@ class ClaudeConfig(_Strict):
     pool_size: int = Field(
         default=0, ge=0, le=64, description="Warm CLI processes kept for reuse (0, the default: a fresh CLI per call; why it is off by default: docs/claude.md)"
     )
-    persist_sessions: bool | None = Field(default=None, description="CLI saves sessions to ~/.claude (resume=); unset: yes, but not under llm-call serve")
+    persist_sessions: bool | None = Field(default=None, description="CLI saves sessions to ~/.claude (resume=); unset: yes, but not under llm-call serve or worker")
     pool_max_calls: int = Field(default=100, ge=1, description="Calls one pooled process serves before it is replaced")
     pool_idle_ttl: float = Field(default=300.0, gt=0, description="Seconds a pooled process may sit idle before it is stopped")
     pool_max_rss_mb: int = Field(

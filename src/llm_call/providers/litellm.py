@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthError,
@@ -48,8 +48,12 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
+from ._embeddings import openai_body, parse_embeddings
 from ._redact import env_locations, env_secrets, scrub_error
 from .base import CLAUDE_ONLY_OPTIONS
+
+if TYPE_CHECKING:
+    from ..types import EmbeddingRequest, Embeddings
 
 __all__ = ["LiteLLMProvider", "import_litellm"]
 
@@ -328,6 +332,20 @@ class LiteLLMProvider:
                 partial="".join(parts),
             )
         yield Chunk(model=request.model, finish_reason=finish, usage=usage)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """``litellm.aembedding``, whose answer has OpenAI's shape; its retries off, as for chat."""
+        await self._load()
+        self._check_route(request.model)
+        kw = openai_body(request, "LiteLLM", CLAUDE_ONLY_OPTIONS)
+        if request.timeout is not None:
+            kw["timeout"] = request.timeout
+        kw.setdefault("num_retries", 0)
+        kw.setdefault("max_retries", 0)
+        with self._translate(request.model):
+            result = await self._lib().aembedding(**kw)
+            data = result.model_dump() if hasattr(result, "model_dump") else result
+        return parse_embeddings(data, request, "litellm", request.model)
 
     async def aclose(self) -> None:
         return None

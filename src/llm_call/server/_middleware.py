@@ -31,6 +31,7 @@ from ._errors import HTTPFailure, error_body
 from ._ui import STATIC_PATHS
 
 if TYPE_CHECKING:
+    from ..types import Usage
     from ._state import ServerState
 
 __all__ = ["MESSAGES_PREFIX", "BodyDeadlines", "GatewayMiddleware", "RequestInfo", "access_log"]
@@ -60,7 +61,7 @@ MESSAGES_PREFIX = "/v1/messages"
 class RequestInfo:
     """What a route tells the gateway about its request (for the log line and metrics)."""
 
-    __slots__ = ("attempts", "caller", "error", "id", "key_id", "model", "prompt", "stream", "task_id")
+    __slots__ = ("attempts", "caller", "cost_usd", "error", "id", "key_id", "model", "prompt", "stream", "task_id", "usage")
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
@@ -73,6 +74,9 @@ class RequestInfo:
         self.error: str | None = None
         self.prompt: Any = None
         self.task_id: str | None = None
+        #: the answer's tokens and cost, when it reported them
+        self.usage: Usage | None = None
+        self.cost_usd: float | None = None
 
 
 def new_request_id() -> str:
@@ -395,6 +399,10 @@ def _log_line(info: RequestInfo, scope: Scope, route: str, status: int, elapsed:
         line["attempts"] = info.attempts
     if info.stream:
         line["stream"] = True
+    if info.usage is not None:
+        line["tokens"] = {"prompt": info.usage.prompt_tokens, "completion": info.usage.completion_tokens}
+    if info.cost_usd is not None:
+        line["cost_usd"] = info.cost_usd
     if info.task_id is not None:
         line["task_id"] = info.task_id
     if info.error is not None:

@@ -184,6 +184,7 @@ PASSTHROUGH = (
     "parallel_tool_calls",
     "response_format",
     "reasoning_effort",
+    "user",
 )
 
 
