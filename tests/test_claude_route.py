@@ -376,6 +376,18 @@ async def test_non_zero_exit_after_a_result_is_not_an_answer(claude_env: ClaudeE
     assert "must not be returned" not in str(info.value)
 
 
+async def test_a_credential_the_cli_prints_is_scrubbed_from_its_error(claude_env: ClaudeEnv) -> None:
+    """The CLI's stderr goes into the error, which HTTP clients of the server and the task store
+    see: a credential of the environment in it becomes ***."""
+    claude_env.fake_cli("stderr_secret")
+    claude_env.monkeypatch.setenv("FAKE_CLAUDE_LEAK_NAME", "SOME_SERVICE_TOKEN")
+    claude_env.monkeypatch.setenv("SOME_SERVICE_TOKEN", "tok-0123456789abcdef")
+    with pytest.raises(ProviderFailed) as info:
+        await llm_call.acall("max/sonnet", "hi", retry=False)
+    assert "was refused" in str(info.value) and "***" in str(info.value)
+    assert "tok-0123456789abcdef" not in str(info.value)
+
+
 @pytest.mark.parametrize("subtype", ["error_during_execution", "error_max_budget_usd", "error_max_turns"])
 async def test_error_results_are_typed(claude_env: ClaudeEnv, subtype: str) -> None:
     claude_env.fake_cli("error_result")

@@ -302,3 +302,13 @@ async def test_acall_and_call_agree(monkeypatch: pytest.MonkeyPatch) -> None:
         a = await llm_call.acall("openai/m", "hi")
         b = await asyncio.to_thread(llm_call.call, "openai/m", "hi")
         assert (a.text, a.model) == (b.text, b.model)
+
+
+def test_a_claude_option_close_to_an_own_name_is_not_taken_for_a_typo() -> None:
+    """max_budget_usd (the Claude CLI's spending cap) is within difflib's reach of budget_usd, but
+    it is an option of the max/* route, not a misspelling of llm_call's own."""
+    from llm_call._request import _check_unknown
+
+    _check_unknown({"max_budget_usd": 1.0, "stop": ["x"]})
+    with pytest.raises(UsageError, match="did you mean 'timeout'"):
+        _check_unknown({"tiemout": 3})

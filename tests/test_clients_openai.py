@@ -71,6 +71,20 @@ def test_langchain_bind_tools_invoke_and_stream(serve_llm: Any) -> None:
     assert served.upstream.requests[-1].body["stream"] is True
 
 
+def test_langchain_openai_embeddings(serve_llm: Any) -> None:
+    from langchain_openai import OpenAIEmbeddings
+
+    from llm_call.testing import embedding_vector
+
+    served = serve_llm(default=Reply(times=None))
+    # token arrays are one tokenizer's ids: the server embeds texts (its 400 says to set this)
+    emb = OpenAIEmbeddings(model="up/e5", base_url=served.base_url, api_key="unused",
+                           check_embedding_ctx_length=False, dimensions=6, max_retries=0)
+    assert emb.embed_documents(["first doc", "second doc"]) == [embedding_vector("first doc", 6), embedding_vector("second doc", 6)]
+    assert emb.embed_query("a question") == embedding_vector("a question", 6)
+    assert served.upstream.requests[-1].body == {"model": "e5", "input": ["a question"], "dimensions": 6}
+
+
 # -- pydantic-ai -----------------------------------------------------------------------------
 
 

@@ -7,7 +7,9 @@ All litellm-importing tests live in this module: the import costs ~3 s.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,11 +26,13 @@ from llm_call import (
     MalformedResponse,
     ModelNotFound,
     ProviderConnectionError,
+    ProviderError,
     ProviderHTTPError,
     RateLimited,
     StreamInterrupted,
     UsageError,
 )
+from llm_call.errors import error_to_dict
 from llm_call.testing import Fault, Reply, ScriptedLLMServer, ToolCall
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -132,6 +136,32 @@ async def test_401_is_auth_error_after_one_request(srv: ScriptedLLMServer) -> No
     assert info.value.model == MODEL
     assert info.value.hint is not None
     assert len(srv.requests) == 1
+
+
+async def test_an_upstream_echoing_the_key_gets_it_scrubbed_from_the_error(srv: ScriptedLLMServer) -> None:
+    """The error reaches HTTP clients of the server and the task store: the key is ``***`` there."""
+    srv.add(Reply(fault=Fault.http(401, body='{"type": "error", "error": {"type": "authentication_error", '
+                                          '"message": "the key sk-ant-test is not valid"}}')))
+    srv.add(Reply(fault=Fault.http(500, body="upstream crashed on a request with the key sk-ant-test")))
+    for _ in range(2):
+        with pytest.raises(ProviderError) as info:
+            await llm_call.acall(MODEL, "hi", retry=False)
+        assert "sk-ant-test" not in json.dumps(error_to_dict(info.value))
+        assert "sk-ant-test" not in str(info.value) and "***" in str(info.value)
+
+
+async def test_an_unreachable_base_url_is_named_by_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LiteLLM writes 'Cannot connect to host 10.0.0.5:11434' into its errors, which reach HTTP
+    clients of the server: the address of the operator's base URL variable becomes its name."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("ANTHROPIC_API_BASE", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    with pytest.raises(ProviderError) as info:
+        await llm_call.acall(MODEL, "hi", retry=False)
+    text = json.dumps(error_to_dict(info.value))
+    assert f"127.0.0.1:{port}" not in text and "$ANTHROPIC_API_BASE" in text, text
 
 
 async def test_429_is_rate_limited_with_retry_after_after_one_request(srv: ScriptedLLMServer) -> None:
@@ -270,3 +300,18 @@ async def test_litellm_is_imported_off_the_event_loop(
         text = (await provider.complete(request)).text
     assert text == "fine"
     assert threads and all(t is not threading.main_thread() for t in threads), threads
+
+
+async def test_embeddings_through_litellm_retry_a_503_and_decode_base64() -> None:
+    from llm_call.testing import embedding_vector
+
+    async with ScriptedLLMServer([Reply(fault=Fault.http(503))], default=Reply(times=None, prompt_tokens=4)) as up:
+        result = await llm_call.aembed(
+            "hosted_vllm/e5", ["hello world", "b"], api_base=up.openai_base_url, api_key="k",
+            dimensions=6, encoding_format="base64", retry=llm_call.ManualClock().policy(),
+        )
+    assert result.vectors == [embedding_vector("hello world", 6), embedding_vector("b", 6)]
+    assert result.model == "hosted_vllm/e5" and result.usage.prompt_tokens == 4
+    assert [a.kind for a in result.attempts] == ["provider_error", "answer"]
+    assert up.requests[-1].path == "/v1/embeddings"
+    assert {k: up.requests[-1].body[k] for k in ("model", "input", "dimensions")} == {"model": "e5", "input": ["hello world", "b"], "dimensions": 6}

@@ -496,3 +496,32 @@ async def test_llama_cpp_server_streams_through_the_openai_compatible_route(
     texts = [c.text for c in chunks if c.text]
     assert len(texts) >= 3
     assert chunks[-1].finish_reason in ("stop", "length")
+
+
+# -- embeddings ------------------------------------------------------------------------------
+
+
+async def test_local_embeddings_come_from_a_separate_instance_one_vector_per_text(gguf: Path) -> None:
+    texts = ["a cat", "a dog sleeps on the mat", "a cat"]
+    result = await llm_call.aembed("local/smollm2", texts)
+    assert result.model == "local/smollm2" and len(result.vectors) == 3
+    width = {len(v) for v in result.vectors}
+    assert width == {576}  # SmolLM2-135M's embedding width
+    assert all(abs(sum(x * x for x in v) - 1.0) < 1e-6 for v in result.vectors)  # unit length, as OpenAI's
+    assert result.vectors[0] == result.vectors[2] != result.vectors[1]
+    alone = await llm_call.aembed("local/smollm2", "a cat")
+    assert alone.vectors[0] == result.vectors[0]  # a vector does not depend on the other texts
+    assert result.usage.prompt_tokens > 0
+    # chat still works, on its own instance: the registry holds a chat entry and an embeddings entry
+    answer = await llm_call.acall("local/smollm2", FRANCE, max_tokens=8)
+    assert answer.text
+    entries = [m.key for m in _local_models.loaded_models() if m.key.path == str(gguf)]
+    assert {k.embedding for k in entries} == {True, False}
+
+
+async def test_local_embeddings_refuse_dimensions_and_never_truncate(use_settings: Callable[..., Any]) -> None:
+    use_settings(local={"n_ctx": 128})
+    with pytest.raises(UsageError, match="cannot shorten"):
+        await llm_call.aembed("local/smollm2", "x", dimensions=64)
+    with pytest.raises(UsageError, match=r"input\[1\] is longer than the local model's context of 128 tokens"):
+        await llm_call.aembed("local/smollm2", ["short", "word " * 400])

@@ -611,6 +611,36 @@ async def test_openai_sdk() -> None:
             assert json.loads(call.function.arguments) == {"city": "Paris"}
 
 
+async def test_embeddings_with_the_openai_sdk_float_base64_and_faults() -> None:
+    openai = pytest.importorskip("openai")
+    from llm_call.testing import embedding_vector
+
+    script = [
+        Reply(fault=Fault.http(503), match_text="second"),
+        Reply(model="emb-shown", prompt_tokens=9, match_text="tagged"),
+    ]
+    async with ScriptedLLMServer(script, default=Reply(times=None)) as srv:
+        async with openai.AsyncOpenAI(base_url=srv.openai_base_url, api_key="x", max_retries=0) as client:
+            floats = await client.embeddings.create(
+                model="emb", input=["first", "two words"], dimensions=5, encoding_format="float"
+            )
+            assert [d.embedding for d in floats.data] == [embedding_vector("first", 5), embedding_vector("two words", 5)]
+            assert [d.index for d in floats.data] == [0, 1]
+            assert floats.usage.prompt_tokens == 3 and floats.model == "emb"
+            # the SDK asks for base64 when no format is given, and decodes it itself
+            packed = await client.embeddings.create(model="emb", input="tagged")
+            assert srv.requests[-1].body["encoding_format"] == "base64"
+            assert packed.data[0].embedding == embedding_vector("tagged")
+            assert packed.model == "emb-shown" and packed.usage.prompt_tokens == 9
+            with pytest.raises(openai.InternalServerError) as failed:
+                await client.embeddings.create(model="emb", input=["first", "second"])
+            assert failed.value.status_code == 503
+            with pytest.raises(openai.BadRequestError, match="input must be"):
+                await client.embeddings.create(model="emb", input=[{"not": "text"}])  # type: ignore[list-item]
+    assert srv.requests[0].path == "/v1/embeddings" and srv.requests[0].api == "openai"
+    assert srv.requests[0].last_user_text == "first\ntwo words"
+
+
 async def test_anthropic_sdk() -> None:
     anthropic = pytest.importorskip("anthropic")
     tool = ToolCall("get_weather", {"city": "Paris", "days": 3})

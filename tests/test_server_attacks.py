@@ -268,6 +268,70 @@ def test_lists_that_multiply_model_calls_are_bounded(serve_llm: Any, field: str,
     assert not served.upstream.requests
 
 
+def test_messages_and_tools_per_request_are_bounded(serve_llm: Any) -> None:
+    """A 10 MB body holds 300,000 empty messages, and each costs parsing, conversion and storing
+    on the event loop: one such request held the loop for seconds while every other key waited.
+    Past 10,000 messages (input items) or 1,000 tools a request is a 400 naming the field."""
+    served = serve_llm()
+    msg = {"role": "user", "content": "hi"}
+    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
+    cases = [
+        ("/chat/completions", {"model": "up/x", "messages": [msg] * 10_001}, "messages"),
+        ("/chat/completions", {"model": "up/x", "messages": [msg], "tools": [tool] * 1_001}, "tools"),
+        ("/messages", {"model": "up/x", "max_tokens": 5, "messages": [msg] * 10_001}, "messages"),
+        ("/messages", {"model": "up/x", "max_tokens": 5, "messages": [msg], "tools": [{"name": "f", "input_schema": {}}] * 1_001}, "tools"),
+        ("/messages/count_tokens", {"model": "up/x", "messages": [msg] * 10_001}, "messages"),
+        ("/responses", {"model": "up/x", "input": [msg] * 10_001}, "input"),
+        ("/responses", {"model": "up/x", "input": "hi", "tools": [{"type": "function", "name": "f"}] * 1_001}, "tools"),
+        ("/tasks", {"model": "up/x", "messages": [msg] * 10_001}, "messages"),
+    ]
+    for path, body, field in cases:
+        r = httpx.post(served.base_url + path, json=body, timeout=30)
+        assert r.status_code == 400, (path, field, r.text[:300])
+        assert field in r.text and ("10000" in r.text or "1000" in r.text), (path, r.text[:300])
+    ok = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": [msg] * 10_000}, timeout=30)
+    assert ok.status_code == 200, ok.text[:300]
+    assert len(served.upstream.requests) == 1
+
+
+def test_a_schema_spec_too_big_to_check_quickly_is_422(serve_llm: Any) -> None:
+    """jsonschema checks a schema against its metaschema at ~0.5 ms per subschema on the event
+    loop: a 6 MB schema of 60,000 properties held it for 50 s. Past 1,000 objects in a request's
+    specs it is a 422 before any model call; 1,000 are fine."""
+    served = serve_llm()
+
+    def spec(n: int) -> str:
+        return "schema:" + json.dumps({"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(n)}})
+
+    r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "validation": [spec(1_000)]}, timeout=30)
+    assert r.status_code == 422 and "at most 1000" in r.json()["error"]["message"], r.text[:300]
+    r = httpx.post(served.base_url + "/tasks", json={"model": "up/x", "prompt": "hi", "validation": [spec(600), spec(600)]}, timeout=30)
+    assert r.status_code == 422 and r.json()["error"]["param"] == "validation", r.text[:300]
+    assert not served.upstream.requests
+    r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "validation": [spec(998)]}, timeout=30)
+    assert r.status_code == 502 and "json_schema" in r.text, r.text[:300]  # checked, and "ok" is not JSON
+
+
+def test_big_validation_specs_are_not_kept_in_the_parse_cache(serve_llm: Any) -> None:
+    """Parsed specs are cached for the life of the process (1,024 entries): a client sending
+    distinct 9 MB schema specs made the server keep ~27 MB for each."""
+    from llm_call.validation import _specs
+
+    served = serve_llm()
+    sent = []
+    for i in range(3):
+        spec = "schema:" + json.dumps({"type": "object", "description": f"{i}" + "x" * 100_000})
+        sent.append(spec)
+        r = httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "validation": [spec]}, timeout=30)
+        assert r.status_code == 502 and "json_schema" in r.text, r.text[:300]
+    small = "schema:" + json.dumps({"type": "object", "description": "kept"})
+    assert httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI, "validation": [small]}, timeout=30).status_code == 502
+    caches: list[Any] = [_specs._cache, _specs._cache_no_files, _specs._list_cache]
+    kept = [key for cache in caches for key in cache]
+    assert not any(spec in kept or (spec,) in kept for spec in sent)
+    assert small in _specs._cache_no_files
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize(
     ("schema", "says"),
@@ -471,6 +535,7 @@ def test_the_mcp_models_tool_lists_only_allowed_models(serve_llm: Any) -> None:
     data = json.loads(next(line[5:] for line in r.text.splitlines() if line.startswith("data:")))
     listed = {json.loads(part["text"])["id"] for part in data["result"]["content"]}
     assert listed == {"fast", "up/*"}, listed
+    assert served.upstream.openai_base_url not in r.text  # an endpoint's base URL is the operator's
 
 
 def test_a_request_without_a_model_gets_no_model_outside_allowed_models(serve_llm: Any) -> None:

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from llm_call.errors import ConfigError
-from llm_call.server._auth import KeyAuth, KeyLimiter, is_loopback
+from llm_call.server._auth import KeyAuth, KeyLimiter, is_loopback, request_weight
 from support.llm_server import serve_llm
 
 __all__ = ["serve_llm"]
@@ -87,6 +87,19 @@ def test_key_limiter_counts_in_flight() -> None:
     limiter.release("k")
     assert limiter.in_flight("k") == 1
     assert limiter.acquire("k")
+
+
+def test_key_limiter_weighs_bodies_and_always_admits_a_lone_request() -> None:
+    assert request_weight(0) == 1 and request_weight(64 * 1024) == 1 and request_weight(64 * 1024 + 1) == 2
+    limiter = KeyLimiter(8)
+    assert limiter.acquire("k", 5)
+    assert not limiter.acquire("k", 5)  # 10 > 8
+    assert limiter.acquire("k", 3)
+    limiter.release("k", 5)
+    limiter.release("k", 3)
+    assert limiter.in_flight("k") == 0
+    assert limiter.acquire("k", 100)  # heavier than the whole limit: admitted alone, never impossible
+    assert not limiter.acquire("k", 1)
 
 
 @pytest.mark.parametrize(

@@ -370,6 +370,29 @@ def test_concurrency_limit_per_key_is_429(serve_llm: Any) -> None:
     assert httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": HI}).status_code == 200
 
 
+def test_big_bodies_count_as_more_requests_in_flight(serve_llm: Any) -> None:
+    """A waiting request costs tens of kilobytes, one holding a 10 MB body tens of megabytes: a
+    key's requests in flight bound its memory only if a body counts once per 64 KiB."""
+    served = serve_llm([Reply(text="slow", latency=2.0, match_text="slow")], server={"max_concurrent_per_key": 8})
+    big = "x" * 300_000  # five 64 KiB units: counts as 5 of the key's 8
+
+    def chat(text: str) -> httpx.Response:
+        return httpx.post(served.base_url + "/chat/completions", json={"model": "up/x", "messages": [{"role": "user", "content": text}]}, timeout=30)
+
+    results: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: results.setdefault("slow", chat("slow " + big)))
+    t.start()
+    deadline = time.monotonic() + 20
+    while not served.upstream.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    heavy = chat("another " + big)  # 5 + 5 > 8
+    light = chat("hi")  # 5 + 1 <= 8
+    t.join(30)
+    assert heavy.status_code == 429 and heavy.json()["error"]["code"] == "concurrency_limit_exceeded", heavy.text
+    assert light.status_code == 200 and results["slow"].status_code == 200
+    assert chat("again " + big).status_code == 200  # alone again: admitted
+
+
 def test_models_lists_usable_routes(serve_llm: Any) -> None:
     served = serve_llm(aliases={"fast": {"model": "up/x", "description": "quick"}})
     models = served.client().models.list()
@@ -449,12 +472,42 @@ def test_health_and_metrics(serve_llm: Any) -> None:
     assert 'llm_call_http_requests_total{method="POST",route="/v1/chat/completions",status="200"} 1.0' in text
     assert 'llm_call_http_requests_total{method="POST",route="/v1/chat/completions",status="404"} 1.0' in text
     assert 'llm_call_http_request_duration_seconds_bucket{le="600.0",method="POST",route="/v1/chat/completions",status="200"} 1.0' in text
-    assert 'llm_call_tokens_total{model="up/*",type="prompt"} 3.0' in text
-    assert 'llm_call_tokens_total{model="up/*",type="completion"} 2.0' in text
+    assert 'llm_call_tokens_total{key="anonymous",model="up/*",type="prompt"} 3.0' in text
+    assert 'llm_call_tokens_total{key="anonymous",model="up/*",type="completion"} 2.0' in text
     assert 'llm_call_tasks{status="queued"} 0.0' in text
     assert "llm_call_task_queue_depth 0.0" in text
     assert 'llm_call_upstream_errors_total{type="ConfigError"} 1.0' in text
     assert 'llm_call_circuit_breaker_state{route="endpoint:up"} 0.0' in text
+
+
+def test_tokens_and_cost_are_counted_per_key(serve_llm: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator sharing one upstream account (a Claude subscription above all) sees which key
+    used what: on /metrics and on each request's log line, for whole and streamed answers of the
+    three APIs."""
+    caplog.set_level(logging.INFO, logger="llm_call.server.access")
+    served = serve_llm([Reply(text="ok", prompt_tokens=3, completion_tokens=2, times=None)],
+                       server={"api_keys": ["key-a-123", "key-b-456"]})
+    served.client(api_key="key-a-123").chat.completions.create(model="up/x", messages=HI)
+    b = {"authorization": "Bearer key-b-456"}
+    streams = [
+        ("/v1/chat/completions", {"model": "up/x", "messages": HI, "stream": True, "stream_options": {"include_usage": True}}),
+        ("/v1/messages", {"model": "up/x", "max_tokens": 50, "messages": HI, "stream": True}),
+        ("/v1/responses", {"model": "up/x", "input": "hi", "stream": True}),
+    ]
+    for path, body in streams:
+        with httpx.stream("POST", served.url + path, json=body, headers=b, timeout=30) as r:
+            assert r.status_code == 200, r.read()
+            r.read()
+    text = httpx.get(served.url + "/metrics", headers=b).text
+    assert 'llm_call_tokens_total{key="key1",model="up/*",type="prompt"} 3.0' in text
+    assert 'llm_call_tokens_total{key="key2",model="up/*",type="prompt"} 9.0' in text  # all three streams
+    assert 'llm_call_tokens_total{key="key2",model="up/*",type="completion"} 6.0' in text
+    assert _wait_until(lambda: len([ln for ln in _access_lines(caplog) if "tokens" in ln]) == 4)
+    logged = [(ln["key"], ln["route"], ln["tokens"]) for ln in _access_lines(caplog) if "tokens" in ln]
+    assert sorted(logged) == sorted(
+        [("key1", "/v1/chat/completions", {"prompt": 3, "completion": 2})]
+        + [("key2", path, {"prompt": 3, "completion": 2}) for path, _ in streams]
+    )
 
 
 def test_metrics_count_retries_and_validation_failures(serve_llm: Any) -> None:

@@ -76,6 +76,24 @@ def test_undeclared_local_models_get_one_message_whatever_is_on_disk(serve_llm: 
     assert not models.loaded_models()  # nothing was even looked up
 
 
+def test_a_declared_model_that_fails_names_no_path(serve_llm: Any, tmp_path: Path) -> None:
+    """A declared model whose file is gone or does not load is the operator's problem: the key is
+    told so, without the directory the operator keeps models in (the server log has it)."""
+    models_dir = tmp_path / "operator-models"
+    models_dir.mkdir()
+    junk, gone = models_dir / "junk.gguf", models_dir / "gone.gguf"
+    junk.write_bytes(b"GGUF" + bytes(100))
+    gone.write_bytes(b"x")
+    served = serve_llm(server={"api_keys": ["local-key-0123456789"]},
+                       local={"models": {"junk": {"path": str(junk)}, "gone": {"path": str(gone)}}})
+    gone.unlink()
+    for model in ("local/junk", "local/gone"):
+        r = httpx.post(served.base_url + "/chat/completions", json={"model": model, "messages": HI},
+                       headers={"authorization": "Bearer local-key-0123456789"}, timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["code"] == "route_unavailable", r.text
+        assert "operator-models" not in r.text and str(tmp_path) not in r.text, r.text
+
+
 def test_a_declared_local_model_answers_by_name(serve_llm: Any, tmp_path: Path) -> None:
     path = _copy_of_smollm2(tmp_path, "tiny.gguf")
     served = serve_llm(local={"models": {"tiny": {"path": str(path)}}, "max_tokens": 8})

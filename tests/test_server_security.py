@@ -199,11 +199,13 @@ def test_keyless_app_run_on_a_public_address_answers_only_loopback(tmp_path: Pat
 # -- health -----------------------------------------------------------------------------------------------
 
 
-def test_keyless_health_shows_no_paths(serve_llm: Any, tmp_path: Path) -> None:
-    served = serve_llm(server={"api_keys": ["health-key-0123"]})
+def test_health_shows_paths_to_admin_keys_only(serve_llm: Any, tmp_path: Path) -> None:
+    served = serve_llm(server={"api_keys": ["health-key-0123"], "admin_keys": ["health-admin-0123"]})
     body = httpx.get(served.url + "/health").text
     assert str(tmp_path) not in body and "tasks.db" not in body
-    detailed = httpx.get(served.url + "/health", headers={"authorization": "Bearer health-key-0123"})
+    ordinary = httpx.get(served.url + "/health", headers={"authorization": "Bearer health-key-0123"})
+    assert ordinary.status_code == 200 and "tasks.db" not in ordinary.text and str(tmp_path) not in ordinary.text
+    detailed = httpx.get(served.url + "/health", headers={"authorization": "Bearer health-admin-0123"})
     assert "tasks.db" in detailed.text
     open_server = serve_llm()
     assert "tasks.db" not in httpx.get(open_server.url + "/health").text

@@ -59,6 +59,7 @@ def test_keys_cannot_see_or_touch_each_others_tasks(serve_llm: Any, store: str) 
             ("POST", f"/tasks/{task}/cancel", {}),
             ("POST", f"/tasks/{task}/review", {"approve": True}),
             ("GET", f"/responses/{response}", None),
+            ("GET", f"/responses/{response}?stream=true", None),
             ("POST", f"/responses/{response}/cancel", {}),
         ]
         for method, path, body in forbidden:
@@ -67,6 +68,10 @@ def test_keys_cannot_see_or_touch_each_others_tasks(serve_llm: Any, store: str) 
             unknown_path = path.replace(response, "resp_tk_00000000").replace(task, "tk_00000000")
             unknown = http.request(method, base + unknown_path, json=body, headers=_h(B))
             assert r.json()["error"]["code"] == unknown.json()["error"]["code"]
+
+        # the per-route counts of /v1/routes (the dashboard's Routes page) count only B's tasks
+        assert not any(r["running"] or r["queued"] for r in http.get(f"{base}/routes", headers=_h(B)).json()["routes"])
+        assert any(r["running"] or r["queued"] for r in http.get(f"{base}/routes", headers=_h(A)).json()["routes"])
 
         # B's idempotency key "job-1" is its own: a new task, not A's (and not A's answer)
         r = http.post(f"{base}/tasks", json={"model": "up/x", "prompt": "b's job", "idempotency_key": "job-1"}, headers=_h(B))
@@ -144,3 +149,24 @@ async def test_a_version_1_store_is_migrated_and_keys_become_per_tenant(tmp_path
         await store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "2"
+
+
+def _mcp_tool(base: str, key: str, name: str, arguments: dict[str, Any]) -> str:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": arguments}}
+    r = httpx.post(base + "/mcp", json=body, timeout=30, headers={**_h(key), "accept": "application/json, text/event-stream"})
+    assert r.status_code == 200, r.text[:300]
+    return r.text
+
+
+def test_mcp_tools_cannot_see_or_touch_another_keys_task(serve_llm: Any) -> None:
+    served = serve_llm([SLOW], server=KEYS)
+    task = httpx.post(f"{served.base_url}/tasks", json={"model": "up/x", "prompt": "slow job"}, headers=_h(A), timeout=30).json()["id"]
+    for tool in ("status", "cancel", "wait"):
+        args = {"task_id": task, **({"timeout": 1} if tool == "wait" else {})}
+        theirs = _mcp_tool(served.url, B, tool, args)
+        unknown = _mcp_tool(served.url, B, tool, {**args, "task_id": "tk_00000000"})
+        assert "slow job" not in theirs and "no task with id" in theirs, (tool, theirs[:300])
+        assert theirs.replace(task, "ID") == unknown.replace("tk_00000000", "ID"), (tool, theirs[:300], unknown[:300])
+    mine = _mcp_tool(served.url, A, "status", {"task_id": task})
+    assert '\\"status\\": \\"running\\"' in mine or "running" in mine, mine[:300]
+    assert httpx.get(f"{served.base_url}/tasks/{task}", headers=_h(A), timeout=30).json()["status"] in ("queued", "running")

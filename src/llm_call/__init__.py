@@ -52,6 +52,8 @@ from .errors import (
 from .types import (
     Attempt,
     Chunk,
+    EmbeddingRequest,
+    Embeddings,
     Message,
     Request,
     Response,
@@ -66,7 +68,7 @@ from .types import (
 
 if TYPE_CHECKING:
     from ._retry import health
-    from .client import acall, astream, call, stream
+    from .client import acall, aembed, astream, call, stream
     from .legacy import acall_config, call_config
     from .retry import (
         ManualClock,
@@ -92,6 +94,8 @@ __all__ = [
     "Chunk",
     "CircuitOpen",
     "ConfigError",
+    "EmbeddingRequest",
+    "Embeddings",
     "HumanReviewNeeded",
     "LLMCallError",
     "MalformedResponse",
@@ -130,6 +134,7 @@ __all__ = [
     "__version__",
     "acall",
     "acall_config",
+    "aembed",
     "assemble_tool_calls",
     "astream",
     "call",
@@ -149,6 +154,7 @@ __all__ = [
 
 _LAZY = {
     "acall": ("client", "acall"),
+    "aembed": ("client", "aembed"),
     "astream": ("client", "astream"),
     "call": ("client", "call"),
     "stream": ("client", "stream"),

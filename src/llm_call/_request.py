@@ -8,6 +8,7 @@ both kinds; the caller's own arguments win.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._settings import current_settings
 from .errors import UsageError
+from .providers.base import CLAUDE_ONLY_OPTIONS
 from .providers.router import resolve
 from .types import CALL_OPTION_NAMES, Message, Request
 
@@ -71,12 +73,23 @@ def _check_retry_dict(retry: dict[str, Any]) -> None:
             raise UsageError(f"retry dict: {key} must be a number >= 0, not {type(value).__name__} {value!r}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _meant(key: str) -> str | None:
+    """The option of llm_call's own that ``key`` misspells, or None. Cached: difflib costs tens of
+    microseconds per name, and a server sends the same few provider options (stop, tools, ...)
+    with every request. A real option of a route (``max_budget_usd`` of the Claude CLI) is
+    never a misspelling."""
+    if key in CLAUDE_ONLY_OPTIONS:
+        return None
+    return _MISNAMED.get(key) or next(iter(difflib.get_close_matches(key, _OWN_NAMES, n=1, cutoff=0.8)), None)
+
+
 def _check_unknown(options: dict[str, Any]) -> None:
     """A provider option that is a near miss of one of llm_call's own is a typo, not an option:
     sent on, it would be ignored by lenient servers (the call silently without its timeout or
     validation) or refused by strict ones with a message that does not say what was meant."""
     for key in options:
-        meant = _MISNAMED.get(key) or next(iter(difflib.get_close_matches(key, _OWN_NAMES, n=1, cutoff=0.8)), None)
+        meant = _meant(key)
         if meant is not None:
             raise UsageError(
                 f"unknown option {key!r}: did you mean {meant!r}?",

@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from ._progress import emit
 from ._settings import current_settings
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CircuitBreaker",
+    "Tries",
     "breaker_key",
     "complete_with_retries",
     "deadline_stop",
@@ -272,15 +273,27 @@ class _RouteRetry:
         return delay
 
 
-class _Tries:
-    """The walk shared by the answer and the stream path: the model, then each fallback, each
-    with its transient retries. The caller makes the call between :meth:`begin` and
-    :meth:`succeeded` / :meth:`failed`."""
+class _Routed(Protocol):
+    """What the walk needs of a request: a chat :class:`Request` or an ``EmbeddingRequest``."""
+
+    model: str
+    timeout: float | None
+
+    def replace(self, **changes: Any) -> Any: ...
+
+
+R = TypeVar("R", bound=_Routed)
+
+
+class Tries(Generic[R]):
+    """The walk shared by the answer, the stream and the embeddings path: the model, then each
+    fallback, each with its transient retries. The caller makes the call between :meth:`begin`
+    and :meth:`succeeded` / :meth:`failed`."""
 
     __slots__ = ("attempt", "call_started", "calls", "deadline_at", "index", "models", "opts",
                  "request", "retries", "settings", "started")
 
-    def __init__(self, request: Request, opts: CallOptions, attempt: int, deadline_at: float | None) -> None:
+    def __init__(self, request: R, opts: CallOptions, attempt: int, deadline_at: float | None) -> None:
         self.request = request
         self.opts = opts
         self.attempt = attempt
@@ -302,7 +315,7 @@ class _Tries:
     def model(self) -> str:
         return self.models[self.index]
 
-    def begin(self) -> Request:
+    def begin(self) -> R:
         """Before a call: count it, and fail fast if the route's breaker is open."""
         self.calls += 1
         self.call_started = time.perf_counter()
@@ -360,7 +373,7 @@ async def complete_with_retries(
     ``answer`` or ``judge``; ``deadline_at`` (on the policy's clock) stops retrying when the
     next wait would pass it.
     """
-    tries = _Tries(request, opts, attempt, deadline_at)
+    tries: Tries[Request] = Tries(request, opts, attempt, deadline_at)
     records: list[Attempt] = []
     while True:
         try:
@@ -473,7 +486,7 @@ async def stream_with_retries(
 
     Failed calls are appended to ``records`` (when given) as ``provider_error`` attempts.
     """
-    tries = _Tries(request, opts, attempt, deadline_at)
+    tries: Tries[Request] = Tries(request, opts, attempt, deadline_at)
     mode = getattr(opts, "stream_rescue", "restart")
     delivered: list[str] = []
     while True:
@@ -525,7 +538,7 @@ async def stream_with_retries(
         return
 
 
-def _rescue_marker(mode: str, exc: BaseException, from_model: str, tries: _Tries, attempt: int, kept: int) -> Chunk:
+def _rescue_marker(mode: str, exc: BaseException, from_model: str, tries: Tries[Request], attempt: int, kept: int) -> Chunk:
     """The ``retry`` chunk that announces a rescued stream (and the matching progress event)."""
     data: dict[str, Any] = {
         "rescue": mode,

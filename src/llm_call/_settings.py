@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import Settings
 
-__all__ = ["current_settings"]
+__all__ = ["current_settings", "without_saved_sessions"]
 
 _config_module: Any = None
 
@@ -26,3 +26,14 @@ def current_settings() -> Settings:
         _config_module = module
     settings: Settings = module.get_settings()
     return settings
+
+
+def without_saved_sessions(settings: Settings) -> Settings:
+    """``settings`` for a process that runs other people's calls (``llm-call serve`` and
+    ``llm-call worker``): unless the operator set ``[claude] persist_sessions``, the Claude CLI
+    keeps no conversation on disk. No request can resume a session, so saving one would only keep
+    every key's prompts and answers under the service user's ``~/.claude`` (a folder per call)."""
+    if settings.claude.persist_sessions is not None:
+        return settings
+    claude = settings.claude.model_copy(update={"persist_sessions": False})
+    return settings.model_copy(update={"claude": claude})

@@ -9,6 +9,9 @@ Layers, outermost first (each lives in its own module; this one only wires them)
 5. transient-failure retries, fallbacks, circuit breakers -> ``retry``
 6. one provider call -> ``providers.router``
 
+``aembed`` (texts to vectors) takes layers 1, 5 and 6 only: ``_embed`` checks its arguments and
+runs the retry walk over ``router.embed_once``.
+
 Example::
 
     import llm_call
@@ -25,18 +28,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+from ._embed import build_embedding_request, embed_with_retries
 from ._pipeline import execute, execute_stream
 from ._portal import portal
 from ._progress import listening
 from ._request import build_request
 from ._streams import closing
 from .errors import UsageError
-from .types import Chunk, Message, Response
+from .types import Chunk, Embeddings, Message, Response
 
 if TYPE_CHECKING:
     from .tasks import TaskHandle
 
-__all__ = ["acall", "astream", "call", "stream"]
+__all__ = ["acall", "aembed", "astream", "call", "stream"]
 
 
 @overload
@@ -173,6 +177,36 @@ async def astream(
         async with closing(execute_stream(request, opts)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+
+async def aembed(
+    model: str,
+    input: str | Sequence[str],
+    *,
+    dimensions: int | None = None,
+    encoding_format: str | None = None,
+    timeout: float | None = None,
+    **options: Any,
+) -> Embeddings:
+    """Embed ``input`` (a text or a list of texts) with ``model``: one vector per text, in order.
+
+    Routes: OpenAI-compatible ones (``openai/*``, configured endpoints: ``POST {base}/embeddings``),
+    LiteLLM providers (``litellm.aembedding``) and ``local/*`` (a separate llama-cpp instance
+    loaded with ``embedding=True``). ``max/*`` raises :class:`~llm_call.errors.UsageError`: the
+    Claude CLI has no embeddings. Transient
+    failures are retried, breakers and ``fallbacks=[models]`` apply as for :func:`acall`
+    (``retry=`` too). ``dimensions`` is sent to the provider; ``encoding_format="base64"`` asks it
+    for the compact form, decoded here: ``vectors`` are always floats.
+
+    Example::
+
+        emb = await llm_call.aembed("openai/text-embedding-3-small", ["red", "blue"], dimensions=256)
+        print(len(emb.vectors), len(emb.vectors[0]), emb.usage.prompt_tokens)
+    """
+    request, opts = build_embedding_request(
+        model, input, dimensions=dimensions, encoding_format=encoding_format, timeout=timeout, **options
+    )
+    return await embed_with_retries(request, opts)
 
 
 def call(model: str | None = None, prompt: str | None = None, **kwargs: Any) -> Response:

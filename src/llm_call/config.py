@@ -171,7 +171,7 @@ class ClaudeConfig(_Strict):
     pool_size: int = Field(
         default=0, ge=0, le=64, description="Warm CLI processes kept for reuse (0, the default: a fresh CLI per call; why it is off by default: docs/claude.md)"
     )
-    persist_sessions: bool | None = Field(default=None, description="CLI saves sessions to ~/.claude (resume=); unset: yes, but not under llm-call serve")
+    persist_sessions: bool | None = Field(default=None, description="CLI saves sessions to ~/.claude (resume=); unset: yes, but not under llm-call serve or worker")
     pool_max_calls: int = Field(default=100, ge=1, description="Calls one pooled process serves before it is replaced")
     pool_idle_ttl: float = Field(default=300.0, gt=0, description="Seconds a pooled process may sit idle before it is stopped")
     pool_max_rss_mb: int = Field(
@@ -333,7 +333,7 @@ class ServerConfig(_Strict):
     max_connections: int | None = Field(default=None, ge=1, description="Open connections at most (503 past it); default: 90% of the file limit")
     sse_heartbeat: float = Field(default=15.0, ge=0, description="Seconds of silence before a stream gets a keep-alive; 0: never")
     max_concurrent_per_key: int = Field(
-        default=10_000, ge=1, description="Requests in flight per key (or in all, without keys); more get 429"
+        default=10_000, ge=1, description="Requests in flight per key (or in all, without keys), each counting once per 64 KiB of body; more get 429"
     )
     request_timeout: float = Field(default=600.0, gt=0, description="Seconds a direct call (chat, messages, a non-background response, an MCP ask) may run; longer gets 504")
     grace_period: float = Field(default=30.0, ge=0, description="On SIGTERM/SIGINT, seconds requests in flight get to finish")

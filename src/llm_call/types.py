@@ -7,6 +7,7 @@ and ``import llm_call`` must stay fast.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import enum
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
@@ -15,6 +16,8 @@ from typing import Any
 __all__ = [
     "Attempt",
     "Chunk",
+    "EmbeddingRequest",
+    "Embeddings",
     "Message",
     "Request",
     "Response",
@@ -293,7 +296,8 @@ class Chunk:
     ``rescue="restart"``: drop the text and tool-call fragments so far, the answer starts again;
     or ``rescue="continue"``: keep the text so far, the next chunks continue it). The last chunk of a
     stream has ``finish_reason`` (``"tool_calls"`` when the model asked for tools) and, when
-    known, ``usage``. ``event`` marks non-text progress
+    known, ``usage``; its ``data`` may name the ``stop_sequence`` that ended the answer and hold
+    the model's ``refusal`` (OpenAI-compatible routes). ``event`` marks non-text progress
     (``"retry"``, ``"tool_started"``, ``"tool_finished"``) with details in ``data``.
     """
 
@@ -356,6 +360,36 @@ class Request:
         }
         d.update(changes)
         return Request(**d)
+
+
+@dataclass(slots=True)
+class EmbeddingRequest:
+    """An embeddings request as it reaches a provider: ``input`` is one text per vector wanted;
+    ``options`` holds provider options (``dimensions``, ``encoding_format``, ``user`` ...)."""
+
+    model: str
+    input: list[str]
+    timeout: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> EmbeddingRequest:
+        return dataclasses.replace(self, **{"options": dict(self.options), **changes})
+
+
+@dataclass(slots=True)
+class Embeddings:
+    """The answer to :func:`llm_call.aembed`: one vector per input text, in input order.
+
+    ``model`` is the model that answered (after aliases and fallbacks); ``usage.prompt_tokens``
+    the tokens of the input as the provider counted them; ``attempts`` records the failed calls
+    retried on the way (``kind="provider_error"``) and the answering call.
+    """
+
+    vectors: list[list[float]]
+    model: str
+    usage: Usage = field(default_factory=Usage)
+    latency_s: float = 0.0
+    attempts: list[Attempt] = field(default_factory=list)
 
 
 class TaskStatus(enum.StrEnum):

@@ -13,6 +13,8 @@ the ``initialize`` control request, reads the user message, then plays a mode:
 - ``env``: a success result whose text is JSON of what the CLI got: some environment
   variables, its working directory and its arguments;
 - ``error_result``: a result with ``subtype`` ``$FAKE_CLAUDE_SUBTYPE`` and ``is_error``, exit 1;
+- ``stderr_secret``: the value of ``$FAKE_CLAUDE_LEAK_NAME`` (a credential's variable) on
+  stderr, as a CLI reporting a refused key might, then exit 1 without a result;
 - ``ok``: a success result, exit 0.
 
 Tests run it through ``cli_path`` (``LLM_CALL_CLAUDE_CLI``) with a small wrapper script.
@@ -73,6 +75,10 @@ def main() -> None:
     if mode == "corrupt":
         print('{"type": "result", "subtype": "success", oops')
         sys.exit(0)
+    if mode == "stderr_secret":
+        sys.stderr.write(f"API error: key {os.environ.get(os.environ['FAKE_CLAUDE_LEAK_NAME'])} was refused\n")
+        sys.stderr.flush()
+        sys.exit(1)
     if mode == "no_result":
         _out(init)
         sys.exit(0)

@@ -3,7 +3,8 @@ front of the scripted LLM server (another thread), and the official ``openai`` S
 
 ``serve_llm(script, default=..., server={...}, tasks=...)`` starts both and returns a
 :class:`Served`; the endpoint ``up`` routes to the scripted server, so model ``up/x`` goes
-there. Everything stops at the end of the test.
+there (``up_endpoint`` adds settings of that endpoint: ``api_key``, ``headers``...).
+Everything stops at the end of the test.
 """
 
 from __future__ import annotations
@@ -63,12 +64,13 @@ def serve_llm(tmp_path: Path) -> Iterator[ServeLLM]:
         server: dict[str, Any] | None = None,
         tasks: dict[str, Any] | None = None,
         task_manager: Any = None,
+        up_endpoint: dict[str, Any] | None = None,
         **sections: Any,
     ) -> Served:
         up = stack.enter_context(
             ScriptedLLMServer(list(script), default=default if default is not None else Reply(text="ok")).running()
         )
-        data: dict[str, Any] = {"endpoints": {"up": {"base_url": up.openai_base_url}}, **sections}
+        data: dict[str, Any] = {"endpoints": {"up": {"base_url": up.openai_base_url, **(up_endpoint or {})}}, **sections}
         data["server"] = server or {}
         data["tasks"] = {"store": str(tmp_path / "tasks.db"), **(tasks or {})}
         settings = Settings.model_validate(data)

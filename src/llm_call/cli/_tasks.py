@@ -9,7 +9,6 @@ failed (or is not done), 2 usage or configuration error.
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import json
 import logging
 import sys
@@ -20,8 +19,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 
 from ..errors import LLMCallError, UsageError
-from ..types import TaskStatus
-from ._common import EXIT_FAILED, describe, dumps, load, reporting_errors, tune_gc_for_many_calls
+from ._common import (
+    EXIT_FAILED,
+    describe,
+    dumps,
+    load,
+    reporting_errors,
+    state,
+    tune_gc_for_many_calls,
+)
 
 if TYPE_CHECKING:
     from ..tasks import TaskManager
@@ -62,15 +68,13 @@ def _event_line(ev: TaskEvent) -> str:
     return f"{ev.seq:>4}  {time.strftime('%H:%M:%S', time.localtime(ev.at))}  {ev.kind:<17} {data}"
 
 
-def _record_summary(rec: TaskRecord, held: dict[str, Any] | None = None) -> str:
-    """Status and progress; ``held``: the quota block that keeps queued ``max/*`` tasks waiting."""
+def _record_summary(rec: TaskRecord) -> str:
+    """Status and progress (``waiting``: a queued ``max/*`` task the Claude quota holds)."""
     prog = rec.progress or {}
     bits = [f"{rec.status.value}"]
     waiting = prog.get("waiting") if not rec.status.is_final else None
     if isinstance(waiting, dict):
         bits.append(f"waiting for the Claude quota ({waiting.get('window')}) until {_when(waiting.get('until'))}")
-    elif held and rec.status is TaskStatus.QUEUED and any(fnmatch.fnmatchcase(rec.route, g) for g in held["routes"]):
-        bits.append(f"held: Claude quota {held['window']} used up ({held['reason']}) until {_when(held['until'])}")
     if prog.get("attempt"):
         bits.append(f"attempt {prog['attempt']}")
     if prog.get("model"):
@@ -78,26 +82,6 @@ def _record_summary(rec: TaskRecord, held: dict[str, Any] | None = None) -> str:
     if prog.get("chars"):
         bits.append(f"{prog['chars']} chars")
     return ", ".join(bits)
-
-
-async def _quota_hold(manager: TaskManager) -> dict[str, Any] | None:
-    """The quota block of the configured account, from the store (None: max/* may run)."""
-    from ..providers.claude_quota import QUOTA, block_of
-    from ..tasks._quota import QuotaScheduler
-
-    if not hasattr(manager.store, "read_meta"):
-        return None
-    cfg = manager.settings.claude
-    if cfg.on_quota_exhausted != "wait":
-        return None  # tasks fall back or fail at once: none is held
-    await QUOTA.refresh(manager.store)  # type: ignore[arg-type]
-    block = block_of(QUOTA.get(cfg.account), allow_overage=cfg.allow_overage)
-    if block is None:
-        return None
-    scheduler = QuotaScheduler()
-    scheduler.cfg = cfg
-    # the routes a worker holds (a used-up Opus week holds only the opus routes)
-    return {"window": block.window, "until": block.until, "reason": block.reason, "routes": scheduler.held()}
 
 
 def _print_outcome(rec: TaskRecord, as_json: bool) -> None:
@@ -148,15 +132,8 @@ def register(app: typer.Typer) -> None:
         tasks: TasksOption = None,
     ) -> None:
         """List tasks, newest first."""
-        async def action(m: TaskManager) -> tuple[list[TaskRecord], dict[str, Any] | None]:
-            records = await m.list_tasks(status, limit)
-            held = None
-            if any(r.status is TaskStatus.QUEUED and r.route.startswith("max") for r in records):
-                held = await _quota_hold(m)
-            return records, held
-
         with reporting_errors():
-            records, held = _run(tasks, action)
+            records = _run(tasks, lambda m: m.list_tasks(status, limit))
         if as_json:
             typer.echo(dumps([r.to_dict() for r in records]))
             return
@@ -165,7 +142,7 @@ def register(app: typer.Typer) -> None:
 
         table = Table("id", "status", "model", "created", "runs", "progress")
         for r in records:
-            table.add_row(r.id, r.status.value, r.route, _when(r.created_at), str(r.attempts), _record_summary(r, held))
+            table.add_row(r.id, r.status.value, r.route, _when(r.created_at), str(r.attempts), _record_summary(r))
         Console().print(table)
 
     @tasks_app.command("show")
@@ -298,8 +275,13 @@ def register(app: typer.Typer) -> None:
         with reporting_errors():
             if concurrency is not None and concurrency < 1:
                 raise UsageError("--concurrency must be >= 1")
-            load()
+            from .._settings import without_saved_sessions
+            from ..config import set_settings
             from ..tasks.worker import run_worker
+
+            # a worker runs the server's tasks (and other people's): like `serve`, no Claude CLI
+            # conversation is kept on disk unless the config says [claude] persist_sessions
+            set_settings(without_saved_sessions(load()), path=state.config_path)
 
             tune_gc_for_many_calls()
 

@@ -25,6 +25,7 @@ Imported only when a ``max/*`` call runs (it imports ``claude_agent_sdk``).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -62,6 +63,8 @@ from ._claude_plan import LOGIN_HINT, NAME
 from .claude_quota import QUOTA, block_of, exhausted_error, record_rate_limit_event
 
 __all__ = ["RunState", "result_error"]
+
+_log = logging.getLogger("llm_call.providers.claude_cli")
 
 _API_STATUS = re.compile(r"API Error: (?:[^0-9]*\()?(\d{3})\b")
 
@@ -213,8 +216,9 @@ class RunState:
         tail = " | ".join(list(self.stderr)[-5:])
         where = {"provider": NAME, "model": self.model}
         if isinstance(exc, CLINotFoundError):
+            _log.warning("Claude Code CLI not found: %s", exc)  # the SDK's text names paths: for the log
             return ConfigError(
-                f"Claude Code CLI not found: {exc}",
+                "Claude Code CLI not found (the log says where it was looked for)",
                 hint="pip install claude-agent-sdk (it bundles the CLI) or set LLM_CALL_CLAUDE_CLI",
             )
         if isinstance(exc, CLIJSONDecodeError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -38,6 +39,8 @@ __all__ = [
     "render_prompt",
     "resolve_cli_path",
 ]
+
+_log = logging.getLogger("llm_call.providers.claude_cli")
 
 NAME = "max"
 LOGIN_HINT = (
@@ -276,8 +279,10 @@ def resolve_cli_path(configured: str | None) -> str | None:
         return None
     found = shutil.which(os.path.expanduser(configured))
     if found is None:
+        # the path is the operator's and the message reaches HTTP clients: the log has it
+        _log.warning("Claude CLI %r (claude.cli_path / LLM_CALL_CLAUDE_CLI) is not an executable", configured)
         raise ConfigError(
-            f"Claude CLI {configured!r} (claude.cli_path / LLM_CALL_CLAUDE_CLI) is not an executable",
+            "the Claude CLI set in claude.cli_path / LLM_CALL_CLAUDE_CLI is not an executable (the log names it)",
             hint="point it at a `claude` executable, or unset it to use the CLI bundled with claude-agent-sdk",
         )
     return found

@@ -66,8 +66,10 @@ def resolve_model_path(name: str, cfg: LocalConfig | None = None) -> Path:
     if declared is not None:
         path = Path(declared.path).expanduser()
         if not path.is_file():
+            # the path is the operator's (HTTP requests may name declared models): the log has it
+            _log.warning("local model %r: %s (local.models.%s.path) does not exist", name, path, name)
             raise ConfigError(
-                f"local model {name!r}: the file {path} declared in [local.models.{name}] does not exist",
+                f"local model {name!r}: the file declared in [local.models.{name}] does not exist",
                 hint=f"fix local.models.{name}.path in the config file",
             )
         return path.resolve()
@@ -136,6 +138,9 @@ class _ModelKey:
     n_ctx: int
     n_threads: int | None
     max_concurrency: int
+    #: a llama instance made for embeddings (``Llama(embedding=True)``), never for chat: a separate
+    #: registry entry with its own instances and slots
+    embedding: bool = False
 
 
 class LoadedModel:
@@ -195,12 +200,18 @@ class Instance:
             ) from None
         started = time.perf_counter()
         try:
-            llm = load_llama(key.path, n_ctx=key.n_ctx, n_threads=key.n_threads)
+            llm = load_llama(key.path, n_ctx=key.n_ctx, n_threads=key.n_threads, embedding=key.embedding)
         except (ValueError, RuntimeError, OSError) as exc:
+            # the message names the file, not its directory: HTTP clients get it; the log has all
+            _log.warning("cannot load the GGUF model %s: %s", key.path, exc)
+            file = Path(key.path).name
             raise ConfigError(
-                f"cannot load the GGUF model {key.path}: {exc}",
+                f"cannot load the GGUF model {file}: {str(exc).replace(key.path, file)}",
                 hint="is it a GGUF chat model that this llama-cpp-python version supports?",
             ) from None
+        if key.embedding:
+            _log.info("loaded %s for embeddings in %.2fs", key.path, time.perf_counter() - started)
+            return cls(llm, _no_chat, llama_cpp)
         template = llm.metadata.get("tokenizer.chat_template")
         formatter: Callable[..., Any]
         if template:
@@ -217,10 +228,14 @@ class Instance:
         return cls(llm, formatter, llama_cpp)
 
 
+def _no_chat(**kwargs: Any) -> Any:
+    raise RuntimeError("an embeddings instance does not chat")
+
+
 _load_lock = threading.Lock()
 
 
-def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> Llama:
+def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = None, embedding: bool = False) -> Llama:
     """``llama_cpp.Llama(path, ...)``: quiet, ``n_threads`` (default half the CPUs) for prompts
     and generation alike, and without llama.cpp's AMX weight repacking.
 
@@ -237,6 +252,9 @@ def load_llama(path: str | Path, *, n_ctx: int = 2048, n_threads: int | None = N
     # other calls, and one busy CPU stalls every barrier on a shared machine.
     threads = n_threads or max(1, (os.cpu_count() or 2) // 2)
     kwargs: dict[str, Any] = {"n_ctx": n_ctx, "n_threads": threads, "n_threads_batch": threads, "verbose": False}
+    if embedding:
+        # a text is embedded in one batch: up to the whole context, not llama.cpp's default 512
+        kwargs.update(embedding=True, n_batch=n_ctx, n_ubatch=n_ctx)
     with _load_lock:
         if b"AMX_INT8 = 1" not in (llama_cpp.llama_print_system_info() or b""):
             return llama_cpp.Llama(model_path=str(path), **kwargs)
@@ -259,12 +277,13 @@ _models: OrderedDict[_ModelKey, LoadedModel] = OrderedDict()  # least recently u
 _models_lock = threading.Lock()
 
 
-def model_for(path: Path, cfg: LocalConfig) -> LoadedModel:
-    """The registry entry for ``path`` with ``cfg``'s load settings (created, not loaded).
+def model_for(path: Path, cfg: LocalConfig, *, embedding: bool = False) -> LoadedModel:
+    """The registry entry for ``path`` with ``cfg``'s load settings (created, not loaded);
+    ``embedding``: the entry whose instances are loaded for embeddings.
 
     At most ``cfg.max_loaded`` entries are kept: a new one evicts and closes the least recently used.
     """
-    key = _ModelKey(str(path), cfg.n_ctx, cfg.n_threads, cfg.max_concurrency)
+    key = _ModelKey(str(path), cfg.n_ctx, cfg.n_threads, cfg.max_concurrency, embedding)
     evicted: list[LoadedModel] = []
     with _models_lock:
         model = _models.get(key)

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol, runtime_checkable
 
-from ..types import Chunk, Message, Request, Response, ToolCallDelta
+from ..types import Chunk, EmbeddingRequest, Embeddings, Message, Request, Response, ToolCallDelta
 
-__all__ = ["CLAUDE_ONLY_OPTIONS", "ProgressCallback", "Provider", "message_text", "parse_retry_after", "tool_deltas"]
+__all__ = ["CLAUDE_ONLY_OPTIONS", "Embedder", "ProgressCallback", "Provider", "message_text", "parse_retry_after", "tool_deltas"]
 
 #: options only the Claude Code CLI route understands; other routes reject them by name rather
 #: than drop them silently or send them to an API that would ignore them
@@ -56,6 +56,18 @@ class Provider(Protocol):
     def stream(self, request: Request) -> AsyncIterator[Chunk]: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """A provider that also turns texts into vectors (``POST /embeddings`` and its kin).
+
+    ``embed`` returns one vector per ``request.input`` text, in order, or raises an
+    :class:`~llm_call.errors.ProviderError` like ``complete``. Routes without embeddings (the
+    Claude CLI, the local chat models) do not implement it; the router refuses them by name.
+    """
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings: ...
 
 
 def message_text(message: Message) -> str:

@@ -78,6 +78,7 @@ from ..errors import (
 )
 from ..types import Chunk, Request, Response
 from ._claude_plan import NAME, plan_call
+from ._redact import env_locations, env_secrets, scrub_error
 
 if TYPE_CHECKING:
     from ..config import ClaudeConfig
@@ -199,6 +200,11 @@ class ClaudeCLIProvider:
             if plan.cwd is None:
                 response.extra.pop("cwd", None)  # the temporary workspace is gone
             yield response
+        except LLMCallError as exc:
+            # the CLI's stderr and error results are in the message: no credential of the
+            # environment (ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN...) leaves with it
+            scrub_error(exc, env_secrets(), env_locations())
+            raise
         finally:
             admission.release()
             slot.release()

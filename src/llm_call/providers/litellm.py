@@ -18,6 +18,9 @@ APIConnectionError, "connection reset"      ProviderConnectionError
 BadRequestError "LLM Provider NOT provided" ConfigError (unknown route)
 any other status error                      ProviderHTTPError(status)
 =========================================  =====================================
+
+Every error leaves with the credentials of the environment (``*_API_KEY``, ``*_TOKEN``...)
+replaced by ``***`` (``_redact.py``): an upstream's 401 may quote the key LiteLLM sent.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AuthError,
     ConfigError,
+    LLMCallError,
     MalformedResponse,
     ModelNotFound,
     ProviderConnectionError,
@@ -44,7 +48,12 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
+from ._embeddings import openai_body, parse_embeddings
+from ._redact import env_locations, env_secrets, scrub_error
 from .base import CLAUDE_ONLY_OPTIONS
+
+if TYPE_CHECKING:
+    from ..types import EmbeddingRequest, Embeddings
 
 __all__ = ["LiteLLMProvider", "import_litellm"]
 
@@ -195,7 +204,17 @@ class LiteLLMProvider:
 
     @contextmanager
     def _translate(self, model: str, parts: list[str] | None = None) -> Iterator[None]:
-        """Turn LiteLLM failures into llm_call errors (the one place that does)."""
+        """Turn LiteLLM failures into llm_call errors (the one place that does), with no
+        credential of the environment in them (an upstream or LiteLLM may quote the key)."""
+        try:
+            with self._translate_errors(model, parts):
+                yield
+        except LLMCallError as exc:
+            scrub_error(exc, env_secrets(), env_locations())
+            raise
+
+    @contextmanager
+    def _translate_errors(self, model: str, parts: list[str] | None = None) -> Iterator[None]:
         ex = self._lib().exceptions
         import openai  # a LiteLLM dependency: the base classes of its exceptions
         kw: dict[str, Any] = {"provider": "litellm", "model": model}
@@ -313,6 +332,20 @@ class LiteLLMProvider:
                 partial="".join(parts),
             )
         yield Chunk(model=request.model, finish_reason=finish, usage=usage)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """``litellm.aembedding``, whose answer has OpenAI's shape; its retries off, as for chat."""
+        await self._load()
+        self._check_route(request.model)
+        kw = openai_body(request, "LiteLLM", CLAUDE_ONLY_OPTIONS)
+        if request.timeout is not None:
+            kw["timeout"] = request.timeout
+        kw.setdefault("num_retries", 0)
+        kw.setdefault("max_retries", 0)
+        with self._translate(request.model):
+            result = await self._lib().aembedding(**kw)
+            data = result.model_dump() if hasattr(result, "model_dump") else result
+        return parse_embeddings(data, request, "litellm", request.model)
 
     async def aclose(self) -> None:
         return None

@@ -29,9 +29,12 @@ Options (``request.options``): ``stop``, ``seed`` (negative: random; the seed us
 ``Response.extra["seed"]``), ``top_p``, ``top_k``, ``min_p``,
 ``typical_p``, ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty`` and
 ``response_format`` (``{"type": "json_object"}`` or ``{"type": "json_schema", "json_schema":
-{"schema": ...}}``, enforced by a grammar). Anything else is a :class:`UsageError`; so are
+{"schema": ...}}``, enforced by a grammar). ``user`` is ignored; anything else is a :class:`UsageError`; so are
 ``tools``/``tool_choice``: the local route does not do tool calling (an empty ``tools`` list is
 accepted and means none).
+
+Embeddings (``llm_call.aembed("local/NAME", ...)``) use a separate instance of the model loaded
+for them: see ``_local_embed.py``.
 
 Example::
 
@@ -55,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 from .._jsontree import iter_dicts
 from ..errors import LLMCallError, ProviderFailed, ProviderTimeout, UsageError
 from ..types import Chunk, Message, Request, Response, Usage
+from ._local_embed import embed_local
 from ._local_models import (
     INSTALL_HINT,
     Instance,
@@ -69,12 +73,15 @@ from .base import CLAUDE_ONLY_OPTIONS, message_text
 
 if TYPE_CHECKING:
     from ..config import LocalConfig
+    from ..types import EmbeddingRequest, Embeddings
 
 __all__ = ["INSTALL_HINT", "LocalProvider", "load_llama", "resolve_model_path", "smollm2_path", "unload_models"]
 
 _log = logging.getLogger("llm_call.local")
 
-_DROP = frozenset({"progress"})
+#: options that mean nothing to an in-process model (``user``: the end user, for an API's abuse
+#: monitoring), ignored rather than refused
+_DROP = frozenset({"progress", "user"})
 _FLOAT_OPTIONS = ("top_p", "min_p", "typical_p", "repeat_penalty", "frequency_penalty", "presence_penalty")
 _KNOWN = frozenset({"stop", "seed", "top_k", "response_format", *_FLOAT_OPTIONS})
 
@@ -517,6 +524,10 @@ class LocalProvider:
             raise self._timeout_error(request, job) from None
         finally:
             job.cancelled.set()  # consumer left early, was cancelled or timed out: stop the thread
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embeddings from a separate ``Llama(embedding=True)`` instance (``_local_embed.py``)."""
+        return await embed_local(self.cfg, request)
 
     async def aclose(self) -> None:
         """Nothing to close: models stay loaded process-wide (see :func:`unload_models`)."""

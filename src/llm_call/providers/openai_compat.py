@@ -19,7 +19,14 @@ stream ends without [DONE]/finish,     StreamInterrupted(partial)
 or breaks once it has started
 =====================================  ===================================
 
+Errors reach HTTP clients of ``llm-call serve``, so they carry no credential (the key and header
+values an upstream echoes become ``***``, see ``_redact.py``) and name a configured base URL by its
+setting (``endpoints.NAME.base_url``), with the OS error instead of aiohttp's host-bearing text.
+
 Cancelling the calling task closes the HTTP connection (the request is not left running).
+The stop string that ended an answer, when the upstream names it (vLLM, SGLang), is
+``Response.extra["stop_sequence"]``; a stream has it, and a refusal (``delta.refusal``), in the
+``data`` of its last chunk.
 
 The hot path is kept lean (it is measured by ``bench/overhead.py``): the body is encoded once
 (orjson when installed), SSE is split from raw socket blocks rather than awaited line by line,
@@ -32,8 +39,10 @@ import asyncio
 import json
 import logging
 import os
+import re
+import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -53,10 +62,14 @@ from ..errors import (
     UsageError,
 )
 from ..types import Chunk, Request, Response, ToolCall, ToolCallDelta, Usage
+from ._embeddings import load_answer, openai_body, parse_embeddings
+from ._http_sessions import LoopSessions
+from ._redact import scrub_error
 from .base import CLAUDE_ONLY_OPTIONS, parse_retry_after, tool_deltas
 
 if TYPE_CHECKING:
     from ..config import EndpointConfig, OpenAIConfig
+    from ..types import EmbeddingRequest, Embeddings
 
 __all__ = ["OpenAICompatProvider", "parse_retry_after"]
 
@@ -65,6 +78,8 @@ _log = logging.getLogger("llm_call.openai")
 _DEFAULT_BASE = "https://api.openai.com/v1"
 #: options only the Claude route understands; elsewhere they are an error, not silently dropped
 _DROP = frozenset({"progress"})
+#: OpenAI's reasoning models (o1, o3, o4-mini, gpt-5...): they take ``max_completion_tokens`` only
+_REASONING = re.compile(r"^(o[1-9]|gpt-5)")
 _MALFORMED_SHAPE = (KeyError, IndexError, TypeError, AttributeError, ValueError)
 
 
@@ -87,14 +102,34 @@ except ImportError:  # pragma: no cover - orjson is optional
         return json.dumps(obj).encode()
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong on the connection, without the host and URL aiohttp writes into its
+    messages (``Cannot connect to host 10.0.0.5:8000 ...``): the OS error's text, else the type."""
+    err = getattr(exc, "os_error", None) or exc
+    if isinstance(err, socket.gaierror) and err.strerror:
+        return f"{type(exc).__name__}: {err.strerror}"
+    if isinstance(err, OSError) and isinstance(err.errno, int) and err.errno > 0:
+        return f"{type(exc).__name__}: {os.strerror(err.errno)}"
+    return type(exc).__name__
+
+
 def _usage(data: Any) -> Usage:
     if not data:
         return Usage()
     return Usage(int(data.get("prompt_tokens") or 0), int(data.get("completion_tokens") or 0))
 
 
+def _matched_stop(choice: Any) -> dict[str, Any]:
+    """``{"stop_sequence": s}`` when the upstream says which stop string ended the answer (vLLM's
+    ``stop_reason``, SGLang's ``matched_stop``; OpenAI does not say); else ``{}``."""
+    matched = choice.get("stop_reason")
+    if not isinstance(matched, str):
+        matched = choice.get("matched_stop")
+    return {"stop_sequence": matched} if isinstance(matched, str) and matched else {}
+
+
 class _StreamState:
-    __slots__ = ("calls", "done", "finish", "model", "parts", "pending", "usage")
+    __slots__ = ("calls", "details", "done", "finish", "model", "parts", "pending", "usage")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -102,12 +137,13 @@ class _StreamState:
         self.pending: list[ToolCallDelta] = []  # tool-call fragments of the current event
         self.calls = 0  # tool-call fragments seen in all
         self.finish: str | None = None
+        self.details: dict[str, Any] = {}  # the last chunk's data: stop_sequence, refusal
         self.usage: Usage | None = None
         self.done = False
 
 
 class OpenAICompatProvider:
-    """Chat completions against any OpenAI-compatible base URL."""
+    """Chat completions and embeddings against any OpenAI-compatible base URL."""
 
     def __init__(
         self,
@@ -132,11 +168,14 @@ class OpenAICompatProvider:
             )
         self.name = name
         self.base_url = base_url.rstrip("/")
+        # errors name where the base URL is configured, not the URL: they reach HTTP clients
+        self._where = self.base_url if base_url_source == "base_url" else base_url_source
         self._url = self.base_url + "/chat/completions"
         self._api_key = api_key
         self._api_key_env = api_key_env
         self._key_required = key_required
         self._headers = {"Content-Type": "application/json", **(headers or {})}
+        self._header_values = list((headers or {}).values())  # may be credentials (api-key: ...)
         self._keyed: tuple[str, dict[str, str]] | None = None
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -144,13 +183,7 @@ class OpenAICompatProvider:
         self._default_timeout = aiohttp.ClientTimeout(
             total=total_timeout, sock_connect=connect_timeout, sock_read=read_timeout
         )
-        self._limit = max_connections
-        self._limit_per_host = max_connections_per_host
-        # loop -> (session, async generator that closes it when the loop shuts down)
-        self._sessions: dict[
-            asyncio.AbstractEventLoop, tuple[aiohttp.ClientSession, AsyncGenerator[None, None]]
-        ] = {}
-        self._last: tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession] | None = None
+        self._http = LoopSessions(max_connections, max_connections_per_host)
 
     @classmethod
     def from_openai_settings(cls, cfg: OpenAIConfig) -> OpenAICompatProvider:
@@ -213,47 +246,9 @@ class OpenAICompatProvider:
         return keyed[1]
 
     def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        last = self._last
-        if last is not None and last[0] is loop and not last[1].closed:
-            return last[1]
-        entry = self._sessions.get(loop)
-        if entry is None or entry[0].closed:
-            # forget sessions of loops closed without shutting down their async generators
-            for old in [lp for lp in self._sessions if lp.is_closed()]:
-                del self._sessions[old]
-            connector = aiohttp.TCPConnector(
-                limit=self._limit, limit_per_host=self._limit_per_host, ttl_dns_cache=300
-            )
-            session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
-            closer = self._close_with_loop(loop, session)
-            # Run the generator to its ``yield`` now: the loop registered it on first iteration,
-            # and finalises it (running the ``finally``) in ``shutdown_asyncgens``.
-            try:
-                closer.__anext__().send(None)
-            except StopIteration:
-                pass
-            entry = (session, closer)
-            self._sessions[loop] = entry
-        self._last = (loop, entry[0])
-        return entry[0]
+        return self._http.get()
 
-    async def _close_with_loop(
-        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession
-    ) -> AsyncGenerator[None, None]:
-        try:
-            yield
-        finally:
-            entry = self._sessions.get(loop)
-            if entry is not None and entry[0] is session:
-                del self._sessions[loop]
-            last = self._last
-            if last is not None and last[1] is session:
-                self._last = None
-            if not session.closed:
-                await session.close()
-
-    def _timeout(self, request: Request) -> aiohttp.ClientTimeout:
+    def _timeout(self, request: Request | EmbeddingRequest) -> aiohttp.ClientTimeout:
         if request.timeout is None:
             return self._default_timeout
         return aiohttp.ClientTimeout(
@@ -264,8 +259,8 @@ class OpenAICompatProvider:
         body: dict[str, Any] = {"model": request.model, "messages": request.messages}
         if request.temperature is not None:
             body["temperature"] = request.temperature
-        if request.max_tokens is not None:
-            body["max_tokens"] = request.max_tokens
+        if request.max_tokens is not None:  # OpenAI's reasoning models refuse the older name
+            body["max_completion_tokens" if _REASONING.match(request.model) else "max_tokens"] = request.max_tokens
         if request.options:
             for key, value in request.options.items():
                 if key in _DROP or value is None:
@@ -292,32 +287,38 @@ class OpenAICompatProvider:
         """Turn transport failures into llm_call errors (the one place that does)."""
         try:
             yield
-        except ProviderError:
+        except ProviderError as exc:
+            scrub_error(exc, self._secrets())
             raise
         except TimeoutError as exc:  # includes aiohttp's ServerTimeoutError/ConnectionTimeoutError
             raise ProviderTimeout(
-                f"{self.name}: request timed out ({type(exc).__name__}: {exc})".replace(": )", ")"),
+                f"{self.name}: request timed out ({type(exc).__name__})",
                 hint="raise timeout= or the configured timeouts if the model is just slow",
                 provider=self.name,
                 model=model,
             ) from exc
         except aiohttp.ClientPayloadError as exc:
             raise ProviderConnectionError(
-                f"{self.name}: response body cut short: {exc}", provider=self.name, model=model
+                f"{self.name}: response body cut short: {_reason(exc)}", provider=self.name, model=model
             ) from exc
         except (aiohttp.ClientConnectionError, ConnectionError) as exc:
             raise ProviderConnectionError(
-                f"{self.name}: cannot reach {self.base_url}: {exc}",
+                f"{self.name}: cannot reach {self._where}: {_reason(exc)}",
                 hint="is the server running and the base URL right?",
                 provider=self.name,
                 model=model,
             ) from exc
         except aiohttp.ClientError as exc:
             raise ProviderConnectionError(
-                f"{self.name}: HTTP exchange with {self.base_url} failed: {type(exc).__name__}: {exc}",
+                f"{self.name}: HTTP exchange with {self._where} failed: {_reason(exc)}",
                 provider=self.name,
                 model=model,
             ) from exc
+
+    def _secrets(self) -> list[str | None]:
+        """Credentials this provider sends: its key and the configured headers' values."""
+        key = self._api_key or (os.environ.get(self._api_key_env) if self._api_key_env else None)
+        return [key, *self._header_values]
 
     def _status_error(self, status: int, headers: Any, text: str, model: str) -> ProviderError:
         detail = text[:500]
@@ -375,7 +376,7 @@ class OpenAICompatProvider:
                         resp.status, resp.headers, raw_bytes.decode("utf-8", "replace"), model
                     )
                 content_type = resp.headers.get("Content-Type", "")
-        return self._parse(raw_bytes, content_type, model, time.perf_counter() - started)
+            return self._parse(raw_bytes, content_type, model, time.perf_counter() - started)
 
     def _parse(self, raw_bytes: bytes, content_type: str, model: str, latency: float) -> Response:
         try:
@@ -407,6 +408,7 @@ class OpenAICompatProvider:
                 raw=data,
                 finish_reason=choice.get("finish_reason"),
                 tool_calls=[ToolCall.from_dict(c) for c in message.get("tool_calls") or ()],
+                extra=_matched_stop(choice),
             )
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
@@ -435,7 +437,9 @@ class OpenAICompatProvider:
                         ToolCallDelta(i, c.id, c.name, c.arguments) for i, c in enumerate(whole.tool_calls)
                     ]
                     yield Chunk(text=whole.text, model=whole.model, tool_calls=deltas)
-                    yield Chunk(model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage)
+                    yield Chunk(
+                        model=whole.model, finish_reason=whole.finish_reason or "stop", usage=whole.usage, data=whole.extra or None
+                    )
                     return
                 try:
                     buf = b""
@@ -471,11 +475,11 @@ class OpenAICompatProvider:
                     raise
                 except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ConnectionError) as exc:
                     resp.close()
-                    raise self._interrupted(st, model, f"the connection broke: {exc}") from exc
+                    raise self._interrupted(st, model, f"the connection broke: {_reason(exc)}") from exc
                 if not st.done and st.finish is None:
                     resp.close()
                     raise self._interrupted(st, model, "the stream ended without [DONE] or finish_reason")
-                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage)
+                yield Chunk(model=st.model, finish_reason=st.finish or "stop", usage=st.usage, data=st.details or None)
                 if not resp.content.at_eof():
                     await self._drain(resp)
 
@@ -538,6 +542,8 @@ class OpenAICompatProvider:
                 calls = delta.get("tool_calls")
                 if calls:
                     st.pending.extend(tool_deltas(calls))
+                if isinstance(delta.get("refusal"), str):
+                    st.details["refusal"] = st.details.get("refusal", "") + delta["refusal"]
                 if piece:
                     if not isinstance(piece, str):
                         raise TypeError("content is not a string")
@@ -546,6 +552,7 @@ class OpenAICompatProvider:
                 reason = choice.get("finish_reason")
                 if reason:
                     st.finish = reason
+                    st.details.update(_matched_stop(choice))
         except _MALFORMED_SHAPE:
             raise MalformedResponse(
                 f"{self.name} sent a stream event that is not a chat completion chunk: {payload[:200]!r}",
@@ -554,20 +561,21 @@ class OpenAICompatProvider:
             ) from None
         return text
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """``POST {base_url}/embeddings``, failures translated as for chat (``_embeddings.py``)."""
+        model = request.model
+        body = _dumps(openai_body(request, self.name, CLAUDE_ONLY_OPTIONS))
+        headers = self._auth_headers(model)
+        with self._translate(model):
+            async with self._session().post(
+                self.base_url + "/embeddings", data=body, headers=headers, timeout=self._timeout(request)
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise self._status_error(resp.status, resp.headers, raw.decode("utf-8", "replace"), model)
+                content_type = resp.headers.get("Content-Type", "")
+        data = load_answer(raw, content_type, self.name, model)
+        return parse_embeddings(data, request, self.name)
+
     async def aclose(self) -> None:
-        entries = list(self._sessions.items())
-        self._sessions.clear()
-        self._last = None
-        current: asyncio.AbstractEventLoop | None
-        try:
-            current = asyncio.get_running_loop()
-        except RuntimeError:
-            current = None
-        for loop, (session, _closer) in entries:
-            if session.closed:
-                continue
-            if loop is current:
-                await session.close()
-            elif not loop.is_closed() and loop.is_running():
-                fut = asyncio.run_coroutine_threadsafe(session.close(), loop)
-                await asyncio.wrap_future(fut)
+        await self._http.aclose()

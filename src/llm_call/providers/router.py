@@ -17,7 +17,9 @@ Providers are created once per process and shared; each keeps its own per-event-
 
 Dispatch: :func:`complete_once` and :func:`stream_once` make one provider call for a request
 (aliases applied: system prompt, bundled provider options), no retries, no validation; the retry
-layer above calls them.
+layer above calls them. :func:`embed_once` is their embeddings twin: OpenAI-compatible routes,
+LiteLLM and the local route embed; ``max/*`` is refused by name (UsageError) before any CLI
+process is started.
 """
 
 from __future__ import annotations
@@ -31,14 +33,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .._settings import current_settings
-from ..errors import ConfigError
-from ..types import CALL_OPTION_NAMES, Chunk, Request, Response
+from ..errors import ConfigError, UsageError
+from ..types import CALL_OPTION_NAMES, Chunk, EmbeddingRequest, Embeddings, Request, Response
 
 if TYPE_CHECKING:
     from ..config import AliasConfig, Settings
     from .base import Provider
 
-__all__ = ["Route", "check_models", "close_providers", "resolve", "takes_prefill"]
+__all__ = ["Route", "check_models", "close_providers", "embed_once", "resolve", "takes_prefill"]
 
 _BARE_OPENAI = re.compile(r"^(gpt-|chatgpt-|o[1-9](-|$)|o[1-9][a-z]*-|ft:gpt|text-embedding-|davinci|babbage)")
 
@@ -352,3 +354,43 @@ def stream_once(request: Request) -> AsyncIterator[Chunk]:
     route, preq = provider_request(request, settings)
     provider = get_provider(route, settings)
     return provider.stream(preq)
+
+
+#: an alias's bundled options that mean something to an embeddings call (its chat options, such
+#: as temperature or a system prompt, do not)
+_EMBEDDING_ALIAS_OPTIONS = frozenset({"dimensions", "encoding_format", "user", "extra_body"})
+
+_NO_EMBEDDINGS = {"max": "max/* models are served by the Claude Code CLI, which has no embeddings API"}
+
+
+async def embed_once(request: EmbeddingRequest) -> Embeddings:
+    """One embeddings call for ``request.model`` (aliases applied), no retries.
+
+    Raises :class:`UsageError` naming the route for ``max/*``, which has no embeddings, before
+    any provider is created (no CLI process).
+    """
+    settings = current_settings()
+    route = resolve(request.model, settings)
+    refused = _NO_EMBEDDINGS.get(route.kind)
+    if refused is not None:
+        raise UsageError(
+            f"{refused} (model {request.model!r})",
+            hint="use an embedding model on an OpenAI-compatible endpoint, LiteLLM or local/*, e.g. openai/text-embedding-3-small",
+        )
+    from .base import Embedder
+
+    provider = get_provider(route, settings)
+    if not isinstance(provider, Embedder):
+        raise UsageError(f"the {route.kind} route serves no embeddings (model {request.model!r})")
+    options = request.options
+    timeout = request.timeout
+    if route.aliases:
+        bundled = route.alias_options()
+        options = {**{k: v for k, v in bundled.items() if k in _EMBEDDING_ALIAS_OPTIONS}, **options}
+        if timeout is None and bundled.get("timeout") is not None:
+            timeout = float(bundled["timeout"])
+    preq = EmbeddingRequest(model=route.provider_model, input=request.input, timeout=timeout, options=options)
+    started = time.perf_counter()
+    result = await provider.embed(preq)
+    result.latency_s = time.perf_counter() - started
+    return result

@@ -20,8 +20,8 @@ user ``tool_result`` blocks           ``role: "tool"`` messages (before the user
                                       content); ``is_error`` prefixes ``[tool error]``;
                                       images in a result follow as a user message
 ``thinking``/``redacted_thinking``    dropped (no route produces them)
-tools (``name``, ``description``,     function tools
-``input_schema``)
+tools (``name``, ``description``,     function tools (``strict`` kept: the schema is
+``input_schema``, ``strict``)         enforced where the route can)
 ``tool_choice`` auto/any/tool/none    ``"auto"``/``"required"``/that function/``"none"``;
                                       ``disable_parallel_tool_use`` → ``parallel_tool_calls``
 ``stop_sequences``, ``top_p``,        ``stop``, ``top_p``, ``top_k`` (top_k goes to the
@@ -39,18 +39,23 @@ llm_call extras (``validation``,      the same options as on chat completions (o
 ``fallbacks`` ...)                    :func:`._schemas.call_options`)
 ====================================  ==================================================
 
+A conversation that ends with an assistant message (a prefill) is sent as is where the route
+continues it (``anthropic/...`` through LiteLLM) and is a 400 naming the route elsewhere: those
+answer anew, and the client would join its prefill to a fresh answer.
+
 Server tools (a tool with a ``type`` such as ``web_search_20250305``), PDF documents, file
 sources and server-side blocks are refused with a 400 naming the block: no route can run them,
 and ignoring them would answer a different question.
 
 Stop reasons: ``length`` → ``max_tokens``, ``tool_calls`` → ``tool_use``, a reported stop
-sequence → ``stop_sequence``, otherwise ``end_turn``. OpenAI-compatible upstreams do not say
-which stop sequence ended an answer (they strip it), so ``stop_sequence`` is reported only when
-the route says so (``finish_reason`` ``stop_sequence``).
+sequence → ``stop_sequence`` (with the string in ``stop_sequence``), otherwise ``end_turn``.
+OpenAI's API does not say whether a stop sequence ended an answer (it strips it), so there an
+answer cut by one is ``end_turn``; vLLM and SGLang say which (``Response.extra["stop_sequence"]``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,7 +64,7 @@ from pydantic import ConfigDict, Field, with_config
 from typing_extensions import TypedDict
 
 from ._errors import HTTPFailure
-from ._schemas import LLMCallExtras, call_options
+from ._schemas import MAX_MESSAGES, MAX_TOOLS, LLMCallExtras, call_options
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -72,6 +77,7 @@ __all__ = [
     "estimate_tokens",
     "message_body",
     "messages_call_args",
+    "stop_fields",
     "stop_reason",
     "tool_input",
 ]
@@ -87,9 +93,9 @@ class AnthropicMessage(TypedDict):
 
 class _MessagesBase(LLMCallExtras):
     model: str | None = Field(default=None, min_length=1, description="Model or alias; default: the configured default_model")
-    messages: list[AnthropicMessage] = Field(min_length=1)
+    messages: list[AnthropicMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     system: str | list[dict[str, Any]] | None = Field(default=None, description="A string or a list of text blocks")
-    tools: list[dict[str, Any]] | None = Field(default=None, description="Client tools: name, description, input_schema")
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS, description="Client tools: name, description, input_schema")
     tool_choice: dict[str, Any] | None = Field(default=None, description="auto, any, tool (with name) or none")
     thinking: dict[str, Any] | None = Field(default=None, description="Accepted, not used")
     metadata: dict[str, Any] | None = Field(default=None, description="Accepted, not forwarded")
@@ -154,6 +160,8 @@ def _bad(param: str, message: str) -> HTTPFailure:
 def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, Any]:
     """acall keyword arguments for a Messages request (400 naming the field on what cannot be served)."""
     kwargs: dict[str, Any] = {"model": req.model, "messages": internal_messages(req.system, req.messages)}
+    if req.messages[-1]["role"] == "assistant":
+        _check_prefill(req, settings)
     if req.max_tokens is not None:
         kwargs["max_tokens"] = req.max_tokens
     if req.temperature is not None:
@@ -177,6 +185,46 @@ def messages_call_args(req: MessagesRequest, settings: Settings) -> dict[str, An
         kwargs["response_format"] = fmt
     kwargs.update(call_options(req, settings))
     return kwargs
+
+
+_ROUTE_NAMES = {
+    "openai": "the OpenAI API",
+    "endpoint": "an OpenAI-compatible endpoint",
+    "max": "the Claude Code CLI",
+    "local": "the local model",
+    "litellm": "LiteLLM",
+}
+
+
+def _check_prefill(req: MessagesRequest, settings: Settings) -> None:
+    """A conversation that ends with an assistant message asks the model to continue that text
+    (a prefill). Only Anthropic's own API does that (``anthropic/...`` through LiteLLM); every
+    other route would answer the conversation anew, and the client, which joins its prefill and
+    the answer, would get a different text than it asked for (``{`` + a fresh JSON object). So a
+    400 naming the route, for the model and each fallback and escalation model."""
+    from ..config import DEFAULT_MODEL
+    from ..errors import ConfigError
+    from ..providers.router import resolve, takes_prefill
+
+    where = f"messages.{len(req.messages) - 1}"
+    for param, name in [("model", req.model or settings.default_model or DEFAULT_MODEL),
+                        *((f"fallbacks.{i}", m) for i, m in enumerate(req.fallbacks or ())),
+                        *((f"escalate.{i}", m) for i, m in enumerate(req.escalate or ()))]:
+        try:
+            route = resolve(name, settings)
+        except ConfigError:
+            continue  # not a model: the call says so
+        if takes_prefill(name, settings):
+            continue
+        raise HTTPFailure(
+            400,
+            f"{where}: the conversation ends with an assistant message (a prefill), which {param} {name!r} "
+            f"({_ROUTE_NAMES.get(route.kind, route.kind)}, route {route.model!r}) cannot continue: it would "
+            "answer anew instead. Only Anthropic models (anthropic/... through LiteLLM) continue a prefill; "
+            "elsewhere end the conversation with a user message (and put the instruction there)",
+            param=where,
+            code="prefill_not_supported",
+        )
 
 
 def _response_format(fmt: Any) -> dict[str, Any] | None:
@@ -343,6 +391,8 @@ def function_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         function: dict[str, Any] = {"name": name, "parameters": schema}
         if isinstance(tool.get("description"), str):
             function["description"] = tool["description"]
+        if isinstance(tool.get("strict"), bool):
+            function["strict"] = tool["strict"]
         out.append({"type": "function", "function": function})
     return out
 
@@ -378,6 +428,17 @@ _STOP_REASONS = {
     "content_filter": "refusal",
     "refusal": "refusal",
 }
+
+
+def stop_fields(finish_reason: str | None, has_tool_calls: bool, details: dict[str, Any] | None) -> tuple[str, str | None]:
+    """``(stop_reason, stop_sequence)``: ``stop_sequence`` when the route named the stop string
+    that ended the answer (``details["stop_sequence"]``: ``Response.extra`` or a last chunk's
+    ``data``), else :func:`stop_reason` and ``None``."""
+    reason = stop_reason(finish_reason, has_tool_calls)
+    matched = (details or {}).get("stop_sequence")
+    if reason == "end_turn" and isinstance(matched, str):
+        return "stop_sequence", matched
+    return reason, None
 
 
 def stop_reason(finish_reason: str | None, has_tool_calls: bool) -> str:
@@ -435,11 +496,16 @@ def usage_dict(input_tokens: int, output_tokens: int) -> dict[str, int]:
     }
 
 
-def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> dict[str, Any]:
-    """The Anthropic ``message`` object for an llm_call Response."""
+def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None, refusal: str | None = None) -> dict[str, Any]:
+    """The Anthropic ``message`` object for an llm_call Response; ``refusal``: the upstream's
+    refusal (OpenAI's ``message.refusal``), answered as Anthropic answers one (its text, stop
+    reason ``refusal``)."""
     content: list[dict[str, Any]] = []
     calls = list(resp.tool_calls or ())
-    reason = stop_reason(resp.finish_reason, bool(calls))
+    reason, sequence = stop_fields(resp.finish_reason, bool(calls), resp.extra)
+    if refusal is not None and not resp.text and not calls:
+        resp = dataclasses.replace(resp, text=refusal)
+        reason = "refusal"
     if reason == "tool_use" and not calls:
         from ..errors import MalformedResponse
 
@@ -457,7 +523,7 @@ def message_body(resp: Any, message_id: str, extra: dict[str, Any] | None) -> di
         "model": resp.model,
         "content": content,
         "stop_reason": reason,
-        "stop_sequence": None,
+        "stop_sequence": sequence,
         "usage": usage_dict(resp.usage.prompt_tokens, resp.usage.completion_tokens),
     }
     if extra is not None:

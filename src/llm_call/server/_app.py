@@ -32,10 +32,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import __version__
+from .._settings import without_saved_sessions
 from ..errors import LLMCallError
 from ._anthropic import CountTokensRequest, MessagesRequest
 from ._auth import check_public_bind
 from ._chat import ClientGone, chat_completions, handle_chat
+from ._embeddings import EmbeddingsRequest, handle_embeddings
 from ._errors import HTTPFailure, failure_for, pydantic_failure
 from ._messages import encode_failure, handle_count_tokens, handle_messages
 from ._middleware import MESSAGES_PREFIX, GatewayMiddleware
@@ -221,10 +223,7 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
         from ..config import get_settings
 
         settings = get_settings()
-    if settings.claude.persist_sessions is None:
-        # a request cannot resume a CLI session, so saving one would only keep every key's
-        # prompts and answers under the server user's ~/.claude (a new project folder per call)
-        settings = settings.model_copy(update={"claude": settings.claude.model_copy(update={"persist_sessions": False})})
+    settings = without_saved_sessions(settings)
     state = ServerState.from_settings(settings)  # ConfigError for a blank key
     check_public_bind(settings.server.host, state.auth)
     state.tasks = task_manager
@@ -261,7 +260,9 @@ def create_app(settings: Settings | None = None, *, task_manager: Any = None) ->
         ("POST", "/v1/chat/completions"): _fast_route(state, handle_chat),
         ("POST", "/v1/messages"): _fast_route(state, handle_messages, encode_failure),
         ("POST", "/v1/messages/count_tokens"): _fast_route(state, _count_tokens, encode_failure),
+        ("POST", "/v1/embeddings"): _fast_route(state, handle_embeddings),
     }
+    app.add_route("/v1/embeddings", _endpoint(handle_embeddings), methods=["POST"], include_in_schema=False)
     app.add_route("/v1/messages", _endpoint(handle_messages), methods=["POST"], include_in_schema=False)
     app.add_route("/v1/messages/count_tokens", _endpoint(_count_tokens), methods=["POST"], include_in_schema=False)
 
@@ -375,7 +376,7 @@ def _messages_operation(summary: str, description: str, operation_id: str, schem
 def _openapi(app: FastAPI) -> dict[str, Any]:
     doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = doc.setdefault("components", {}).setdefault("schemas", {})
-    for model in (ChatCompletionRequest, MessagesRequest, CountTokensRequest):
+    for model in (ChatCompletionRequest, MessagesRequest, CountTokensRequest, EmbeddingsRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         for name, sub in schema.pop("$defs", {}).items():
             components.setdefault(name, sub)
@@ -402,6 +403,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
                     "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}},
                 },
                 **{code: _error_ref(code) for code in _CALL_ERRORS},
+            },
+        }
+    }
+    doc["paths"]["/v1/embeddings"] = {
+        "post": {
+            "summary": "Create embeddings",
+            "description": "The OpenAI embeddings API on OpenAI-compatible, LiteLLM and local/* routes (max/* "
+            "answers 400: the Claude Code CLI has no embeddings). `encoding_format: base64` answers little-endian float32 in base64. "
+            "`fallbacks` is llm_call's; the response has an extra field `llm_call` with the attempt record.",
+            "operationId": "create_embeddings",
+            "tags": ["embeddings"],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsRequest"}}},
+            },
+            "responses": {
+                "200": {"description": "A list of embedding objects", "content": {"application/json": {"schema": {"type": "object"}}}},
+                **{code: _error_ref(code) for code in _CALL_ERRORS if code != "422"},
             },
         }
     }

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 
 __all__ = [
     "ANONYMOUS",
+    "BODY_BYTES_PER_REQUEST",
     "OPEN",
     "Caller",
     "KeyAuth",
@@ -36,6 +37,9 @@ __all__ = [
     "is_loopback",
     "local_address_is_public",
     "no_keys_message",
+    "opaque_worker",
+    "request_weight",
+    "sees_operator_details",
     "tenant_of",
 ]
 
@@ -114,22 +118,36 @@ class KeyAuth:
         return None if caller is None else caller.key_id
 
 
+#: bytes of request body that count as one request in flight: a waiting request costs tens of
+#: kilobytes, one holding a 10 MB body tens of megabytes (the body, its parsed form, the upstream
+#: request), so a key's limit of requests is a bound on its memory only if big bodies weigh more
+BODY_BYTES_PER_REQUEST = 64 * 1024
+
+
+def request_weight(body_bytes: int) -> int:
+    """How many requests in flight a request with a body of ``body_bytes`` counts as (at least 1)."""
+    return max(1, -(-body_bytes // BODY_BYTES_PER_REQUEST))
+
+
 class KeyLimiter:
-    """Counts requests in flight per key; ``acquire`` is refused at the limit (the caller sends 429)."""
+    """Counts requests in flight per key; ``acquire`` is refused at the limit (the caller sends 429).
+
+    A request counts as :func:`request_weight` of its body; one is always admitted when the key
+    has nothing in flight, so a body heavier than the whole limit is slow, never impossible."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._in_flight: dict[str, int] = {}
 
-    def acquire(self, key_id: str) -> bool:
+    def acquire(self, key_id: str, weight: int = 1) -> bool:
         n = self._in_flight.get(key_id, 0)
-        if n >= self.limit:
+        if n and n + weight > self.limit:
             return False
-        self._in_flight[key_id] = n + 1
+        self._in_flight[key_id] = n + weight
         return True
 
-    def release(self, key_id: str) -> None:
-        n = self._in_flight.get(key_id, 0) - 1
+    def release(self, key_id: str, weight: int = 1) -> None:
+        n = self._in_flight.get(key_id, 0) - weight
         if n <= 0:
             self._in_flight.pop(key_id, None)
         else:
@@ -137,6 +155,19 @@ class KeyLimiter:
 
     def in_flight(self, key_id: str) -> int:
         return self._in_flight.get(key_id, 0)
+
+
+def sees_operator_details(caller: Caller, auth: KeyAuth) -> bool:
+    """Whether ``caller`` is shown the operator's details (base URLs, file paths, host names):
+    an admin key of a server with keys. A server without keys serves everyone on the machine,
+    so no one."""
+    return auth.enabled and caller.admin
+
+
+def opaque_worker(worker: str | None) -> str | None:
+    """A task's worker id (``server-HOSTNAME-PID-xxxxxx``) as a caller without operator details
+    sees it: a stable digest, so tasks of one worker still share it."""
+    return None if worker is None else "w_" + hashlib.sha256(worker.encode()).hexdigest()[:12]
 
 
 def is_loopback(host: str) -> bool:

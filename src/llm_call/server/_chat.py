@@ -49,6 +49,7 @@ __all__ = [
     "handle_chat",
     "llm_call_extra",
     "timeout_failure",
+    "upstream_refusal",
 ]
 
 _log = logging.getLogger("llm_call.server")
@@ -113,8 +114,30 @@ def llm_call_extra(resp: LLMResponse) -> dict[str, Any]:
     return extra
 
 
+def _upstream_choice(raw: Any) -> dict[str, Any]:
+    """The answering route's first choice, when its payload is an OpenAI chat completion
+    (OpenAI-compatible endpoints, LiteLLM); ``{}`` otherwise. What llm_call's Response has no
+    field for (``logprobs``, ``refusal``) is taken from there."""
+    choices = raw.get("choices") if isinstance(raw, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return {}
+    return choices[0]
+
+
+def upstream_refusal(raw: Any) -> str | None:
+    """The model's refusal (OpenAI structured outputs: ``message.refusal``, content null), if any."""
+    message = _upstream_choice(raw).get("message")
+    refusal = message.get("refusal") if isinstance(message, dict) else None
+    return refusal if isinstance(refusal, str) and refusal else None
+
+
 def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": resp.text}
+    refusal = upstream_refusal(resp.raw)
+    if refusal is not None:
+        message["refusal"] = refusal
+        if not resp.text:
+            message["content"] = None
     if resp.tool_calls:
         message["tool_calls"] = [c.to_openai() for c in resp.tool_calls]
         if not resp.text:
@@ -125,7 +148,7 @@ def completion_body(resp: LLMResponse, request_id: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": resp.model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [{"index": 0, "message": message, "logprobs": _upstream_choice(resp.raw).get("logprobs"), "finish_reason": finish}],
         "usage": resp.usage.to_dict(),
         "system_fingerprint": None,
         "llm_call": llm_call_extra(resp),
@@ -212,6 +235,14 @@ async def handle_chat(state: ServerState, info: RequestInfo, raw: bytes, receive
     if state.settings.server.debug:
         info.prompt = req.messages
     if req.stream:
+        if req.logprobs:
+            raise HTTPFailure(
+                400,
+                "logprobs are not streamed by llm_call: ask with stream=false to get them (a stream would "
+                "silently come without them)",
+                param="logprobs",
+                code="unsupported_parameter",
+            )
         return await _start_stream(state, info, req, kwargs, receive)
     try:
         async with cancelled_on_disconnect(receive), asyncio.timeout(state.settings.server.request_timeout):
@@ -221,7 +252,7 @@ async def handle_chat(state: ServerState, info: RequestInfo, raw: bytes, receive
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     info.attempts = len(resp.attempts) or 1
-    state.metrics.observe_response(resp)
+    state.metrics.observe_response(resp, info)
     return _json(completion_body(resp, info.id))
 
 
@@ -274,6 +305,7 @@ async def _sse(
         "model": first.model or requested or "",
     }
     finish: str | None = None
+    refusal: str | None = None
     usage: Usage | None = None
     role_sent = False
     tool_deltas = 0
@@ -299,7 +331,7 @@ async def _sse(
                             delta["content"] = None
                     yield _event({**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]})
                 if chunk.finish_reason:
-                    finish = chunk.finish_reason
+                    finish, refusal = chunk.finish_reason, (chunk.data or {}).get("refusal")
                     usage = chunk.usage or usage
             try:
                 async with asyncio.timeout_at(deadline):
@@ -313,7 +345,9 @@ async def _sse(
                 "the model's stream finished with tool_calls but carried no tool call", model=requested
             )
         info.attempts = attempt
-        state.metrics.observe_usage(str(base["model"]), usage)
+        state.metrics.observe_usage(str(base["model"]), usage, info)
+        if isinstance(refusal, str) and refusal:
+            yield _event({**base, "choices": [{"index": 0, "delta": {"content": None, "refusal": refusal}, "logprobs": None, "finish_reason": None}]})
         yield _event({**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}]})
         if include_usage:
             yield _event({**base, "choices": [], "usage": (usage or Usage()).to_dict()})

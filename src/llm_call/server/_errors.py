@@ -28,6 +28,7 @@ anything else                                       500     server_error (logged
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,6 +55,8 @@ from ..errors import (
 )
 
 __all__ = ["HTTPFailure", "error_body", "failure_for", "pydantic_failure"]
+
+_log = logging.getLogger("llm_call.server")
 
 
 class HTTPFailure(HTTPException):
@@ -168,7 +171,10 @@ def failure_for(exc: LLMCallError) -> HTTPFailure:
     if isinstance(exc, QueueFull):
         return HTTPFailure(429, _message(exc), type="rate_limit_error", code="queue_full")
     if isinstance(exc, TaskStoreError):
-        return HTTPFailure(503, _message(exc), type="server_error", code="task_store_error")
+        # its text names the store's file or host (and the driver's error): the operator's, in the log
+        _log.warning("task store failure answered as 503: %s", exc)
+        return HTTPFailure(503, "the task store failed; the server log says why", type="server_error",
+                           code="task_store_error")
     if isinstance(exc, TaskError):
         return HTTPFailure(409, _message(exc), code="task_conflict")
     if isinstance(exc, BudgetExceeded):

@@ -42,7 +42,7 @@ from mcp.server.mcpserver.exceptions import (
 )
 from pydantic import Field, ValidationError
 
-from ..errors import LLMCallError, TaskNotFound, TaskPending
+from ..errors import LLMCallError, TaskNotFound, TaskPending, TaskStoreError
 from ._auth import OPEN, Caller
 from ._errors import HTTPFailure
 from ._schemas import TaskRequest, call_options
@@ -81,8 +81,9 @@ def _tool_error(exc: BaseException) -> ToolError:
             f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors(include_url=False)
         )
         return ToolError(f"invalid arguments: {problems}")
-    if isinstance(exc, LLMCallError):
-        return ToolError(f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, TaskStoreError):  # its text names the store's file or host: for the log
+        _log.warning("task store failure answered to an MCP client: %s", exc)
+        return ToolError("TaskStoreError: the task store failed; the server log says why")
     return ToolError(f"{type(exc).__name__}: {exc}")
 
 
@@ -322,11 +323,11 @@ def build_mcp_server(
     @server.tool(description="The models that can be asked now: routes (max/*, openai/*, ...), aliases and endpoints.")
     async def models() -> list[dict[str, Any]]:
         from ..catalog import list_models
-        from ._routes import may_use
+        from ._routes import may_use, shown_notes
 
         allowed = settings.server.allowed_models  # as GET /v1/models: only what a call may name
         return [
-            {"id": row["id"], "kind": row["kind"], "notes": row.get("notes", "")}
+            {"id": row["id"], "kind": row["kind"], "notes": shown_notes(row, operator=False)}
             for row in list_models(settings)
             if row.get("available") and (allowed is None or may_use(row["id"], allowed))
         ]

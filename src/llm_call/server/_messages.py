@@ -36,7 +36,7 @@ from ._anthropic import (
     estimate_tokens,
     message_body,
     messages_call_args,
-    stop_reason,
+    stop_fields,
     usage_dict,
 )
 from ._chat import (
@@ -46,6 +46,7 @@ from ._chat import (
     close_stream,
     llm_call_extra,
     timeout_failure,
+    upstream_refusal,
 )
 from ._errors import HTTPFailure
 from ._heartbeat import with_heartbeat
@@ -96,9 +97,9 @@ async def handle_messages(state: ServerState, info: RequestInfo, raw: bytes, rec
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     info.attempts = len(resp.attempts) or 1
-    state.metrics.observe_response(resp)
+    state.metrics.observe_response(resp, info)
     try:
-        body = message_body(resp, info.id, llm_call_extra(resp))
+        body = message_body(resp, info.id, llm_call_extra(resp), upstream_refusal(resp.raw))
     except LLMCallError as exc:
         raise call_failure(state, info, exc) from None
     if req.stream:
@@ -125,8 +126,8 @@ def _start_event(message_id: str, model: str, input_tokens: int) -> bytes:
     return _event("message_start", {"type": "message_start", "message": message})
 
 
-def _end_events(reason: str, usage: dict[str, int]) -> bytes:
-    delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": None}, "usage": usage}
+def _end_events(reason: str, usage: dict[str, int], sequence: str | None = None) -> bytes:
+    delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": sequence}, "usage": usage}
     return _event("message_delta", delta) + _STOP
 
 
@@ -146,7 +147,7 @@ async def _replay(body: dict[str, Any]) -> AsyncIterator[bytes]:
             + _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
             + _event("content_block_stop", {"type": "content_block_stop", "index": index})
         )
-    yield _end_events(body["stop_reason"], usage)
+    yield _end_events(body["stop_reason"], usage, body["stop_sequence"])
 
 
 async def _start_stream(
@@ -221,6 +222,7 @@ class _MessageStream:
     async def events(self, first: Chunk, chunks: AsyncIterator[Chunk], deadline: float) -> AsyncIterator[bytes]:
         state, info = self.state, self.info
         finish: str | None = None
+        details: dict[str, Any] | None = None
         usage: Usage | None = first.usage
         model = first.model or self.requested or ""
         chunk: Chunk | None = first
@@ -234,7 +236,7 @@ class _MessageStream:
                     if chunk.text:
                         out += self._text(chunk.text)
                     if chunk.finish_reason:
-                        finish = chunk.finish_reason
+                        finish, details = chunk.finish_reason, chunk.data
                         usage = chunk.usage or usage
                     if out:
                         yield out
@@ -245,15 +247,19 @@ class _MessageStream:
                     chunk = None
             if finish is None:
                 raise StreamInterrupted("the stream ended without a finish reason", model=self.requested)
-            reason = stop_reason(finish, self.tool_calls > 0)
+            reason, sequence = stop_fields(finish, self.tool_calls > 0, details)
             if reason == "tool_use" and not self.tool_calls:
                 raise StreamInterrupted("the stream ended for tool calls but carried none", model=self.requested)
+            refusal = (details or {}).get("refusal")
+            if self.index < 0 and isinstance(refusal, str) and refusal:  # as message_body answers one
+                yield self._text(refusal)
+                reason = "refusal"
             if self.index < 0:
                 yield self._text("")
-            state.metrics.observe_usage(model, usage)
+            state.metrics.observe_usage(model, usage, info)
             info.attempts = info.attempts or 1
             u = usage or Usage()
-            yield self._close_block() + _end_events(reason, usage_dict(u.prompt_tokens, u.completion_tokens))
+            yield self._close_block() + _end_events(reason, usage_dict(u.prompt_tokens, u.completion_tokens), sequence)
         except TimeoutError:
             yield _error_event(timeout_failure(state, info))
         except LLMCallError as exc:

@@ -27,6 +27,7 @@ from ..types import Response, TaskStatus, Usage
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ._middleware import RequestInfo
 
 __all__ = ["CONTENT_TYPE", "ServerMetrics"]
 
@@ -99,8 +100,10 @@ class ServerMetrics:
             registry=r,
         )
         self.in_flight = Gauge("llm_call_http_requests_in_flight", "HTTP requests being served", registry=r)
-        self.tokens = Counter("llm_call_tokens", "Tokens used by answers", ["model", "type"], registry=r)
-        self.cost = Counter("llm_call_cost_usd", "Cost of answers in US dollars", ["model"], registry=r)
+        # by key (key1, admin1, anonymous: bounded by the config) so that an operator sees who used
+        # what, the Claude subscription's windows above all
+        self.tokens = Counter("llm_call_tokens", "Tokens used by answers", ["model", "type", "key"], registry=r)
+        self.cost = Counter("llm_call_cost_usd", "Cost of answers in US dollars", ["model", "key"], registry=r)
         self.retries = Counter(
             "llm_call_retries", "Model calls beyond the first one for an answer", ["model"], registry=r
         )
@@ -139,7 +142,7 @@ class ServerMetrics:
         self.pool_calls = Gauge("llm_call_claude_pool_calls", "Calls served by pooled Claude CLI processes so far", registry=r)
         self.pool_rss = Gauge("llm_call_claude_pool_rss_bytes", "Memory (RSS) of the pooled Claude CLI processes", registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-        self._token_children: dict[str, tuple[Any, Any]] = {}
+        self._token_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in _METHODS:
@@ -153,20 +156,27 @@ class ServerMetrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
-    def observe_response(self, response: Response) -> None:
+    def observe_response(self, response: Response, info: RequestInfo) -> None:
+        """An answer given to ``info``'s caller: its tokens and cost (by key, also on the request's
+        log line) and its retries."""
         model = self.model_label(response.model)
-        self.observe_usage(model, response.usage)
+        self.observe_usage(model, response.usage, info)
         if response.cost_usd:
-            self.cost.labels(model).inc(response.cost_usd)
+            info.cost_usd = response.cost_usd
+            self.cost.labels(model, info.key_id).inc(response.cost_usd)
         self.observe_attempts(model, response.attempts)
 
-    def observe_usage(self, model: str, usage: Usage | None) -> None:
+    def observe_usage(self, model: str, usage: Usage | None, info: RequestInfo) -> None:
         if usage is None:
             return
+        info.usage = usage
         model = self.model_label(model)
-        pair = self._token_children.get(model)
+        pair = self._token_children.get((model, info.key_id))
         if pair is None:
-            pair = self._token_children[model] = (self.tokens.labels(model, "prompt"), self.tokens.labels(model, "completion"))
+            pair = self._token_children[model, info.key_id] = (
+                self.tokens.labels(model, "prompt", info.key_id),
+                self.tokens.labels(model, "completion", info.key_id),
+            )
         if usage.prompt_tokens:
             pair[0].inc(usage.prompt_tokens)
         if usage.completion_tokens:

@@ -25,12 +25,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from ._anthropic import anthropic_error
-from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public
+from ._auth import ANONYMOUS, OPEN, Caller, local_address_is_public, request_weight
 from ._browser import BODY_METHODS, content_type_message, host_message
 from ._errors import HTTPFailure, error_body
 from ._ui import STATIC_PATHS
 
 if TYPE_CHECKING:
+    from ..types import Usage
     from ._state import ServerState
 
 __all__ = ["MESSAGES_PREFIX", "BodyDeadlines", "GatewayMiddleware", "RequestInfo", "access_log"]
@@ -60,7 +61,7 @@ MESSAGES_PREFIX = "/v1/messages"
 class RequestInfo:
     """What a route tells the gateway about its request (for the log line and metrics)."""
 
-    __slots__ = ("attempts", "caller", "error", "id", "key_id", "model", "prompt", "stream", "task_id")
+    __slots__ = ("attempts", "caller", "cost_usd", "error", "id", "key_id", "model", "prompt", "stream", "task_id", "usage")
 
     def __init__(self, request_id: str) -> None:
         self.id = request_id
@@ -73,6 +74,9 @@ class RequestInfo:
         self.error: str | None = None
         self.prompt: Any = None
         self.task_id: str | None = None
+        #: the answer's tokens and cost, when it reported them
+        self.usage: Usage | None = None
+        self.cost_usd: float | None = None
 
 
 def new_request_id() -> str:
@@ -148,6 +152,7 @@ class GatewayMiddleware:
         anthropic = path.startswith(MESSAGES_PREFIX)
         template: str | None = None
         acquired: str | None = None
+        acquired_weight = 1
         state.metrics.in_flight.inc()
         method: str = scope["method"]
         try:
@@ -195,6 +200,7 @@ class GatewayMiddleware:
                 await _answer(send_with_id, 415, _error(anthropic, 415, content_type_message(content_type), code="unsupported_media_type"))
                 return
             limit = state.settings.server.max_body_bytes
+            weight = 1  # requests in flight this one counts as: its body weighs (see KeyLimiter)
             if method in BODY_METHODS and length != b"0":
                 receive = self.body_deadlines.wrap(receive)
             if length is not None:
@@ -209,10 +215,12 @@ class GatewayMiddleware:
                     info.error = "request_too_large"
                     await _answer(send_with_id, 413, _error(anthropic, 413, _too_large(limit).message, code="request_too_large"))
                     return
+                weight = request_weight(declared)
             elif method in ("POST", "PUT", "PATCH"):
                 receive = _counting(receive, limit)
+                weight = request_weight(limit)  # chunked: it may be as big as allowed
             if path not in _UNLIMITED:
-                if not state.limiter.acquire(info.key_id):
+                if not state.limiter.acquire(info.key_id, weight):
                     info.error = "concurrency_limit"
                     await _answer(
                         send_with_id,
@@ -220,15 +228,15 @@ class GatewayMiddleware:
                         _error(
                             anthropic,
                             429,
-                            f"too many requests in flight for this API key (limit {state.limiter.limit}); "
-                            "retry when some have finished",
+                            f"too many requests in flight for this API key (limit {state.limiter.limit}, a request "
+                            "counting once per 64 KiB of its body); retry when some have finished",
                             type="rate_limit_error",
                             code="concurrency_limit_exceeded",
                         ),
                         [(b"retry-after", b"1")],
                     )
                     return
-                acquired = info.key_id
+                acquired, acquired_weight = info.key_id, weight
             fast = self.fast_routes.get((method, path))
             if fast is not None:
                 template = path
@@ -253,7 +261,7 @@ class GatewayMiddleware:
             )
         finally:
             if acquired is not None:
-                state.limiter.release(acquired)
+                state.limiter.release(acquired, acquired_weight)
             state.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             if template is None:
@@ -391,6 +399,10 @@ def _log_line(info: RequestInfo, scope: Scope, route: str, status: int, elapsed:
         line["attempts"] = info.attempts
     if info.stream:
         line["stream"] = True
+    if info.usage is not None:
+        line["tokens"] = {"prompt": info.usage.prompt_tokens, "completion": info.usage.completion_tokens}
+    if info.cost_usd is not None:
+        line["cost_usd"] = info.cost_usd
     if info.task_id is not None:
         line["task_id"] = info.task_id
     if info.error is not None:

@@ -348,6 +348,7 @@ async def _start_stream(
         done["usage"] = _usage(final.usage.to_dict()) if final.usage else None
         if final.model:
             done["model"] = final.model
+        state.metrics.observe_usage(str(done["model"]), final.usage, info)
         info.attempts = final.attempt
         return done
 
@@ -403,7 +404,7 @@ def register(app: FastAPI, state: ServerState) -> None:
                 state.metrics.observe_error(exc)
                 info.error = type(exc).__name__
                 raise failure_for(exc) from None
-            state.metrics.observe_response(resp)
+            state.metrics.observe_response(resp, info)
             info.attempts = len(resp.attempts) or 1
             return _json(response_from_answer(resp, info.id, req))
         args["_meta"] = {"kind": "response", **response_meta(req)}

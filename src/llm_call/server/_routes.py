@@ -14,7 +14,7 @@ from ._errors import HTTPFailure
 from ._metrics import CONTENT_TYPE
 from ._state import ServerState
 
-__all__ = ["may_use", "register"]
+__all__ = ["may_use", "register", "shown_notes"]
 
 _log = logging.getLogger("llm_call.server")
 _STARTED = int(time.time())
@@ -31,7 +31,21 @@ def may_use(model_id: str, allowed: list[str]) -> bool:
     return False
 
 
-def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str, Any]]:
+def shown_notes(row: dict[str, Any], operator: bool) -> str:
+    """A catalog row's notes as a caller may see them: an endpoint's notes are its base URL (a
+    host of the operator's network), shown only to an admin key."""
+    if row.get("kind") == "endpoint" and not operator:
+        return "OpenAI-compatible endpoint"
+    return str(row.get("notes", ""))
+
+
+def _operator(request: Request, state: ServerState) -> bool:
+    from ._auth import sees_operator_details
+
+    return sees_operator_details(request.scope["llm_call"].caller, state.auth)
+
+
+def _model_rows(state: ServerState, include_unavailable: bool, operator: bool = False) -> list[dict[str, Any]]:
     from ..catalog import list_models
 
     rows = list_models(state.settings)
@@ -52,7 +66,7 @@ def _model_rows(state: ServerState, include_unavailable: bool) -> list[dict[str,
                     "kind": row["kind"],
                     "route": row["route"],
                     "available": row["available"],
-                    "notes": row.get("notes", ""),
+                    "notes": shown_notes(row, operator),
                 },
             }
         )
@@ -87,7 +101,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         """Routes (``max/*``, ``openai/*``...), aliases and configured endpoints that can be used now;
         ``?all=true`` lists the unavailable ones too (``llm_call.available`` false). In Anthropic's
         shape for a client that sends ``anthropic-version`` (the anthropic SDK, Claude Code)."""
-        rows = _model_rows(state, all)
+        rows = _model_rows(state, all, _operator(request, state))
         if _anthropic(request):
             data = [_anthropic_model(row) for row in rows]
             return JSONResponse({"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
@@ -97,7 +111,7 @@ def register(app: FastAPI, state: ServerState) -> None:
     @app.get("/v1/models/{model:path}", tags=["models"], summary="One model, route or alias")
     async def retrieve_model(request: Request, model: str) -> JSONResponse:
         """A listed id, or a concrete model of a listed route (``up/x`` of ``up/*``)."""
-        rows = _model_rows(state, True)
+        rows = _model_rows(state, True, _operator(request, state))
         found = next((row for row in rows if row["id"] == model), None)
         if found is None and not any(c in model for c in "*?["):  # a concrete name, not a pattern
             route = next((r for r in rows if r["id"].endswith("/*") and fnmatch.fnmatchcase(model, r["id"])), None)
@@ -112,13 +126,14 @@ def register(app: FastAPI, state: ServerState) -> None:
     async def health(request: Request) -> JSONResponse:
         """200 when the server can take work, 503 with the failing check otherwise.
         ``live`` is always true while the process answers. Without a key it names no path, URL
-        or setting; a request with a valid key (on a server with keys) gets the details."""
+        or setting, and neither does an ordinary key's: the details (the store's path or URL) are
+        for admin keys (``server.admin_keys``)."""
         checks: dict[str, Any] = {}
         ready = True
         from ._background import store_check
 
         ok, reason, detail = await store_check(state)
-        detailed = state.auth.enabled and request.scope["llm_call"].key_id != "anonymous"
+        detailed = _operator(request, state)
         checks["store"] = {"ok": ok, "detail": detail if detailed else reason}
         ready = ready and ok
         body = {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, "checks": checks}

@@ -12,9 +12,18 @@ The llm_call extras (``validation``, ``max_attempts``, ``escalate``, ``fallbacks
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any, Literal, NotRequired
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator, with_config
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+    with_config,
+)
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12
 
 from .._jsontree import nested_deeper_than
@@ -26,6 +35,9 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 __all__ = [
+    "MAX_MESSAGES",
+    "MAX_SCHEMA_OBJECTS",
+    "MAX_TOOLS",
     "ChatCompletionRequest",
     "FunctionCallItem",
     "FunctionCallOutputItem",
@@ -42,6 +54,15 @@ Role = Literal["system", "user", "assistant", "tool", "developer"]
 #: task priorities a request may give: -1000..1000 (the store keeps a 64-bit integer, and the Redis
 #: backend a queue per priority and route)
 PRIORITY_RANGE = 1000
+#: messages (or Responses input items) and tools one request may carry. A body of
+#: ``server.max_body_bytes`` (10 MB) holds 300,000 empty messages, and every item costs parsing,
+#: conversion and storing on the event loop: such a body held it for seconds (3.9 s on
+#: /v1/responses) while every other key waited. 10,000 is far beyond a real conversation
+#: (OpenAI allows 128 tools).
+MAX_MESSAGES = 10_000
+MAX_TOOLS = 1_000
+#: JSON objects (subschemas) in all of a request's validation specs: see :func:`check_specs`
+MAX_SCHEMA_OBJECTS = 1_000
 
 
 @with_config(ConfigDict(extra="allow"))
@@ -116,7 +137,7 @@ class ChatCompletionRequest(LLMCallExtras):
     """``POST /v1/chat/completions``: the OpenAI request plus the llm_call extras."""
 
     model: str | None = Field(default=None, min_length=1, description="Model or alias; default: the configured default_model")
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -131,7 +152,7 @@ class ChatCompletionRequest(LLMCallExtras):
     logit_bias: dict[str, float] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
@@ -163,6 +184,7 @@ PASSTHROUGH = (
     "parallel_tool_calls",
     "response_format",
     "reasoning_effort",
+    "user",
 )
 
 
@@ -224,7 +246,7 @@ class ResponsesRequest(_BoundedNesting, LLMCallExtras):
         description="A prompt, or a list of items: messages, function_call and function_call_output"
     )
     tools: list[dict[str, Any]] | None = Field(
-        default=None, description='Function tools, {"type": "function", "name", "parameters", ...}'
+        default=None, max_length=MAX_TOOLS, description='Function tools, {"type": "function", "name", "parameters", ...}'
     )
     tool_choice: str | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
@@ -254,13 +276,20 @@ class ResponsesRequest(_BoundedNesting, LLMCallExtras):
         "next retry or fallback in the same output item; default \"off\": response.failed ends the stream",
     )
 
+    @field_validator("input", mode="before")
+    @classmethod
+    def _bounded_input(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_MESSAGES:
+            raise ValueError(f"List should have at most {MAX_MESSAGES} items, not {len(value)}")
+        return value
+
 
 class TaskRequest(_BoundedNesting, LLMCallExtras):
     """``POST /v1/tasks``: a call to run in the background, as llm_call arguments."""
 
     model: str | None = Field(default=None, min_length=1)
     prompt: str | None = Field(default=None, description="The prompt (or give messages)")
-    messages: list[ChatMessage] | None = None
+    messages: list[ChatMessage] | None = Field(default=None, max_length=MAX_MESSAGES)
     system: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
@@ -289,15 +318,34 @@ def parse_json_body(model: type[BaseModel], raw: bytes) -> Any:
         raise pydantic_failure(exc.errors(include_url=False), model=model) from None
 
 
+def _schema_objects(spec: Any) -> int:
+    """An upper bound on the JSON objects (subschemas) in a spec: its ``{`` characters."""
+    text = spec if isinstance(spec, str) else json.dumps(spec, default=str)
+    return text.count("{")
+
+
 def check_specs(specs: list[Any] | None, settings: Settings | None = None) -> None:
     """Parse validation specs now, so a bad one is a 422 naming it before any model call.
 
     Parsed with file reads refused: a spec that would read a server file (``schema:@path`` in
     any spelling, string or dict form) gets the same message whatever the path, so a client can
     neither read files nor learn which exist. A spec that parses here reads no file later either.
+
+    The specs' JSON Schemas hold at most :data:`MAX_SCHEMA_OBJECTS` objects in all: jsonschema
+    checks a schema against its metaschema at about half a millisecond per subschema, on the event
+    loop, so a 6 MB schema of 60,000 properties held the loop for 50 s.
     """
     if not specs:
         return
+    objects = sum(_schema_objects(spec) for spec in specs)
+    if objects > MAX_SCHEMA_OBJECTS:
+        raise HTTPFailure(
+            422,
+            f"validation: the specs hold {objects} JSON objects (subschemas); at most {MAX_SCHEMA_OBJECTS} "
+            "in all: checking a schema costs the server time per subschema",
+            param="validation",
+            code="invalid_validation_spec",
+        )
     try:
         from ..validation import FILES_REFUSED, parse_spec
     except ImportError as exc:

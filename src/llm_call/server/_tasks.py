@@ -35,6 +35,7 @@ from starlette.responses import Response, StreamingResponse
 
 from ..errors import LLMCallError, TaskNotFound
 from ..types import TaskEvent, TaskRecord, TaskStatus
+from ._auth import opaque_worker, sees_operator_details
 from ._background import manager
 from ._errors import HTTPFailure, failure_for
 from ._heartbeat import with_heartbeat
@@ -58,10 +59,18 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(json.dumps(data, ensure_ascii=False, default=str), status, media_type="application/json")
 
 
-def task_body(rec: TaskRecord) -> dict[str, Any]:
+def task_body(rec: TaskRecord, operator: bool = True) -> dict[str, Any]:
+    """A task record on the wire; without ``operator`` its worker ids are opaque (they name the
+    host and process that ran it)."""
     body = rec.to_dict()
     body["object"] = "llm_call.task"
+    if not operator:
+        body["worker"], body["owner"] = opaque_worker(rec.worker), opaque_worker(rec.owner)
     return body
+
+
+def _operator(request: Request, state: ServerState) -> bool:
+    return sees_operator_details(request.scope["llm_call"].caller, state.auth)
 
 
 def _args(req: TaskRequest, settings: Settings) -> dict[str, Any]:
@@ -95,12 +104,15 @@ async def _record(state: ServerState, request: Request, task_id: str) -> TaskRec
     return rec
 
 
-def _sse(event: TaskEvent) -> bytes:
-    data = json.dumps(event.to_dict(), ensure_ascii=False, default=str)
+def _sse(event: TaskEvent, operator: bool) -> bytes:
+    body = event.to_dict()
+    if not operator and isinstance(body.get("data"), dict) and "worker" in body["data"]:
+        body["data"] = {**body["data"], "worker": opaque_worker(body["data"]["worker"])}
+    data = json.dumps(body, ensure_ascii=False, default=str)
     return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
 
 
-async def _follow(mgr: Any, task_id: str, after: int, follow: bool) -> AsyncIterator[bytes]:
+async def _follow(mgr: Any, task_id: str, after: int, follow: bool, operator: bool) -> AsyncIterator[bytes]:
     """The task's events as SSE, with a keep-alive comment while nothing happens."""
     # unbounded: events are small and the manager throttles chunk events to two a second
     queue: asyncio.Queue[TaskEvent | BaseException | None] = asyncio.Queue()
@@ -130,7 +142,7 @@ async def _follow(mgr: Any, task_id: str, after: int, follow: bool) -> AsyncIter
                 fail = failure_for(item) if isinstance(item, LLMCallError) else HTTPFailure(500, str(item))
                 yield b"event: error\ndata: " + fail.encode() + b"\n\n"
                 return
-            yield _sse(item)
+            yield _sse(item, operator)
     finally:
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -148,7 +160,7 @@ def register(app: FastAPI, state: ServerState) -> None:
             args, idempotency_key=req.idempotency_key, priority=req.priority, tenant=info.caller.tenant
         )
         info.task_id = task_id
-        return _json(task_body(await mgr.status(task_id)), 202)
+        return _json(task_body(await mgr.status(task_id), _operator(request, state)), 202)
 
     @app.get("/v1/tasks", tags=["tasks"], summary="List tasks, newest first", response_model=None)
     async def list_tasks(
@@ -180,7 +192,7 @@ def register(app: FastAPI, state: ServerState) -> None:
         return _json(
             {
                 "object": "list",
-                "data": [task_body(r) for r in page],
+                "data": [task_body(r, _operator(request, state)) for r in page],
                 "has_more": has_more,
                 "next_before": page[-1].id if has_more else None,
             }
@@ -188,7 +200,7 @@ def register(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/tasks/{task_id}", tags=["tasks"], summary="A task's record", response_model=None)
     async def get_task(request: Request, task_id: str) -> Response:
-        return _json(task_body(await _record(state, request, task_id)))
+        return _json(task_body(await _record(state, request, task_id), _operator(request, state)))
 
     @app.get(
         "/v1/tasks/{task_id}/events",
@@ -211,13 +223,14 @@ def register(app: FastAPI, state: ServerState) -> None:
             except ValueError:
                 raise HTTPFailure(400, "Last-Event-ID must be an event seq number", param="Last-Event-ID") from None
         await _record(state, request, task_id)  # 404 before the stream starts
-        body = with_heartbeat(_follow(manager(state), task_id, start, follow), state.settings.server.sse_heartbeat)
+        body = with_heartbeat(_follow(manager(state), task_id, start, follow, _operator(request, state)),
+                              state.settings.server.sse_heartbeat)
         return StreamingResponse(body, media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @app.post("/v1/tasks/{task_id}/cancel", tags=["tasks"], summary="Cancel a task", response_model=None)
     async def cancel_task(request: Request, task_id: str) -> Response:
         await _record(state, request, task_id)
-        return _json(task_body(await manager(state).cancel(task_id)))
+        return _json(task_body(await manager(state).cancel(task_id), _operator(request, state)))
 
     @app.post("/v1/tasks/{task_id}/review", tags=["tasks"], summary="Resolve a task waiting for a human review", response_model=None)
     async def review_task(request: Request, task_id: str, req: ReviewRequest = Body(...)) -> Response:
@@ -225,4 +238,4 @@ def register(app: FastAPI, state: ServerState) -> None:
             raise HTTPFailure(400, 'give either {"approve": true} or {"reply": "..."}', param="approve")
         await _record(state, request, task_id)
         rec = await manager(state).review(task_id, approve=bool(req.approve), reply=req.reply)
-        return _json(task_body(rec))
+        return _json(task_body(rec, _operator(request, state)))

@@ -108,6 +108,16 @@ class QuotaScheduler:
             QUOTA.attach(store)  # type: ignore[arg-type]
             await self.refresh()
 
+    async def observe(self, cfg: ClaudeConfig, store: object) -> None:
+        """Read only: know ``cfg`` and what the processes sharing ``store`` learnt about the
+        quota, so that a manager which runs nothing (``llm-call tasks list``) shows why queued
+        ``max/*`` tasks wait, as the executing ones do. Nothing is written to the store."""
+        if self.cfg is None:
+            self.cfg = cfg
+            if hasattr(store, "read_meta"):
+                self._store = store  # type: ignore[assignment]
+        await self.refresh()
+
     def detach(self) -> None:
         if self._store is not None:
             QUOTA.detach(self._store)

@@ -46,6 +46,7 @@ from ..types import Attempt, Response, TaskEvent, TaskRecord, TaskStatus
 from ._executor import STALE_BEATS, TaskExecutor, wait_event
 from ._handle import TaskHandle, outcome_of
 from ._progress_sink import RunningTask
+from ._quota import is_max_route
 from ._spec import response_dict, spec_from_kwargs
 from ._stores import make_store
 from .store import FINAL_EVENT_KINDS, NewTask, TaskStore, WorkerInfo
@@ -365,7 +366,12 @@ class TaskManager(TaskExecutor):
         rec = await self.store.get(task_id)
         if rec is None:
             raise TaskNotFound(f"no task {task_id} in {self.store.url}", task_id=task_id)
-        return self._show_quota_hold(rec)
+        return (await self._show_quota_holds([rec]))[0]
+
+    async def _show_quota_holds(self, records: list[TaskRecord]) -> list[TaskRecord]:
+        if not self._executing and any(r.status is TaskStatus.QUEUED and is_max_route(r.route) for r in records):
+            await self._quota.observe(self.settings.claude, self.store)  # e.g. llm-call tasks list
+        return [self._show_quota_hold(r) for r in records]
 
     def _show_quota_hold(self, rec: TaskRecord) -> TaskRecord:
         """A queued ``max/*`` task the quota holds shows why in ``progress.waiting`` (as the task
@@ -404,7 +410,7 @@ class TaskManager(TaskExecutor):
             records = await self.store.list_tasks(status=status, limit=limit, before=before, route=route, tenant=tenant)
         else:
             records = await self.store.list_tasks(status=status, limit=limit, before=before, route=route)
-        return [self._show_quota_hold(r) for r in records]
+        return await self._show_quota_holds(records)
 
     async def workers_alive(self) -> list[WorkerInfo]:
         """Workers (and servers, managers) with a recent heartbeat."""

@@ -7,6 +7,10 @@
 - Anthropic ``POST /v1/messages`` (JSON, or the real SSE event sequence; query strings such as
   ``?beta=true`` are fine, so the Claude Code CLI works through ``ANTHROPIC_BASE_URL``) and
   ``POST /v1/messages/count_tokens``;
+- OpenAI ``POST /v1/embeddings``: deterministic vectors (:func:`embedding_vector` of each input,
+  ``dimensions`` long, floats or ``encoding_format: "base64"``); each request plays the next
+  matching reply of the same script, so a reply's fault, latency, headers, model and
+  ``prompt_tokens`` apply (its text does not);
 - ``GET``/``HEAD`` ``/`` and ``/health`` with 200; anything else with a 404 JSON error.
 
 Each chat request plays the next matching :class:`Reply` of the script: text, tool calls, or a
@@ -44,6 +48,7 @@ From a shell: ``python -m llm_call.testing --port 8123 --script script.json`` wh
 ``{"script": [...], "default": {...}}``.
 """
 
+from llm_call.testing._embeddings import DEFAULT_DIMENSIONS, embedding_vector
 from llm_call.testing._script import (
     FAULT_KINDS,
     Fault,
@@ -57,6 +62,7 @@ from llm_call.testing._script import (
 from llm_call.testing._server import ScriptedLLMServer
 
 __all__ = [
+    "DEFAULT_DIMENSIONS",
     "FAULT_KINDS",
     "Fault",
     "RecordedRequest",
@@ -65,5 +71,6 @@ __all__ = [
     "Script",
     "ScriptedLLMServer",
     "ToolCall",
+    "embedding_vector",
     "unified_ratelimit_headers",
 ]

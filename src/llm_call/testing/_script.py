@@ -313,13 +313,18 @@ class RecordedRequest:
 
     @property
     def last_user_text(self) -> str:
-        """Text of the last ``user`` message (text parts and tool results), ``""`` if none."""
+        """Text of the last ``user`` message (text parts and tool results), ``""`` if none; for
+        an embeddings request, its input texts joined by newlines."""
         if self._last_user_text is None:
             text = ""
             for message in reversed(self.messages):
                 if isinstance(message, dict) and message.get("role") == "user":
                     text = content_text(message.get("content"))
                     break
+            else:
+                given = self.body.get("input") if isinstance(self.body, dict) else None
+                if isinstance(given, str | list):
+                    text = content_text(given)
             self._last_user_text = text
         return self._last_user_text
 

@@ -1,4 +1,5 @@
-"""The scripted LLM server: aiohttp's low-level server speaking the OpenAI and Anthropic formats.
+"""The scripted LLM server: aiohttp's low-level server speaking the OpenAI and Anthropic formats
+(embeddings in ``_embeddings.py``, faults and error bodies in ``_faults.py``).
 
 The per-request path is kept lean because benchmarks push thousands of calls through it: one
 JSON parse of the request, one ``json.dumps`` per response (stream chunks are built from a
@@ -14,7 +15,6 @@ import contextlib
 import itertools
 import json
 import socket
-import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -23,35 +23,19 @@ from typing import Any
 
 from aiohttp import web
 
-from llm_call.testing._script import Fault, RecordedRequest, Reply, ReplyLike, Script
+from llm_call.testing._embeddings import answer_embeddings
+from llm_call.testing._faults import JSON_TYPE as _JSON
+from llm_call.testing._faults import error_response as _error
+from llm_call.testing._faults import json_response as _json
+from llm_call.testing._faults import play_fault as _play_fault
+from llm_call.testing._script import RecordedRequest, Reply, ReplyLike, Script
 
 __all__ = ["ScriptedLLMServer"]
 
-_JSON = "application/json"
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 _ids = itertools.count(1)
 _Route = Callable[[web.BaseRequest, RecordedRequest], Awaitable[web.StreamResponse]]
 
-_ANTHROPIC_ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-_OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("permission_error", None),
-    404: ("invalid_request_error", "model_not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-}
-_MALFORMED = '{"id": "scripted", "choices": [{"message": {"content": oops}},'
-_HTML = "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>"
 
 
 class ScriptedLLMServer:
@@ -88,6 +72,8 @@ class ScriptedLLMServer:
         self._routes: dict[tuple[str, str], _Route] = {
             ("POST", "/v1/chat/completions"): partial(self._answer, api="openai"),
             ("POST", "/chat/completions"): partial(self._answer, api="openai"),
+            ("POST", "/v1/embeddings"): partial(answer_embeddings, self.script),
+            ("POST", "/embeddings"): partial(answer_embeddings, self.script),
             ("POST", "/v1/messages"): partial(self._answer, api="anthropic"),
             ("POST", "/v1/messages/count_tokens"): self._count_tokens,
             ("GET", "/v1/models"): self._models,
@@ -259,7 +245,7 @@ class ScriptedLLMServer:
             headers = {k.lower(): v for k, v in request.headers.items()}
             if path.startswith("/v1/messages") or "anthropic-version" in headers:
                 api = "anthropic"
-            elif path.endswith(("/chat/completions", "/models")):
+            elif path.endswith(("/chat/completions", "/models", "/embeddings")):
                 api = "openai"
             else:
                 api = "other"
@@ -339,57 +325,6 @@ class ScriptedLLMServer:
         return web.Response(text=payload, content_type=_JSON, headers=reply.headers or None)
 
 
-# -- faults ------------------------------------------------------------------------------
-
-
-async def _play_fault(
-    request: web.BaseRequest, api: str, fault: Fault, headers: dict[str, str]
-) -> web.StreamResponse:
-    resp = await _fault_response(request, api, fault)
-    resp.headers.update(headers)
-    return resp
-
-
-async def _fault_response(request: web.BaseRequest, api: str, fault: Fault) -> web.StreamResponse:
-    kind = fault.kind
-    if kind == "status":
-        if fault.body is None:
-            resp = _error(api, fault.status, f"scripted fault: HTTP {fault.status}")
-        else:
-            lowered = {k.lower() for k in fault.headers}
-            ctype = _JSON if fault.body[:1] in ("{", "[") else "text/plain"
-            resp = web.Response(status=fault.status, text=fault.body)
-            if "content-type" not in lowered:
-                resp.content_type = ctype
-        resp.headers.update(fault.headers)
-        return resp
-    if kind == "malformed_json":
-        resp = web.Response(text=fault.body or _MALFORMED, content_type=_JSON)
-    elif kind == "html":
-        resp = web.Response(text=fault.body or _HTML, content_type="text/html")
-    elif kind == "reset":
-        _reset(request)
-        await asyncio.sleep(3600)  # connection_lost cancels this handler
-        resp = web.Response()
-    else:  # hang: until the client disconnects or the server stops (both cancel us)
-        while True:
-            await asyncio.sleep(3600)
-    resp.headers.update(fault.headers)
-    return resp
-
-
-def _reset(request: web.BaseRequest) -> None:
-    transport = request.transport
-    if transport is None:
-        return
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # linger 0: close() sends RST instead of FIN
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    transport.abort()
-
-
 async def _send_stream(
     request: web.BaseRequest,
     head: str,
@@ -428,26 +363,6 @@ async def _send_stream(
 
 
 # -- wire formats ------------------------------------------------------------------------
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(data), content_type=_JSON)
-
-
-def _error(api: str, status: int, message: str) -> web.Response:
-    if api == "anthropic":
-        kind = _ANTHROPIC_ERROR_TYPES.get(status) or (
-            "api_error" if status >= 500 else "invalid_request_error"
-        )
-        data: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
-    else:
-        kind, code = _OPENAI_ERRORS.get(status) or (
-            ("server_error", None) if status >= 500 else ("invalid_request_error", None)
-        )
-        if status == 404 and api == "other":
-            kind, code = "not_found_error", None
-        data = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return _json(data, status)
 
 
 def _tool_id(prefix: str, n: int, i: int, given: str | None) -> str:

@@ -198,6 +198,9 @@ for _spec in SPECS:
 _cache: dict[str, Validator] = {}
 _cache_no_files: dict[str, Validator] = {}
 _list_cache: dict[tuple[str, ...], tuple[Validator, ...]] = {}
+#: longer specs are parsed every time, not cached: the caches keep 1,024 entries for the life of
+#: the process, and HTTP clients choose the specs (1,024 distinct 9 MB schema specs kept ~27 GB)
+CACHED_SPEC_CHARS = 16_384
 
 
 def _valid_names() -> str:
@@ -351,7 +354,7 @@ def parse_spec(spec: Any, *, allow_files: bool = True) -> Validator:
         name, sep, rest = spec.partition(":")
         found = _lookup(name)
         validator = _build(found, _split_params(found, rest) if sep and rest else {}, allow_files)
-        if len(cache) < 1024:
+        if len(cache) < 1024 and len(spec) <= CACHED_SPEC_CHARS:
             cache[spec] = validator
         return validator
     if isinstance(spec, dict):
@@ -384,7 +387,8 @@ def parse_specs(specs: Any, *, allow_files: bool = True) -> list[Validator]:
     if cached is not None:
         return list(cached)
     validators = [parse_spec(s) for s in specs]
-    if len(key) == len(validators) and all(type(s) is str for s in key) and len(_list_cache) < 1024:
+    if (len(key) == len(validators) and all(type(s) is str and len(s) <= CACHED_SPEC_CHARS for s in key)
+            and len(_list_cache) < 1024):
         _list_cache[key] = tuple(validators)
     return validators
 
