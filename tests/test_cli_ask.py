@@ -167,7 +167,7 @@ def test_connection_refused_exits_1(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert "ProviderConnectionError" in proc.stderr
-    assert f"127.0.0.1:{port}" in proc.stderr
+    assert "OPENAI_BASE_URL" in proc.stderr  # the setting to check, not the address (errors may reach HTTP clients)
 
 
 def test_html_answer_exits_1_with_malformed_response(srv: ScriptedLLMServer, tmp_path: Path) -> None:
